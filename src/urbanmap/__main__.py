@@ -1,0 +1,5 @@
+import sys
+
+from urbanmap.cli import main
+
+sys.exit(main())

@@ -1,0 +1,60 @@
+"""`urbanmap <stage> [key=value ...]`: the one entry point, used by dvc.yaml and by people.
+
+Stage modules are imported only when their stage runs, so `urbanmap grid` never loads
+torch or the other heavy libraries of later stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from urbanmap.errors import InputError
+
+#: stage name -> (module:function, one-line description)
+STAGES = {
+    "grid": ("urbanmap.grid:run", "square cells covering the region -> grid.parquet"),
+    "labels": ("urbanmap.labels:run", "census measures and urban / non-urban label per cell -> labels.parquet"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="urbanmap",
+        description="Urban areas from Landsat on a national grid. Each stage reads params.yaml "
+        "in the current directory, with Hydra-style overrides (data=mexico, labels.rule=population_density).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<stage>", required=True)
+    for name, (_, help_text) in STAGES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra-style overrides")
+    p = sub.add_parser(
+        "params",
+        help="write params.yaml from conf/ (the composed defaults, plus overrides), as dvc exp run does",
+    )
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides for the composition")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit status (2 on bad input)."""
+    args = _parser().parse_args(argv)
+    try:
+        from urbanmap import config
+
+        if args.command == "params":
+            out = config.write_params(".", args.overrides)
+            print(f"params: wrote {out}")
+            return 0
+        cfg = config.load(".", args.overrides)
+        module, _, func = STAGES[args.command][0].partition(":")
+        getattr(importlib.import_module(module), func)(cfg)
+    except InputError as exc:
+        print(f"urbanmap {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

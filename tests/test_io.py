@@ -1,0 +1,41 @@
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+
+from urbanmap import io
+from urbanmap.grid import cell_polygons
+
+
+def test_cell_table_is_geoparquet_that_geopandas_reads(tmp_path):
+    cells = pd.DataFrame({"cell_id": ["a", "b", "c"], "col": [-2, 0, 2786], "row": [5, 0, 812], "v": [0.5, 1.0, 2.0]})
+    path = tmp_path / "cells.parquet"
+    io.write_cells(path, cells, 1000.0, "EPSG:6372")
+    frame = gpd.read_parquet(path)
+    assert frame.crs.to_epsg() == 6372
+    assert shapely.equals(frame.geometry.values, cell_polygons(cells["col"], cells["row"], 1000.0)).all()
+    assert frame.geometry.is_valid.all()
+    assert frame["v"].tolist() == [0.5, 1.0, 2.0]
+    table, cell_size, crs = io.read_cells(path, "cells", columns=["v"])
+    assert list(table.columns) == ["col", "row", "v"] and cell_size == 1000.0 and crs.to_epsg() == 6372
+    # the GeoParquet 1.1 bbox covering lets readers filter without decoding geometry
+    assert len(gpd.read_parquet(path, bbox=(-3000, 4000, 0, 7000))) == 1
+
+
+def test_atomic_output_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("previous")
+    with pytest.raises(RuntimeError):
+        with io.atomic_output(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "previous"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_read_cells_refuses_foreign_parquet(tmp_path):
+    path = tmp_path / "plain.parquet"
+    pd.DataFrame({"x": np.arange(3)}).to_parquet(path)
+    with pytest.raises(io.InputError, match="plain.parquet: grid is not an urbanmap cell table"):
+        io.read_cells(path, "grid")
