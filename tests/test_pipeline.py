@@ -77,7 +77,10 @@ def test_dvc_yaml_declares_the_paths_the_stages_write():
     def render(path):
         return path.replace("${out_dir}", cfg.out_dir).replace("${data.name}", cfg.data.name)
 
-    outs = {s: {render(p if isinstance(p, str) else next(iter(p))) for p in v.get("outs", []) + v.get("metrics", [])} for s, v in stages.items()}
+    outs = {
+        s: {render(p if isinstance(p, str) else next(iter(p))) for p in v.get("outs", []) + v.get("metrics", [])}
+        for s, v in stages.items()
+    }
     assert outs["grid"] == {str(paths.grid(cfg))}
     assert outs["labels"] == {str(paths.labels(cfg)), str(paths.label_summary(cfg))}
     assert render(stages["labels"]["deps"][2]) == str(paths.grid(cfg))
