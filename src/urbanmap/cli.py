@@ -16,6 +16,11 @@ from urbanmap.errors import InputError
 STAGES = {
     "grid": ("urbanmap.grid:run", "square cells covering the region -> grid.parquet"),
     "labels": ("urbanmap.labels:run", "census measures and urban / non-urban label per cell -> labels.parquet"),
+    "synth": ("urbanmap.synth:run", "synthetic Landsat C2 L2 scenes, STAC catalog and truth for year= -> scenes/<year>/, truth/<year>/"),
+    "mosaic": ("urbanmap.mosaic:run", "annual cloud-free geomedian of the scenes for year= -> mosaic_<year>.tif (COG), mosaic_<year>.json"),
+    "patches": ("urbanmap.patches:run", "balanced sample of labelled cells, their mosaic patches -> patches.npz"),
+    "train": ("urbanmap.train:run", "cross-validation and final model (model=, cv=) -> cv_predictions.parquet, model/"),
+    "evaluate": ("urbanmap.evaluate:run", "per-class metrics, plots, report, MLflow runs -> metrics.json, plots/, evaluation/"),
 }
 
 

@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from urbanmap.errors import InputError
 
 #: The six bands of the pilot, in the order every array of this project uses.
@@ -37,11 +39,52 @@ COMMON_NAMES = dict(zip(BANDS, ("blue", "green", "red", "nir08", "swir16", "swir
 SR_SCALE = 2.75e-5
 SR_OFFSET = -0.2
 SR_FILL = 0
+#: QA_PIXEL's fill value (bit 0 set, nothing else), also its GeoTIFF nodata.
+QA_FILL = 1
+
+#: STAC `platform` and `instruments` of each sensor, as in USGS's Collection 2 catalog.
+PLATFORMS = {"LT04": "landsat-4", "LT05": "landsat-5", "LE07": "landsat-7", "LC08": "landsat-8", "LC09": "landsat-9"}
+INSTRUMENTS = {"LT04": ("tm",), "LT05": ("tm",), "LE07": ("etm",), "LC08": ("oli", "tirs"), "LC09": ("oli", "tirs")}
+#: Sensors with a cirrus band: only their QA_PIXEL uses bit 2 and bits 14-15.
+CIRRUS_SENSORS = ("LC08", "LC09")
+#: Landsat 7's scan line corrector failed on 2003-05-31: later ETM+ products have
+#: wedge-shaped gaps of fill between scans (about 22% of a scene).
+SLC_OFF_SINCE = dt.date(2003, 5, 31)
+
+
+def to_dn(reflectance) -> np.ndarray:
+    """Surface reflectance (any shape, unitless) -> uint16 DN of Collection 2 Level-2.
+
+    DN = round((reflectance - SR_OFFSET) / SR_SCALE), clipped to 1..65535 so that no
+    valid pixel takes the fill value 0. NaN becomes fill (0). float32 input is computed
+    in float32 (within 1 DN of float64, for values within rounding of a half DN),
+    anything else in float64.
+    """
+    r = np.asarray(reflectance)
+    r = r if r.dtype == np.float32 else r.astype(np.float64)
+    dn = np.asarray(np.rint((r - r.dtype.type(SR_OFFSET)) / r.dtype.type(SR_SCALE)))
+    np.clip(dn, 1, 65535, out=dn)
+    dn[np.isnan(r)] = SR_FILL
+    return dn.astype(np.uint16)
+
+
+def to_reflectance(dn) -> np.ndarray:
+    """uint16 DN (any shape) -> float32 surface reflectance; fill (0) becomes NaN."""
+    dn = np.asarray(dn)
+    r = (dn.astype(np.float32) * np.float32(SR_SCALE) + np.float32(SR_OFFSET)).astype(np.float32)
+    return np.where(dn == SR_FILL, np.float32(np.nan), r)
 
 
 class QA:
     """Bit positions of QA_PIXEL (Collection 2). Bits 8-15 hold confidence pairs:
-    8-9 cloud, 10-11 cloud shadow, 12-13 snow/ice, 14-15 cirrus (0 none .. 3 high)."""
+    8-9 cloud, 10-11 cloud shadow, 12-13 snow/ice, 14-15 cirrus (0 none .. 3 high).
+
+    As in USGS's products, CLEAR (bit 6) means "neither CLOUD nor DILATED_CLOUD": it is
+    also set on cloud-shadow and cirrus pixels, so a clear-sky mask must test bits 1-4
+    (and 0), not bit 6 alone. Cirrus bits exist for Landsat 8-9 only (CIRRUS_SENSORS).
+    Typical values: 21824 clear land (L8-9), 21952 clear water, 5440 clear land (L4-7),
+    22280 high-confidence cloud, 23888 cloud shadow, 1 fill.
+    """
 
     FILL = 0
     DILATED_CLOUD = 1

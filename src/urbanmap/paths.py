@@ -21,3 +21,109 @@ def labels(cfg) -> Path:
 
 def label_summary(cfg) -> Path:
     return region_dir(cfg) / "label_summary.json"
+
+
+# --- patches, train, evaluate -------------------------------------------------------------
+
+
+def train_year(cfg) -> int:
+    """The census year whose imagery and labels train the models (years.train)."""
+    return int(cfg.years.train)
+
+
+def mosaic(cfg, year: int) -> Path:
+    """`<region_dir>/mosaic_<year>.tif`: the annual mosaic COG on the region's pixel lattice."""
+    return region_dir(cfg) / f"mosaic_{int(year)}.tif"
+
+
+def mosaic_summary(cfg, year: int) -> Path:
+    """`<region_dir>/mosaic_<year>.json`: scenes used, clear observations, nodata pixels, seconds."""
+    return region_dir(cfg) / f"mosaic_{int(year)}.json"
+
+
+def patches(cfg) -> Path:
+    """Balanced sample of labelled cells and their patches of the training year (npz)."""
+    return region_dir(cfg) / "patches.npz"
+
+
+def patches_summary(cfg) -> Path:
+    return region_dir(cfg) / "patches_summary.json"
+
+
+def cv_predictions(cfg) -> Path:
+    """Out-of-fold predictions of the cross-validation: fold, cell_id, y_true, p_urban."""
+    return region_dir(cfg) / "cv_predictions.parquet"
+
+
+def model_dir(cfg) -> Path:
+    """`<region_dir>/model/`: the final model (skops or safetensors + JSON) and its card."""
+    return region_dir(cfg) / "model"
+
+
+def metrics(cfg) -> Path:
+    """Cross-validation metrics (means, stds, pooled) for `dvc metrics show`."""
+    return region_dir(cfg) / "metrics.json"
+
+
+def plots_dir(cfg) -> Path:
+    """CSV files for `dvc plots show`: confusion.csv, roc.csv, pr.csv."""
+    return region_dir(cfg) / "plots"
+
+
+def evaluation_dir(cfg) -> Path:
+    """Per-fold table, PNG figures, feature importances and the markdown report."""
+    return region_dir(cfg) / "evaluation"
+
+
+# --- synth: synthetic scenes and the generator's truth, per year ------------------------
+
+
+def stage_year(cfg) -> int:
+    """The year a per-year stage runs for: `year`, or `years.train` when it is null."""
+    from urbanmap.errors import InputError
+
+    value = cfg.year if cfg.year is not None else cfg.years.train
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise InputError(f"year={value!r}: not a year") from None
+
+
+def scenes_dir(cfg, year: int) -> Path:
+    """`<region_dir>/scenes/<year>/`: one folder per Landsat product, and catalog.json."""
+    return region_dir(cfg) / "scenes" / str(int(year))
+
+
+def scene_catalog(cfg, year: int) -> Path:
+    """The self-contained STAC catalog of a year's scenes."""
+    return scenes_dir(cfg, year) / "catalog.json"
+
+
+def truth_dir(cfg, year: int) -> Path:
+    """`<region_dir>/truth/<year>/`: the synthetic generator's truth for a year."""
+    return region_dir(cfg) / "truth" / str(int(year))
+
+
+def truth_cells(cfg, year: int) -> Path:
+    """Per-cell truth (GeoParquet): urban fraction, true class, new_urban (later years)."""
+    return truth_dir(cfg, year) / "cells.parquet"
+
+
+def truth_landcover(cfg, year: int) -> Path:
+    """Land-cover class raster (uint8 GeoTIFF) on the region's pixel lattice."""
+    return truth_dir(cfg, year) / "landcover.tif"
+
+
+def truth_reflectance(cfg, year: int) -> Path:
+    """Cloud-free truth reflectance (6-band float32 GeoTIFF) on the region's pixel lattice."""
+    return truth_dir(cfg, year) / "reflectance.tif"
+
+
+def truth_clear_count(cfg, year: int) -> Path:
+    """Clear observations per lattice pixel over the year's scenes (uint8 GeoTIFF)."""
+    return truth_dir(cfg, year) / "clear_observations.tif"
+
+
+def synth_summary(cfg, year: int) -> Path:
+    """Per-scene cloud statistics, coverage of the region and truth counts (JSON)."""
+    return truth_dir(cfg, year) / "summary.json"

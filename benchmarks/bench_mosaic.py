@@ -1,0 +1,294 @@
+"""Benchmark: the `mosaic` stage on synth's scenes of the default region, against the
+bare costs of its two unavoidable parts, all measured in one run.
+
+    python benchmarks/bench_mosaic.py [--work DIR] [--no-big] [key=value ...]
+
+Scenes: `urbanmap grid` + `urbanmap synth year=2019` into DIR (default
+/tmp/urbanmap-bench; reused when already there), for the default region and, unless
+--no-big, for a region four times larger (120 km x 120 km, same centre).
+
+Steps, each in its own process so that its peak memory (max RSS) is its own:
+  read       bare read: every band and QA file of the year's scenes into memory with
+             rasterio (whole files), with compute.threads threads
+  kernel     bare kernel: the stage's own per-block masked, warped stacks, built first
+             (untimed) and held in memory; then geomad's kernels on them as the stage
+             calls them, timed: the geomedian + count on the stacks of mosaic.spread=[]
+             (uint16 DN), and the geomedian + the configured spread bands + count.
+             Also geomad once on the whole region's stack (all scenes, every pixel) to
+             check agreement with the stage's COG.
+  stage      `urbanmap mosaic` end to end (read + mask + warp + geomedian + write COG)
+  stage-gm   the same with mosaic.spread=[] (geomedian + count only)
+  stage-big  the stage on the region four times larger (memory)
+Prints seconds, peak RSS, the overhead ratios stage / (read + kernel), pixel x
+observations per second, agreement, and the quality against synth's truth.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+YEAR = 2019
+DEFAULT_WINDOW = [2770000, 799000, 2830000, 859000]
+BIG_WINDOW = [2740000, 769000, 2860000, 889000]  # 4x the area, same centre
+
+
+def _cfg(work: Path, name: str, window, extra=()):
+    from urbanmap import config
+
+    return config.load(ROOT, [f"out_dir={work}", f"data.name={name}", f"data.window=[{','.join(map(str, window))}]",
+                              f"year={YEAR}", *extra])
+
+
+def _overrides(work: Path, name: str, window, extra=()):
+    return [f"out_dir={work}", f"data.name={name}", f"data.window=[{','.join(map(str, window))}]", f"year={YEAR}", *extra]
+
+
+def ensure_scenes(work: Path, name: str, window) -> None:
+    """grid + synth for the region, unless already there."""
+    region = work / name
+    if (region / "scenes" / str(YEAR) / "catalog.json").is_file() and (region / "truth" / str(YEAR)).is_dir():
+        return
+    for stage in ("grid", "synth"):
+        print(f"[setup] urbanmap {stage} {name} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "urbanmap", stage, *_overrides(work, name, window)],
+                       cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def step_read(cfg) -> dict:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import rasterio
+
+    from urbanmap import mosaic, scenes
+
+    _, _, lattice, opts, products, _ = mosaic.load(cfg)
+    files = [p.href(name) for p in products for name in scenes.FILES]
+
+    def read(path):
+        with rasterio.open(path) as ds:
+            return ds.read(1).size
+
+    start, cpu = time.perf_counter(), time.process_time()
+    with ThreadPoolExecutor(opts.threads) as pool:
+        pixels = sum(pool.map(read, files))
+    return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "files": len(files), "pixels_read": pixels}
+
+
+def step_kernel(cfg, cog_path: str) -> dict:
+    import geomad
+    import rasterio
+
+    from urbanmap import mosaic
+
+    import dataclasses
+
+    _, cells, lattice, opts, products, _ = mosaic.load(cfg)
+    blocks = mosaic.plan(products, lattice, cells["col"].to_numpy(), cells["row"].to_numpy(), opts)
+
+    def stacks_for(o):
+        """The stage's own per-block stacks (read, warped, masked) for options `o`."""
+        reader = mosaic._Reader(products, blocks)
+        out = []
+        with rasterio.Env(GDAL_CACHEMAX=o.gdal_cache_mb * 2**20):
+            for b, block in enumerate(blocks):
+                x, calibration, used, _ = mosaic.prepare_block(b, block, reader, lattice, o)
+                out.append((x, calibration, used))
+        reader.close()
+        return out
+
+    def timed(fn, stacks):
+        start, cpu = time.perf_counter(), time.process_time()
+        for x, calibration, _ in stacks:
+            fn(x, calibration)
+        return time.perf_counter() - start, time.process_time() - cpu
+
+    def gm_only(x, calibration):
+        """The geomedian as the stage calls it (per-pixel rows; DN stacks with nodata 0)."""
+        h, w, b, n = x.shape
+        kw = dict(nodata=0, scale=calibration[0], offset=calibration[1]) if calibration else {}
+        gm = geomad.nangeomedian_pcm(x.reshape(h * w, 1, b, n), num_threads=opts.threads, eps=opts.eps,
+                                     maxiters=opts.max_iters, **kw)
+        np.count_nonzero(x[:, :, 0, :] if calibration else ~np.isnan(x[:, :, 0, :]), axis=-1)
+        return gm.reshape(h, w, b)
+
+    def full(x, calibration):
+        gm = gm_only(x, calibration)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            for name in opts.spread:
+                getattr(geomad, f"{name}_pcm")(x, gm, num_threads=opts.threads)
+
+    gm_stacks = stacks_for(dataclasses.replace(opts, spread=()))
+    seconds_gm, cpu_gm = timed(gm_only, gm_stacks)
+    del gm_stacks
+    stacks = stacks_for(opts)
+    stacked = sum(x.shape[0] * x.shape[1] * x.shape[3] for x, _, _ in stacks)
+    seconds_full, cpu_full = timed(full, stacks)
+
+    # Agreement: geomad once on the whole region's stack (every scene an observation).
+    n = len(products)
+    whole = np.full((lattice.height, lattice.width, 6, n), np.nan, np.float32)
+    for block, (x, _, used) in zip(blocks, stacks):
+        whole[block.row_off:block.row_off + block.height, block.col_off:block.col_off + block.width][..., used] = x
+    del stacks
+    start = time.perf_counter()
+    ref = mosaic.composite(whole, opts.spread, True, opts.threads, opts.eps, opts.max_iters)
+    seconds_whole = time.perf_counter() - start
+    del whole
+    with rasterio.open(cog_path) as src:
+        got = src.read()
+    inside = np.zeros((lattice.height, lattice.width), bool)
+    for block in blocks:
+        inside[block.row_off:block.row_off + block.height, block.col_off:block.col_off + block.width] = True
+    diff = np.abs(got[:, inside] - ref[: got.shape[0], inside])
+    same_nan = bool((np.isnan(got[:, inside]) == np.isnan(ref[: got.shape[0], inside])).all())
+    return {
+        "seconds": seconds_full, "seconds_gm": seconds_gm, "seconds_whole_region": seconds_whole,
+        "cpu": cpu_full, "cpu_gm": cpu_gm,
+        "stacked": stacked, "max_abs_diff_gm": float(np.nanmax(diff[:6])),
+        "max_abs_diff_all": float(np.nanmax(diff)), "same_nodata": same_nan,
+    }
+
+
+def step_stage(cfg) -> dict:
+    from urbanmap import mosaic, paths
+
+    start, cpu = time.perf_counter(), time.process_time()
+    mosaic.run(cfg)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    summary = json.loads(paths.mosaic_summary(cfg, YEAR).read_text())
+    return {"seconds": seconds, "cpu": cpu, "stacked": summary["pixel_observations_stacked"], "summary": summary,
+            "cog": str(paths.mosaic(cfg, YEAR))}
+
+
+def quality(cfg) -> dict:
+    """Valid share of the region's pixels, scenes' cloud cover, and per land-cover class
+    the mosaic's median reflectance minus the truth's (synth's truth rasters)."""
+    import pystac
+    import rasterio
+
+    from urbanmap import paths
+    from urbanmap.synth.landcover import CLASS_NAMES
+
+    with rasterio.open(paths.mosaic(cfg, YEAR)) as src:
+        mos = src.read(list(range(1, 7)))
+    with rasterio.open(paths.truth_reflectance(cfg, YEAR)) as src:
+        truth = src.read()
+    with rasterio.open(paths.truth_landcover(cfg, YEAR)) as src:
+        lc = src.read(1)
+    valid = ~np.isnan(mos[0])
+    catalog = pystac.Catalog.from_file(str(paths.scene_catalog(cfg, YEAR)))
+    clouds = [item.properties["eo:cloud_cover"] for item in catalog.get_items(recursive=True)]
+    per_class = {}
+    for code, name in CLASS_NAMES.items():
+        sel = lc == code
+        if sel.sum() == 0:
+            continue
+        d = np.nanmedian(mos[:, sel & valid], axis=1) - np.median(truth[:, sel], axis=1)
+        per_class[name] = {"pixels": int(sel.sum()), "max_abs_median_diff": float(np.abs(d).max()),
+                           "diff_by_band": [round(float(v), 4) for v in d]}
+    return {"valid_fraction": float(valid.mean()), "scene_cloud_cover_min_pct": min(clouds),
+            "scene_cloud_cover_max_pct": max(clouds), "per_class": per_class}
+
+
+def run_step(step: str, work: Path, extra: list[str]) -> dict:
+    name, window = ("big", BIG_WINDOW) if step == "stage-big" else ("valle_de_mexico", DEFAULT_WINDOW)
+    more = ["mosaic.spread=[]"] if step == "stage-gm" else []
+    out = work / ("gm-only" if step == "stage-gm" else "")
+    if step == "stage-gm":  # its own out_dir, sharing the scenes and grid through a link
+        (out / name).mkdir(parents=True, exist_ok=True)
+        for sub in ("scenes", "grid.parquet"):
+            link = out / name / sub
+            if not link.exists():
+                link.symlink_to(work / name / sub)
+    cfg = _cfg(out if step == "stage-gm" else work, name, window, [*more, *extra])
+    if step == "read":
+        result = step_read(cfg)
+    elif step == "kernel":
+        result = step_kernel(cfg, str(work / name / f"mosaic_{YEAR}.tif"))
+    elif step == "quality":
+        result = quality(cfg)
+    else:
+        result = step_stage(cfg)
+    result["peak_mb"] = _peak_mb()
+    return result
+
+
+def main(args: list[str]) -> None:
+    work = Path("/tmp/urbanmap-bench")
+    big = "--no-big" not in args
+    args = [a for a in args if a != "--no-big"]
+    if "--work" in args:
+        i = args.index("--work")
+        work = Path(args[i + 1])
+        args = args[:i] + args[i + 2:]
+    ensure_scenes(work, "valle_de_mexico", DEFAULT_WINDOW)
+    if big:
+        ensure_scenes(work, "big", BIG_WINDOW)
+    steps = ["read", "stage", "kernel", "stage-gm", "quality"] + (["stage-big"] if big else [])
+    r = {}
+    for step in steps:
+        proc = subprocess.run([sys.executable, __file__, "--step", step, str(work), *args], cwd=ROOT,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"step {step} failed:\n{proc.stderr[-3000:]}")
+        r[step] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"[{step}] {r[step]['seconds'] if 'seconds' in r[step] else '':>} done", flush=True)
+
+    s = r["stage"]["summary"]
+    print(f"\nregion valle_de_mexico {YEAR}: {s['pixels']:,} pixels, {s['scenes_found']} scenes, "
+          f"{s['mean_clear_per_pixel']:.2f} clear observations per pixel; threads = compute.threads")
+    print(f"\n{'step':<10} {'seconds':>8} {'CPU s':>8} {'peak MB':>8}")
+    for step in steps:
+        if "seconds" in r[step]:
+            print(f"{step:<10} {r[step]['seconds']:8.2f} {r[step].get('cpu', float('nan')):8.2f} {r[step]['peak_mb']:8.0f}")
+    read, kern = r["read"]["seconds"], r["kernel"]
+    print(f"kernel gm  {kern['seconds_gm']:8.2f} {kern['cpu_gm']:8.2f}            (geomedian only, same stacks)")
+    print(f"kernel 1x  {kern['seconds_whole_region']:8.2f}            (whole-region stack at once, for agreement)")
+    full = read + kern["seconds"]
+    gm = read + kern["seconds_gm"]
+    print(f"\noverhead  stage    / (read + kernel)    = {r['stage']['seconds']:.2f} / {full:.2f} = {r['stage']['seconds'] / full:.3f}  (target <= 1.25)")
+    print(f"overhead  stage-gm / (read + kernel gm) = {r['stage-gm']['seconds']:.2f} / {gm:.2f} = {r['stage-gm']['seconds'] / gm:.3f}")
+    cpu_full = r["read"]["cpu"] + kern["cpu"]
+    cpu_gm = r["read"]["cpu"] + kern["cpu_gm"]
+    print(f"CPU time  stage    / (read + kernel)    = {r['stage']['cpu']:.2f} / {cpu_full:.2f} = {r['stage']['cpu'] / cpu_full:.3f}")
+    print(f"CPU time  stage-gm / (read + kernel gm) = {r['stage-gm']['cpu']:.2f} / {cpu_gm:.2f} = {r['stage-gm']['cpu'] / cpu_gm:.3f}")
+    print("(wall-clock ratios suffer from other processes on the machine; CPU-time ratios measure the extra work)")
+    print(f"throughput: {r['stage']['stacked'] / r['stage']['seconds'] / 1e6:.2f} M pixel x observations / s "
+          f"(stage), {r['stage']['stacked'] / kern['seconds'] / 1e6:.2f} M (bare kernel); "
+          f"{s['pixels'] * s['mean_clear_per_pixel'] / r['stage']['seconds'] / 1e6:.2f} M clear observations / s")
+    print(f"\nagreement: max |stage - geomad(whole stack)| = {kern['max_abs_diff_gm']:.2e} (geomedian), "
+          f"{kern['max_abs_diff_all']:.2e} (all bands); same nodata: {kern['same_nodata']}  (target <= 1e-4)")
+    if big:
+        ratio = r["stage-big"]["peak_mb"] / r["stage"]["peak_mb"]
+        print(f"memory: peak RSS {r['stage']['peak_mb']:.0f} MB (default), {r['stage-big']['peak_mb']:.0f} MB "
+              f"(4x region, {r['stage-big']['seconds']:.1f} s): ratio {ratio:.3f}  (targets <= 2048 MB, <= 1.10)")
+    else:
+        print(f"memory: peak RSS {r['stage']['peak_mb']:.0f} MB (default)  (target <= 2048 MB)")
+    q = r["quality"]
+    print(f"\nquality: {q['valid_fraction']:.4%} of the region's pixels valid (target >= 99.5%); scene cloud cover "
+          f"{q['scene_cloud_cover_min_pct']:.0f}-{q['scene_cloud_cover_max_pct']:.0f}%")
+    for name, c in q["per_class"].items():
+        print(f"  {name:<11} {c['pixels']:>9,} px  max |median mosaic - median truth| = {c['max_abs_median_diff']:.4f}"
+              f"  {c['diff_by_band']}  (target <= 0.02)")
+
+
+if __name__ == "__main__":
+    argv = sys.argv[1:]
+    if argv[:1] == ["--step"]:
+        print(json.dumps(run_step(argv[1], Path(argv[2]), argv[3:])))
+    else:
+        main(argv)

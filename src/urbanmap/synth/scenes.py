@@ -1,0 +1,197 @@
+"""One acquisition: sky (clouds, dilated-cloud rings, shadows, cirrus), Landsat 7's
+SLC-off gaps, sensor noise, and the product written as USGS distributes it.
+
+Everything here works on one scene window (rows x cols of the scene's 30 m UTM grid):
+
+- `draw_sky`: clouds are the top `cover` share of a multi-scale random field over the
+  scene's valid pixels (so every scene has exactly that cloud fraction); their opacity
+  rises from 0.5 at the edge to 1 inside. Pixels within `dilate_px` of a cloud are the
+  dilated-cloud ring (thin, hazy cloud edges). The shadow is the cloud mask displaced
+  away from the sun by the cloud height over the tangent of the sun's elevation. Thin
+  cirrus (Landsat 8-9 only, which have a cirrus band) is a separate large-scale layer.
+- `slc_off_gaps`: the wedge-shaped gaps between scans of ETM+ after 2003-05-31: none
+  within ~11 km of the ground track, widening to `max_gap_px` of every `period_px` rows
+  along track at the swath edges (about 22% of a full scene).
+- `observe`: the at-surface signal through the sky, plus Gaussian sensor noise, as
+  Collection 2 DN (landsat.to_dn); fill (0) outside the valid pixels.
+- `qa_pixel`: QA_PIXEL with USGS's bit meanings (landsat.QA).
+- `write_product`: one Cloud-Optimized GeoTIFF per band (deflate, 256 px tiles,
+  nodata 0; QA_PIXEL nodata 1), named as USGS names them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from scipy import ndimage
+
+from urbanmap.landsat import BANDS, QA, QA_FILL, SR_FILL, band_filename, to_dn
+from urbanmap.synth.fields import octaves
+
+#: Reflectance of an optically thick cloud (blue .. swir2) and the share of surface
+#: reflectance left in cloud shadow (diffuse light; more in the blue).
+CLOUD_REFLECTANCE = np.array([0.55, 0.53, 0.52, 0.55, 0.40, 0.28], np.float32)
+SHADOW_TRANSMISSION = np.array([0.50, 0.42, 0.38, 0.30, 0.26, 0.26], np.float32)
+#: Opacity of the dilated ring (haze at cloud edges) and added reflectance of cirrus.
+RING_OPACITY, CIRRUS_REFLECTANCE = 0.12, 0.03
+
+
+@dataclass(frozen=True)
+class Sky:
+    """Masks and opacities of one scene; every array has the scene's (rows, cols)."""
+
+    cloud: np.ndarray  # bool
+    dilated: np.ndarray  # bool, ring around clouds, not cloud
+    shadow: np.ndarray  # bool, not cloud
+    cirrus: np.ndarray  # bool
+    opacity: np.ndarray  # float32 0..1 (cloud and ring)
+    cirrus_depth: np.ndarray  # float32 0..1
+
+
+def shift(mask: np.ndarray, drow: int, dcol: int) -> np.ndarray:
+    """`mask` moved by (drow, dcol) pixels, False where nothing moved in."""
+    out = np.zeros_like(mask)
+    h, w = mask.shape
+    if abs(drow) >= h or abs(dcol) >= w:
+        return out
+    out[max(drow, 0): h + min(drow, 0), max(dcol, 0): w + min(dcol, 0)] = mask[
+        max(-drow, 0): h - max(drow, 0), max(-dcol, 0): w - max(dcol, 0)
+    ]
+    return out
+
+
+def shadow_offset(cloud_height_m: float, sun_azimuth_deg: float, sun_elevation_deg: float, pixel_size: float) -> tuple[int, int]:
+    """(rows, cols) by which a cloud's shadow is displaced on a north-up raster."""
+    d = cloud_height_m / np.tan(np.radians(sun_elevation_deg)) / pixel_size
+    az = np.radians(sun_azimuth_deg)
+    # The shadow lies away from the sun: east -sin(az) * d, north -cos(az) * d; rows grow southwards.
+    return int(round(d * np.cos(az))), int(round(-d * np.sin(az)))
+
+
+def draw_sky(
+    rng: np.random.Generator, valid: np.ndarray, cover: float, *, scales_px, dilate_px: int,
+    shadow_rc: tuple[int, int], cirrus: float = 0.0, cirrus_scale_px: float = 150.0,
+) -> Sky:
+    """Clouds covering exactly the share `cover` of the `valid` pixels, their dilated
+    ring, their shadow (displaced by `shadow_rc` (rows, cols)) and a cirrus layer
+    covering the share `cirrus` of the valid pixels (0: none)."""
+    shape = valid.shape
+    field = octaves(rng, shape, scales_px, [1.0, 0.5, 0.25][: len(scales_px)])
+    n_valid = int(valid.sum())
+    cloud = np.zeros(shape, bool)
+    opacity = np.zeros(shape, np.float32)
+    if n_valid and cover > 0:
+        values = field[valid]
+        k = int(round(cover * n_valid))
+        if k > 0:
+            cut = np.partition(values, n_valid - k)[n_valid - k]
+            cloud = valid & (field >= cut)
+            opacity[cloud] = np.clip(0.5 + 1.5 * (field[cloud] - cut), 0.0, 1.0)
+    ring = ndimage.binary_dilation(cloud, structure=np.ones((3, 3), bool), iterations=int(dilate_px)) & ~cloud & valid
+    opacity[ring] = RING_OPACITY
+    shadow = shift(cloud, *shadow_rc) & ~cloud & valid
+    cirrus_mask = np.zeros(shape, bool)
+    depth = np.zeros(shape, np.float32)
+    if cirrus > 0 and n_valid:
+        layer = octaves(rng, shape, [cirrus_scale_px], [1.0])
+        cut = np.quantile(layer[valid], 1.0 - cirrus)
+        cirrus_mask = valid & (layer >= cut)
+        depth[cirrus_mask] = np.clip(0.3 + (layer[cirrus_mask] - cut), 0.0, 1.0)
+    return Sky(cloud, ring, shadow, cirrus_mask, opacity, depth)
+
+
+def slc_off_gaps(along_m: np.ndarray, across_m: np.ndarray, pixel_size: float, phase_px: float = 0.0, *,
+                 period_px: float = 32.0, max_gap_px: float = 14.0, nadir_m: float = 11_000.0,
+                 half_swath_m: float = 92_500.0) -> np.ndarray:
+    """Pixels lost to ETM+'s scan-line-corrector failure (bool, shape of the inputs).
+
+    Gaps repeat every `period_px` pixels along track (one forward and one reverse scan
+    of 16 lines), starting `phase_px` into the period (it differs between acquisitions,
+    which is why other dates fill the gaps); their width grows linearly from 0 at
+    `nadir_m` from the ground track to `max_gap_px` at the swath edge, about 22% of a
+    whole scene.
+    """
+    width = max_gap_px * np.clip((np.abs(across_m) - nadir_m) / (half_swath_m - nadir_m), 0.0, 1.0)
+    phase = np.mod(along_m / pixel_size + phase_px, period_px)
+    return phase < width
+
+
+def observe(
+    clean: np.ndarray, sky: Sky, valid: np.ndarray, noise_sigma, rng: np.random.Generator
+) -> np.ndarray:
+    """What the sensor records: surface reflectance through the sky, plus noise.
+
+    Args:
+        clean: float32 (6, rows, cols) noise-free, cloud-free reflectance on this date.
+        sky: the scene's sky.
+        valid: bool (rows, cols), pixels with data (fill elsewhere).
+        noise_sigma: (6,) standard deviation of the additive sensor noise, reflectance.
+    Returns:
+        uint16 (6, rows, cols) Collection 2 DN, 0 where not valid.
+    """
+    out = np.empty(clean.shape, np.uint16)
+    sigma = np.asarray(noise_sigma, np.float32)
+    for b in range(clean.shape[0]):
+        r = clean[b].copy()
+        r[sky.shadow] *= SHADOW_TRANSMISSION[b]
+        r += sky.cirrus_depth * np.float32(CIRRUS_REFLECTANCE)
+        r += sky.opacity * (CLOUD_REFLECTANCE[b] - r)
+        r += sigma[b] * rng.standard_normal(r.shape, dtype=np.float32)
+        r[~valid] = np.nan
+        out[b] = to_dn(r)
+    return out
+
+
+def qa_pixel(valid: np.ndarray, sky: Sky, water: np.ndarray, cirrus_band: bool) -> np.ndarray:
+    """QA_PIXEL (uint16, rows x cols) consistent with the sky drawn.
+
+    Bits: 0 fill (alone, value 1, outside `valid`), 1 dilated cloud, 2 cirrus (only with
+    `cirrus_band`), 3 cloud, 4 cloud shadow, 6 clear (neither cloud nor dilated cloud,
+    as USGS defines it), 7 water (not under cloud); confidence pairs: cloud high (3) on
+    cloud pixels else low (1), shadow high on shadow pixels else low, snow/ice low,
+    cirrus high/low with a cirrus band, else 0.
+    """
+    u16 = np.uint16
+    qa = np.zeros(valid.shape, u16)
+    qa |= sky.dilated.astype(u16) << QA.DILATED_CLOUD
+    qa |= sky.cloud.astype(u16) << QA.CLOUD
+    qa |= sky.shadow.astype(u16) << QA.CLOUD_SHADOW
+    qa |= (~sky.cloud & ~sky.dilated).astype(u16) << QA.CLEAR
+    qa |= (water & ~sky.cloud).astype(u16) << QA.WATER
+    qa |= np.where(sky.cloud, u16(3), u16(1)) << QA.CLOUD_CONFIDENCE
+    qa |= np.where(sky.shadow, u16(3), u16(1)) << QA.SHADOW_CONFIDENCE
+    qa |= u16(1) << QA.SNOW_CONFIDENCE
+    if cirrus_band:
+        qa |= sky.cirrus.astype(u16) << QA.CIRRUS
+        qa |= np.where(sky.cirrus, u16(3), u16(1)) << QA.CIRRUS_CONFIDENCE
+    qa[~valid] = QA_FILL
+    return qa
+
+
+#: GeoTIFF layout of every band file: USGS distributes Collection 2 as COGs.
+COG_PROFILE = {"driver": "COG", "compress": "deflate", "predictor": 2, "blocksize": 256, "overviews": "NONE"}
+
+
+def write_product(folder: Path, pid: str, dn: np.ndarray, qa: np.ndarray, crs, transform, threads: int = 1) -> dict[str, Path]:
+    """Write the six SR bands and QA_PIXEL of product `pid` into `folder`.
+
+    Args:
+        dn: uint16 (6, rows, cols) in landsat.BANDS order; files are named by the
+            sensor's band numbers (landsat.band_filename).
+        qa: uint16 (rows, cols).
+        crs, transform: the scene's UTM CRS and 30 m north-up transform.
+    Returns:
+        band name (BANDS, and "qa_pixel") -> file path.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    base = {"count": 1, "dtype": "uint16", "width": qa.shape[1], "height": qa.shape[0], "crs": crs, "transform": transform}
+    files = {}
+    for name, data, nodata in [*((b, dn[i], SR_FILL) for i, b in enumerate(BANDS)), ("qa_pixel", qa, QA_FILL)]:
+        path = folder / band_filename(pid, name)
+        with rasterio.open(path, "w", **base, **COG_PROFILE, nodata=nodata, num_threads=str(threads)) as dst:
+            dst.write(data, 1)
+        files[name] = path
+    return files

@@ -1,0 +1,401 @@
+"""The mosaic stage: reader (names, bands by sensor, QA bits, scale), masking with a
+buffer, warping onto the lattice, agreement with geomad, the COG, and bad input."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import geomad
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+from pyproj import Transformer
+from rasterio.transform import from_origin
+from scipy import ndimage
+
+from urbanmap import cog, io, landsat, mosaic, scenes
+from urbanmap.cli import main
+from urbanmap.errors import InputError
+from urbanmap.lattice import PixelLattice
+
+from landsat_factory import CLEAR_QA, item_for, pid, write_catalog, write_product
+
+QA = landsat.QA
+CLOUD = (1 << QA.CLOUD) | (1 << QA.DILATED_CLOUD)
+SHADOW = (1 << QA.CLOUD_SHADOW) | CLEAR_QA
+CELL, PATCH = 300, 10  # 300 m cells of 10 x 10 pixels of 30 m
+COLS, ROWS = np.meshgrid(np.arange(9320, 9336), np.arange(2760, 2776))  # 16 x 16 cells
+LATTICE = PixelLattice.from_cells(COLS.ravel(), ROWS.ravel(), CELL, PATCH, "EPSG:6372")
+H, W = LATTICE.height, LATTICE.width  # 160 x 160 pixels
+
+
+def dn_of(reflectance) -> np.ndarray:
+    return landsat.to_dn(reflectance)
+
+
+# --- reader ---------------------------------------------------------------------------------
+
+
+def test_bands_are_found_by_sensor_in_folders(tmp_path):
+    """Landsat 5 blue is SR_B1, Landsat 8 blue is SR_B2: each band reads its own file."""
+    values = np.arange(1, 7, dtype=np.uint16)[:, None, None] * 1000 * np.ones((6, 8, 8), np.uint16)
+    qa = np.full((8, 8), CLEAR_QA, np.uint16)
+    for sensor in ("LT05", "LC08"):
+        write_product(tmp_path, pid(sensor, dt.date(2019, 3, 1) if sensor == "LC08" else dt.date(2010, 3, 1)),
+                      values, qa, "EPSG:6372", from_origin(LATTICE.bounds[0], LATTICE.bounds[3], 30, 30))
+    (l8,) = scenes.from_folder(tmp_path, 2019)
+    (l5,) = scenes.from_folder(tmp_path, 2010)
+    assert l5.scene.bands["blue"].endswith("_SR_B1.TIF") and l5.scene.bands["swir2"].endswith("_SR_B7.TIF")
+    assert l8.scene.bands["blue"].endswith("_SR_B2.TIF") and l8.scene.bands["swir1"].endswith("_SR_B6.TIF")
+    for product in (l5, l8):
+        datasets = scenes.open_files(product)
+        warped = scenes.read_warped([(product, datasets)], LATTICE.crs, LATTICE.transform, (8, 8))
+        [ds.close() for ds in datasets]
+        assert warped[0, :6, 0, 0].tolist() == [1000, 2000, 3000, 4000, 5000, 6000]  # blue .. swir2
+        assert warped[0, 6, 0, 0] == CLEAR_QA
+
+
+def test_stac_assets_are_matched_by_common_name_not_key(tmp_path):
+    dn = np.ones((6, 8, 8), np.uint16) * np.arange(1, 7, dtype=np.uint16)[:, None, None]
+    folder = write_product(tmp_path, pid("LC08", dt.date(2019, 5, 1)), dn, np.full((8, 8), CLEAR_QA, np.uint16),
+                           "EPSG:32614", from_origin(480000, 2150000, 30, 30))
+    item = item_for(folder)
+    # keys as another catalog might name them, in another order
+    item.assets = {f"B{i}": item.assets[k] for i, k in reversed(list(enumerate(item.assets)))}
+    item.assets["qa_pixel"] = item.assets.pop("B6")
+    (product,) = scenes.from_catalog(write_catalog(tmp_path / "stac", [item]), 2019)
+    for band in landsat.BANDS:
+        assert product.scene.bands[band].endswith(landsat.band_filename(folder.name, band))
+    assert product.scale == (landsat.SR_SCALE,) * 6 and product.offset == (landsat.SR_OFFSET,) * 6
+
+
+def test_year_and_month_filters(tmp_path):
+    dn, qa = np.ones((6, 4, 4), np.uint16), np.full((4, 4), CLEAR_QA, np.uint16)
+    tr = from_origin(480000, 2150000, 30, 30)
+    items = [item_for(write_product(tmp_path, pid("LC08", d), dn, qa, "EPSG:32614", tr))
+             for d in (dt.date(2018, 12, 30), dt.date(2019, 1, 15), dt.date(2019, 7, 2), dt.date(2019, 11, 20))]
+    catalog = write_catalog(tmp_path / "stac", items)
+    assert [p.scene.acquired.month for p in scenes.from_catalog(catalog, 2019)] == [1, 7, 11]
+    assert [p.scene.acquired.month for p in scenes.from_catalog(catalog, 2019, months=[11, 12, 1])] == [1, 11]
+    assert len(scenes.from_folder(tmp_path, 2018)) == 1
+    with pytest.raises(InputError, match=r"catalog.json: no scene acquired in 2020; its 4 scene\(s\) are from 2018, 2019"):
+        scenes.from_catalog(catalog, 2020)
+
+
+def test_scale_to_reflectance_and_fill():
+    dn = np.array([[[[0, 7273, 18182]]]], np.uint16).repeat(6, axis=1)  # (obs 1, 6 bands, 1 row, 3 cols)
+    clear = np.array([[[True, True, False]]])
+    x = mosaic.to_stack(dn, clear, np.full((1, 6), landsat.SR_SCALE), np.full((1, 6), landsat.SR_OFFSET))
+    assert x.shape == (1, 3, 6, 1) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0, :, :, 0], [[-0.2] * 6, [7273 * 2.75e-5 - 0.2] * 6, [np.nan] * 6], atol=1e-7)
+
+
+# --- masking ----------------------------------------------------------------------------------
+
+
+def test_qa_bits_make_the_mask():
+    values = {
+        "clear": CLEAR_QA, "water": CLEAR_QA | (1 << QA.WATER), "cloud": (1 << QA.CLOUD) | (3 << QA.CLOUD_CONFIDENCE),
+        "dilated": 1 << QA.DILATED_CLOUD, "cirrus": (1 << QA.CIRRUS) | CLEAR_QA, "shadow": SHADOW,
+        "snow": (1 << QA.SNOW) | CLEAR_QA, "fill": 1,
+    }
+    qa = np.array([list(values.values())], np.uint16)
+    dn = np.full((6, 1, qa.shape[1]), 9000, np.uint16)
+    default = mosaic.flag_bits(["dilated_cloud", "cirrus", "cloud", "cloud_shadow"])
+    got = dict(zip(values, mosaic.clear_mask(qa, dn, default)[0]))
+    assert got == {"clear": True, "water": True, "cloud": False, "dilated": False, "cirrus": False,
+                   "shadow": False, "snow": True, "fill": False}
+    with_snow = mosaic.clear_mask(qa, dn, default | mosaic.flag_bits(["snow"]))[0]
+    assert not with_snow[list(values).index("snow")]
+    dn[2, 0, 0] = 0  # a DN of 0 in any band is fill too
+    assert not mosaic.clear_mask(qa, dn, default)[0, 0]
+    with pytest.raises(InputError, match="mosaic.mask: unknown QA flag 'haze'"):
+        mosaic.flag_bits(["haze"])
+
+
+def test_buffer_grows_the_flagged_pixels_by_a_square():
+    qa = np.full((2, 9, 9), CLEAR_QA, np.uint16)
+    qa[0, 4, 4] = CLOUD
+    qa[1, 0, 8] = SHADOW
+    dn = np.full((2, 6, 9, 9), 9000, np.uint16)
+    clear = mosaic.clear_mask(qa, dn, mosaic.flag_bits(["cloud", "cloud_shadow"]), buffer_px=2)
+    expected = np.ones((2, 9, 9), bool)
+    expected[0, 2:7, 2:7] = False
+    expected[1, 0:3, 6:9] = False
+    np.testing.assert_array_equal(clear, expected)
+
+
+def test_buffer_in_metres_rounds_up_to_pixels(in_repo):
+    from urbanmap import config
+
+    cfg = config.load(".", ["mosaic.buffer=45", "mosaic.buffer_unit=m"])
+    assert mosaic.Options.from_config(cfg, 1000 / 33).buffer_px == 2  # 45 m / 30.3 m -> 2 pixels
+    cfg = config.load(".", ["mosaic.buffer=3"])
+    assert mosaic.Options.from_config(cfg, 1000 / 33).buffer_px == 3
+    with pytest.raises(InputError, match="mosaic.buffer_unit: must be px or m"):
+        mosaic.Options.from_config(config.load(".", ["mosaic.buffer_unit=km"]), 30)
+
+
+# --- warping -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("epsg", [32614, 32615])
+def test_warp_puts_each_source_pixel_where_it_belongs(tmp_path, epsg):
+    """Every lattice pixel gets the value of the source pixel under its centre, from a
+    scene in Mexico City's UTM zone (14) or the next one (15, 1,000 km off its meridian)."""
+    to_utm = Transformer.from_crs(6372, epsg, always_xy=True)
+    cx, cy = to_utm.transform(*LATTICE.transform @ (W / 2, H / 2))
+    n = W + 80
+    src_tr = from_origin(round(cx) - n * 15, round(cy) + n * 15, 30, 30)
+    code = (np.arange(n * n, dtype=np.uint16) + 1).reshape(n, n)  # pixel (r, c) holds r * n + c + 1
+    dn = np.repeat(code[None], 6, axis=0)
+    product = scenes.Product(landsat.scene_from_folder(
+        write_product(tmp_path, pid("LC08", dt.date(2019, 2, 1)), dn, np.full((n, n), CLEAR_QA, np.uint16), f"EPSG:{epsg}", src_tr)))
+    datasets = scenes.open_files(product)
+    warped = scenes.read_warped([(product, datasets)], LATTICE.crs, LATTICE.transform, (H, W))
+    [ds.close() for ds in datasets]
+    got = warped[0, 0].astype(np.int64) - 1
+    assert (got >= 0).all() and (warped[0, :6] == warped[0, :1]).all()
+    r, c = np.divmod(got, n)
+    sx, sy = src_tr @ (c + 0.5, r + 0.5)  # centres of the source pixels used
+    lx, ly = LATTICE.transform @ np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5)
+    ux, uy = to_utm.transform(lx, ly)  # lattice pixel centres in the scene's CRS
+    # nearest neighbour: the source pixel contains the lattice pixel's centre (GDAL's
+    # approximate transformer may be off by up to 0.125 pixel)
+    assert np.abs(ux - sx).max() <= 15 + 30 * 0.125 and np.abs(uy - sy).max() <= 15 + 30 * 0.125
+    assert np.mean((np.abs(ux - sx) <= 15) & (np.abs(uy - sy) <= 15)) > 0.99
+
+
+# --- the stage end to end -----------------------------------------------------------------------
+
+
+def _grid(out_dir, name="t", drop=()):
+    cells = pd.DataFrame({"col": COLS.ravel(), "row": ROWS.ravel()})
+    cells = cells[~cells.apply(lambda r: (r.col, r.row) in drop, axis=1)]
+    cells.insert(0, "cell_id", [f"c{c}_{r}" for c, r in zip(cells.col, cells.row)])
+    io.write_cells(out_dir / name / "grid.parquet", cells, CELL, "EPSG:6372")
+
+
+def _args(tmp_path, catalog, *extra):
+    return [f"out_dir={tmp_path / 'out'}", "data.name=t", f"data.cell_size={CELL}", "year=2019",
+            f"data.imagery.catalog={catalog}", "mosaic.block_cells=3", "mosaic.buffer=1",
+            "mosaic.cog.blocksize=128", "compute.threads=2", *extra]
+
+
+@pytest.fixture
+def lattice_scenes(tmp_path):
+    """Five LC08 scenes on the lattice's own grid: noisy reflectance around a per-pixel
+    truth, clouds and shadows in different places, and a 3 x 3 patch cloudy every time."""
+    rng = np.random.default_rng(7)
+    truth = rng.uniform(0.02, 0.45, (6, H, W)).astype(np.float32)
+    folders = []
+    for k in range(5):
+        qa = np.full((H, W), CLEAR_QA, np.uint16)
+        field = ndimage.gaussian_filter(rng.random((H, W)), 3)
+        qa[field > np.quantile(field, 0.8)] = CLOUD
+        qa[(field < np.quantile(field, 0.1))] = SHADOW
+        qa[30:33, 5:8] = CLOUD
+        if k == 0:
+            qa[:, :4] = 1  # fill: outside this scene's footprint
+        reflectance = truth + rng.normal(0, 0.01, truth.shape).astype(np.float32)
+        dn = np.where(qa == 1, 0, dn_of(reflectance))
+        folders.append(write_product(tmp_path / "scenes", pid("LC08", dt.date(2019, 1 + 2 * k, 10)), dn, qa,
+                                     LATTICE.crs, LATTICE.transform))
+    _grid(tmp_path / "out")
+    return write_catalog(tmp_path / "scenes", [item_for(f) for f in folders]), folders
+
+
+def reference(folders, bits, buffer_px):
+    """The masked stack built independently (files read whole, binary dilation) and
+    geomad's kernels on it: (10, H, W)."""
+    obs = []
+    for folder in folders:
+        p = folder.name
+        dn = np.stack([rasterio.open(folder / landsat.band_filename(p, b)).read(1) for b in landsat.BANDS])
+        qa = rasterio.open(folder / landsat.band_filename(p, "qa_pixel")).read(1)
+        bad = ndimage.binary_dilation((qa & bits) != 0, structure=np.ones((3, 3), bool), iterations=buffer_px)
+        bad |= (qa & 1).astype(bool) | (dn == 0).any(axis=0)
+        refl = dn.astype(np.float32) * np.float32(landsat.SR_SCALE) + np.float32(landsat.SR_OFFSET)
+        obs.append(np.where(bad, np.nan, refl))
+    x = np.ascontiguousarray(np.stack(obs, axis=-1).transpose(1, 2, 0, 3))  # (H, W, 6, obs)
+    gm = geomad.nangeomedian_pcm(x.reshape(H * W, 1, 6, -1), num_threads=1).reshape(H, W, 6)  # seeded per pixel
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        spread = [getattr(geomad, f"{n}_pcm")(x, gm, num_threads=1) for n in ("smad", "emad", "bcmad")]
+    count = (~np.isnan(x[:, :, 0, :])).sum(axis=-1)
+    return np.concatenate([gm.transpose(2, 0, 1), np.stack(spread), count[None]]).astype(np.float32)
+
+
+def test_stage_equals_geomad_on_the_masked_stack(in_repo, tmp_path, lattice_scenes, capsys):
+    catalog, folders = lattice_scenes
+    assert main(["mosaic", *_args(tmp_path, catalog)]) == 0
+    out = tmp_path / "out" / "t" / "mosaic_2019.tif"
+    with rasterio.open(out) as src:
+        got = src.read()
+        assert src.descriptions == ("blue", "green", "red", "nir", "swir1", "swir2", "smad", "emad", "bcmad", "count")
+        assert LATTICE.same_pixels(src.crs, src.transform, src.width, src.height)
+        assert np.isnan(src.nodata) and src.dtypes == ("float32",) * 10
+        # a COG: tiled, compressed, overviews, header first
+        assert src.block_shapes[0] == (128, 128) and src.overviews(1) == [2]
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG" and src.compression is not None
+    with rasterio.open(out, overview_level=0) as ovr:  # the mean of the valid pixels of each 2 x 2
+        assert ovr.shape == (H // 2, W // 2)
+        np.testing.assert_allclose(ovr.read(), cog.mean_pool(got, 2), rtol=1e-6, equal_nan=True)
+        assert np.isnan(ovr.read(1)).sum() < np.isnan(got[0]).sum() / 4 + 1
+    bits = mosaic.flag_bits(["dilated_cloud", "cirrus", "cloud", "cloud_shadow"])
+    ref = reference(folders, bits, 1)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    assert np.nanmax(np.abs(got - ref)) <= 1e-6
+    # the patch cloudy on every date is nodata, counted and reported
+    assert np.isnan(got[:6, 30:33, 5:8]).all() and (got[9, 30:33, 5:8] == 0).all()
+    summary = json.loads((tmp_path / "out" / "t" / "mosaic_2019.json").read_text())
+    assert summary["pixels"] == H * W and summary["pixels_no_clear"] == int((ref[9] == 0).sum()) >= 9
+    assert summary["observations"] == int(ref[9].sum()) and summary["scenes_used"] == 5
+    assert "with no clear observation" in capsys.readouterr().out
+    assert sorted(p.name for p in out.parent.iterdir()) == ["grid.parquet", "mosaic_2019.json", "mosaic_2019.tif"]
+
+
+def test_geomedian_only_runs_on_dn_and_agrees(in_repo, tmp_path, lattice_scenes):
+    """Without spread bands the stage reduces uint16 DN (geomad's nodata 0 path): same
+    geomedian and count as the float reference."""
+    catalog, folders = lattice_scenes
+    assert main(["mosaic", *_args(tmp_path, catalog, "mosaic.spread=[]")]) == 0
+    with rasterio.open(tmp_path / "out" / "t" / "mosaic_2019.tif") as src:
+        assert src.descriptions == ("blue", "green", "red", "nir", "swir1", "swir2", "count")
+        got = src.read()
+    ref = reference(folders, mosaic.flag_bits(["dilated_cloud", "cirrus", "cloud", "cloud_shadow"]), 1)
+    np.testing.assert_array_equal(np.isnan(got[:6]), np.isnan(ref[:6]))
+    assert np.nanmax(np.abs(got[:6] - ref[:6])) <= 1e-5
+    np.testing.assert_array_equal(got[6], ref[9])
+
+
+def test_only_configured_bands_and_cells_outside_the_grid(in_repo, tmp_path, lattice_scenes):
+    catalog, folders = lattice_scenes
+    _grid(tmp_path / "out", drop={(c, r) for c in range(9332, 9336) for r in range(2760, 2764)})  # the SE block
+    args = _args(tmp_path, catalog, "mosaic.spread=[emad]", "mosaic.count=false", "mosaic.block_cells=4")
+    assert main(["mosaic", *args]) == 0
+    with rasterio.open(tmp_path / "out" / "t" / "mosaic_2019.tif") as src:
+        assert src.descriptions == ("blue", "green", "red", "nir", "swir1", "swir2", "emad")
+        got = src.read()
+    assert np.isnan(got[:, 120:, 120:]).all() and not np.isnan(got[:, :120, 120:]).all()
+    summary = json.loads((tmp_path / "out" / "t" / "mosaic_2019.json").read_text())
+    assert summary["pixels"] == (256 - 16) * PATCH * PATCH
+
+
+def test_scenes_of_two_utm_zones_are_warped_and_combined(in_repo, tmp_path):
+    """Two scenes in UTM 14 with reflectance A and one in UTM 15 with B: every pixel has
+    three clear observations, and their geomedian is A."""
+    a, b = np.linspace(0.05, 0.30, 6), np.linspace(0.30, 0.05, 6)
+    items = []
+    for k, (epsg, value) in enumerate([(32614, a), (32615, b), (32614, a)]):
+        to_utm = Transformer.from_crs(6372, epsg, always_xy=True)
+        cx, cy = to_utm.transform(*LATTICE.transform @ (W / 2, H / 2))
+        n = W + 60
+        dn = np.broadcast_to(dn_of(value)[:, None, None], (6, n, n))
+        folder = write_product(tmp_path / "scenes", pid("LC08", dt.date(2019, 3 + k, 1), path=26 + k % 2), dn,
+                               np.full((n, n), CLEAR_QA, np.uint16), f"EPSG:{epsg}",
+                               from_origin(round(cx) - n * 15, round(cy) + n * 15, 30, 30))
+        items.append(item_for(folder))
+    _grid(tmp_path / "out")
+    assert main(["mosaic", *_args(tmp_path, write_catalog(tmp_path / "scenes", items))]) == 0
+    with rasterio.open(tmp_path / "out" / "t" / "mosaic_2019.tif") as src:
+        got = src.read()
+    assert (got[9] == 3).all()
+    np.testing.assert_allclose(got[:6], np.broadcast_to(a[:, None, None], (6, H, W)), atol=2e-4)
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+def expect_error(capsys, root, args, *fragments):
+    """Exit 2, one error line with the fragments (after the progress bar, if the error
+    came up while reading blocks), nothing new written under `root/out/t`."""
+    before = set((root / "out" / "t").rglob("*"))
+    assert main(args) == 2
+    *bar, err = capsys.readouterr().err.strip().split("\n")
+    assert all(line.startswith("mosaic:") for line in bar), bar
+    assert err.startswith("urbanmap mosaic: error: "), err
+    for fragment in fragments:
+        assert fragment in err, err
+    assert set((root / "out" / "t").rglob("*")) == before
+    return err
+
+
+def test_missing_band(in_repo, tmp_path, lattice_scenes, capsys):
+    catalog, folders = lattice_scenes
+    swir2 = folders[2] / landsat.band_filename(folders[2].name, "swir2")
+    swir2.unlink()
+    expect_error(capsys, tmp_path, ["mosaic", *_args(tmp_path, tmp_path / "scenes", "data.imagery.source=folder",
+                                                     f"data.imagery.folder={tmp_path / 'scenes'}")],
+                 folders[2].name, "lacks band swir2")
+    item = item_for(folders[1])
+    del item.assets["swir22"]
+    other = write_catalog(tmp_path / "other", [item])
+    expect_error(capsys, tmp_path, ["mosaic", *_args(tmp_path, other)], str(other), "no asset for band swir2")
+    expect_error(capsys, tmp_path, ["mosaic", *_args(tmp_path, catalog)], str(swir2), "cannot read GeoTIFF")
+
+
+def test_band_named_differently(in_repo, tmp_path, lattice_scenes, capsys):
+    _, folders = lattice_scenes
+    item = item_for(folders[0])
+    item.assets["red"].href = item.assets["blue"].href  # red pointing at SR_B2 of an LC08 scene
+    catalog = write_catalog(tmp_path / "other", [item])
+    expect_error(capsys, tmp_path, ["mosaic", *_args(tmp_path, catalog)], "_SR_B2.TIF", "is SR_B2, but red of LC08 is SR_B4")
+    item = item_for(folders[0])
+    item.assets["nir08"].extra_fields["eo:bands"][0]["common_name"] = "nir"
+    catalog = write_catalog(tmp_path / "other2", [item])
+    expect_error(capsys, tmp_path, ["mosaic", *_args(tmp_path, catalog)], "no asset for band nir (eo:common_name nir08)")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_geotiff(in_repo, tmp_path, lattice_scenes, capsys, damage):
+    catalog, folders = lattice_scenes
+    path = folders[3] / landsat.band_filename(folders[3].name, "green")
+    data = path.read_bytes()
+    path.write_bytes(b"II*\x00 not a tiff at all" if damage == "garbage" else data[: len(data) * 2 // 3])
+    expect_error(capsys, tmp_path, ["mosaic", *_args(tmp_path, catalog)], str(path), "cannot read GeoTIFF")
+    assert not list((tmp_path / "out" / "t").glob(".*"))  # no temporary file left
+
+
+def test_empty_catalog_and_no_scene_in_the_year(in_repo, tmp_path, lattice_scenes, capsys):
+    catalog, folders = lattice_scenes
+    empty = write_catalog(tmp_path / "empty", [])
+    expect_error(capsys, tmp_path, ["mosaic", *_args(tmp_path, empty)], str(empty), "no Landsat scene found")
+    expect_error(capsys, tmp_path, ["mosaic", *_args(tmp_path, catalog), "year=2011"], "no scene acquired in 2011")
+    expect_error(capsys, tmp_path, ["mosaic", *_args(tmp_path, catalog), "data.imagery.months=[12]"],
+                 "no scene acquired in 2019 (months 12)")
+    missing = tmp_path / "nope" / "catalog.json"
+    expect_error(capsys, tmp_path, ["mosaic", *_args(tmp_path, missing)], str(missing), "STAC catalog not found")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    expect_error(capsys, tmp_path, ["mosaic", *_args(tmp_path, bad)], str(bad), "cannot read STAC catalog")
+
+
+def test_stac_api_search_is_asked_for_the_region_and_year(monkeypatch, tmp_path, lattice_scenes):
+    """The API path (no network here): pystac-client is asked for the collection, the
+    region's lon/lat box and the year, and its items are read like a catalog's."""
+    import pystac_client
+
+    _, folders = lattice_scenes
+    asked = {}
+
+    class Search:
+        def items(self):
+            return iter([item_for(f) for f in folders])
+
+    class Client:
+        @staticmethod
+        def open(url):
+            asked["url"] = url
+            return Client()
+
+        def search(self, **kw):
+            asked.update(kw)
+            return Search()
+
+    monkeypatch.setattr(pystac_client, "Client", Client)
+    products = scenes.from_api("https://example.test/stac", "landsat-c2l2-sr", 2019, months=[1, 3], bbox=(-99.2, 19.3, -99.1, 19.4))
+    assert asked == {"url": "https://example.test/stac", "collections": ["landsat-c2l2-sr"], "bbox": [-99.2, 19.3, -99.1, 19.4],
+                     "datetime": "2019-01-01T00:00:00Z/2019-12-31T23:59:59Z", "max_items": None}
+    assert [p.scene.acquired.month for p in products] == [1, 3]

@@ -1,0 +1,98 @@
+"""The train stage: CV predictions, final model, both CV schemes, determinism, bad input."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from urbanmap import config, evaluate, paths, patches, train
+from urbanmap.cli import main
+from urbanmap.cv import spatial_blocks
+
+import synthetic
+from conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory):
+    """A synthetic region with its patches (100 per class) cut once."""
+    root = tmp_path_factory.mktemp("train")
+    synthetic.make_region(root)
+    patches.run(config.load(REPO, synthetic.overrides(root)))
+    return root
+
+
+def cfg_for(root, model="extra_trees", *extra):
+    return config.load(REPO, synthetic.overrides(root, "tiny", *synthetic.FAST[model], *extra))
+
+
+def test_extra_trees_cv_predicts_every_cell_once_then_saves_the_final_model(region):
+    cfg = cfg_for(region)
+    train.run(cfg)
+    pred = pd.read_parquet(paths.cv_predictions(cfg))
+    ps = patches.load_patches(paths.patches(cfg))
+    assert sorted(pred["cell_id"]) == sorted(ps.cell_id)
+    assert sorted(pred["fold"].unique()) == [0, 1, 2]
+    assert pred.groupby("fold")["y_true"].mean().between(0.45, 0.55).all()  # stratified
+    assert pred["p_urban"].between(0, 1).all()
+    assert (pred["y_pred"] == (pred["p_urban"] >= 0.5)).all()
+    assert (pred["y_pred"] == pred["y_true"]).mean() > 0.9  # the synthetic city is easy to see
+    card = (paths.model_dir(cfg) / "model_card.json").read_text()
+    assert '"name": "extra_trees"' in card and '"patch_size": 33' in card
+    assert (paths.model_dir(cfg) / "model.skops").is_file()
+
+
+def test_spatial_cv_keeps_blocks_on_one_side(region):
+    cfg = cfg_for(region, "extra_trees", "cv=spatial", "cv.n_splits=3", "cv.block_size=4000")
+    train.run(cfg)
+    pred = pd.read_parquet(paths.cv_predictions(cfg))
+    blocks = spatial_blocks(pred["x"], pred["y"], 4000)
+    assert (pd.Series(pred["fold"].to_numpy()).groupby(blocks).nunique() == 1).all()
+    assert pred["fold"].nunique() == 3
+
+
+@pytest.mark.parametrize("model", ["extra_trees", "lenet"])
+def test_same_seed_gives_identical_metrics(region, tmp_path, model):
+    outputs = []
+    for _ in range(2):
+        cfg = cfg_for(region, model)
+        train.run(cfg)
+        evaluate.run(cfg)
+        outputs.append((paths.metrics(cfg).read_bytes(), pd.read_parquet(paths.cv_predictions(cfg))))
+    assert outputs[0][0] == outputs[1][0]
+    pd.testing.assert_frame_equal(outputs[0][1], outputs[1][1])
+
+
+def write_patches(root, ps):
+    folder = root / "bad"
+    folder.mkdir(exist_ok=True)
+    patches.save_patches(folder / "patches.npz", ps)
+    return ["out_dir=" + str(root), "data.name=bad", "cv.n_splits=3", *synthetic.FAST["extra_trees"]]
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ("one_class", "one class only (urban)"),
+        ("few", "2 urban and 2 non_urban cells are fewer than cv.n_splits=3 per class"),
+        ("nan", "NaN or infinite values in 1 of 200 patches"),
+    ],
+)
+def test_bad_patches_fail_cleanly(region, tmp_path, capsys, in_repo, change, fragment):
+    ps = patches.load_patches(region / "tiny" / "patches.npz")
+    if change == "one_class":
+        ps = ps.subset(ps.label == 1)
+    elif change == "few":
+        ps = ps.subset(np.r_[np.flatnonzero(ps.label == 1)[:2], np.flatnonzero(ps.label == 0)[:2]])
+    else:
+        ps.patches[17, 2, 4, 4] = np.nan
+    args = write_patches(tmp_path, ps)
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fragment in err and "patches.npz" in err, err
+    assert sorted(p.name for p in (tmp_path / "bad").iterdir()) == ["patches.npz"]  # nothing written
+
+
+def test_unknown_model_is_refused(region, capsys, in_repo):
+    assert main(["train", *synthetic.overrides(region), "model=random_forest"]) == 2
+    err = capsys.readouterr().err
+    assert "no config 'random_forest'" in err and "extra_trees, lenet, resnet18" in err
