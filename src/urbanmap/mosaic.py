@@ -9,14 +9,17 @@ For every block of `mosaic.block_cells` x `mosaic.block_cells` cells:
 2. each observation is masked from its QA_PIXEL: fill, and the flags listed in
    `mosaic.mask` (dilated cloud, cirrus, cloud, cloud shadow; snow optional), grown by
    `mosaic.buffer` pixels or metres (a square neighbourhood on the lattice), and the DN
-   are scaled to surface reflectance (float32, NaN where masked);
+   are scaled to surface reflectance (float32, NaN where masked; with no spread band
+   the stack stays uint16 DN, 0 where masked, and geomad applies the scale);
 3. geomad's kernels reduce the stack: the geometric median (`nangeomedian_pcm`), the
    spread bands asked for in `mosaic.spread` (smad, emad, bcmad) and, with
    `mosaic.count`, the number of clear observations.
 
 Reading and masking of the next block run in a background thread while geomad (which
-releases the GIL, `compute.threads` OpenMP threads) reduces the current one. Blocks are
-written into a temporary GeoTIFF, then copied into a COG (cog.copy_to_cog).
+releases the GIL, `compute.threads` OpenMP threads) reduces the current one. Blocks and
+their averaged overviews are written into temporary GeoTIFFs, then copied into one COG
+(cog.BlockWriter). Memory is bounded by the block size and `mosaic.gdal_cache_mb`, not
+by the region's size.
 
 Output `<region_dir>/mosaic_<year>.tif` (EPSG of the grid, the PixelLattice's transform):
 float32, bands `blue green red nir swir1 swir2` (surface reflectance, unitless, as
@@ -35,7 +38,6 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -369,6 +371,25 @@ def prepare_block(b: int, block: Block, reader: _Reader, lattice, opts: Options)
     return x, calibration, [chosen[k] for k in keep], {chosen[k]: int(used[k]) for k in range(len(chosen))}
 
 
+def _release_freed_memory():
+    """A function returning freed heap memory to the OS (glibc's malloc_trim), or a no-op.
+
+    After a large array is freed, glibc raises its mmap threshold, so the next blocks'
+    arrays come from the heap, whose freed space stays in RSS and fragments: without
+    trimming, peak memory grows with the number of blocks (measured: +15% for a region
+    four times larger); a fixed threshold instead costs ~5 s of page faults per run.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: trim(0)
+
+
 @dataclass
 class Result:
     """What a mosaic run measured (the summary JSON)."""
@@ -413,6 +434,7 @@ def build(products, lattice, cols, rows, opts: Options, writer, progress: bool =
     blocks = plan(products, lattice, cols, rows, opts)
     result = Result(per_scene={p.product_id: 0 for p in products})
     reader = _Reader(products, blocks)
+    release = _release_freed_memory()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mosaic-read")
     with rasterio.Env(GDAL_CACHEMAX=opts.gdal_cache_mb * 2**20):
         try:
@@ -436,6 +458,9 @@ def build(products, lattice, cols, rows, opts: Options, writer, progress: bool =
                 result.min_count = low if result.min_count is None else min(result.min_count, low)
                 for i, n in clear_px.items():
                     result.per_scene[products[i].product_id] += n
+                del x, out
+                if b % 8 == 7:  # every few blocks: each trim costs page faults later
+                    release()
         finally:
             pool.submit(reader.close).result()
             pool.shutdown(cancel_futures=True)
@@ -500,7 +525,9 @@ def run(cfg) -> None:
         int(opts.cog.get("blocksize", cog.DEFAULTS["blocksize"])), block_px,
     ) as writer:
         result = build(products, lattice, cells["col"].to_numpy(), cells["row"].to_numpy(), opts, writer)
-        with io.atomic_output(out) as tmp:
+        # The copy streams tiles: a small cache keeps its memory independent of the
+        # region's size (a cache the size of the output would grow with it).
+        with io.atomic_output(out) as tmp, rasterio.Env(GDAL_CACHEMAX=64 * 2**20):
             writer.to_cog(tmp, threads=opts.threads, **opts.cog)
     seconds = time.perf_counter() - start
 
