@@ -15,11 +15,21 @@ import yaml
 from dvcproject import make_clone, sh, stages_run
 
 
+def checksum(path: Path) -> str:
+    """md5 of a file, or of a directory's relative file names and contents."""
+    digest = hashlib.md5()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path)).encode() if path.is_dir() else b"")
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
 def outputs(clone: Path) -> dict[str, str]:
-    """md5 of every stage output of the clone's dvc.lock, by path."""
+    """Checksums of every stage output of the clone's dvc.lock, by path."""
     lock = yaml.safe_load((clone / "dvc.lock").read_text())
     paths = [o["path"] for stage in lock["stages"].values() for o in stage.get("outs", [])]
-    return {p: hashlib.md5((clone / p).read_bytes()).hexdigest() for p in paths}
+    return {p: checksum(clone / p) for p in paths}
 
 
 def publish(clone: Path, *push_args, env=None) -> dict[str, str]:

@@ -24,15 +24,11 @@ Then the run is logged to MLflow (tracking.py) unless ``tracking.enabled`` is fa
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pandas as pd
 
 from urbanmap.errors import InputError
 from urbanmap.patches import CLASSES
-
-log = logging.getLogger(__name__)
 
 #: The pilot's 10-fold cross-validation results (INEGI / UNECE HLG-MOS; ../shared/DESIGN.md).
 PILOT = {
@@ -257,7 +253,7 @@ def run(cfg) -> None:
     import pyarrow.parquet as pq
 
     from urbanmap import io, models, paths, tracking
-    from urbanmap.outdir import atomic_directory
+    from urbanmap.io import atomic_directory
 
     path = io.require_file(paths.cv_predictions(cfg), "cross-validation predictions")
     try:

@@ -47,7 +47,6 @@ import numpy as np
 import pandas as pd
 
 from urbanmap.errors import InputError
-from urbanmap.landsat import BANDS
 from urbanmap.lattice import PixelLattice
 
 log = logging.getLogger(__name__)

@@ -71,7 +71,7 @@ def build(model_cfg, bands, patch_size: int, seed: int, threads: int = 1) -> Pat
 def save(clf: PatchClassifier, folder: Path, card: dict) -> dict:
     """Write the model files and `model_card.json` (general `card` entries + the model's
     own) into `folder`, which is replaced whole (a temporary folder renamed into place)."""
-    from urbanmap.outdir import atomic_directory
+    from urbanmap.io import atomic_directory
 
     with atomic_directory(folder) as tmp:
         files = clf.save(tmp)
