@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,20 @@ def in_repo(monkeypatch) -> Path:
     """Run with the project root as working directory (where params.yaml lives)."""
     monkeypatch.chdir(REPO)
     return REPO
+
+
+def heavy_imports_after(args: list[str]) -> tuple[int, list[str]]:
+    """Run `urbanmap <args>` in a fresh interpreter; return its exit status and the
+    heavy libraries (torch, lightning, torchvision, mlflow) it imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from urbanmap.cli import main; "
+        f"rc = main({args!r}); "
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'torchvision', 'mlflow')); "
+        "print(rc, heavy)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    rc, heavy = result.stdout.strip().splitlines()[-1].split(" ", 1)
+    return int(rc), ast.literal_eval(heavy)

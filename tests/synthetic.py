@@ -118,3 +118,16 @@ FAST = {
     "lenet": ["model=lenet", "model.trainer.max_epochs=1", "model.trainer.batch_size=64"],
     "resnet18": ["model=resnet18", "model.trainer.max_epochs=1", "model.trainer.batch_size=64"],
 }
+
+
+def trained_region(root: Path):
+    """A tiny labelled region with its mosaic, patches and a trained Extra Trees model
+    under `root`; returns the config that made them."""
+    from conftest import REPO
+    from urbanmap import config, patches, train
+
+    make_region(root)
+    cfg = config.load(REPO, overrides(root, "tiny", *FAST["extra_trees"]))
+    patches.run(cfg)
+    train.run(cfg)
+    return cfg

@@ -9,7 +9,7 @@ import shapely
 
 from urbanmap.cli import main
 
-from conftest import REPO
+from conftest import REPO, heavy_imports_after
 
 SMALL = "data.window=[2795000,824000,2805000,834000]"  # 10 km x 10 km in Mexico City
 
@@ -28,14 +28,7 @@ def test_help_lists_the_stages():
 
 
 def test_grid_stage_does_not_import_torch(tmp_path, shared_data):
-    code = (
-        "import sys; from urbanmap.cli import main; "
-        f"rc = main(['grid', 'out_dir={tmp_path}', '{SMALL}']); "
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'torchvision')); "
-        "print(rc, heavy)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
-    assert result.stdout.strip().splitlines()[-1] == "0 []", result.stderr
+    assert heavy_imports_after(["grid", f"out_dir={tmp_path}", SMALL]) == (0, [])
     assert (tmp_path / "valle_de_mexico" / "grid.parquet").is_file()
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from urbanmap import config, evaluate, paths, patches, train
+from urbanmap import config, evaluate, paths, train
 from urbanmap.cli import main
 
 import synthetic
@@ -46,10 +46,7 @@ def test_summary_is_mean_and_std_over_folds():
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
-    synthetic.make_region(root)
-    cfg = config.load(REPO, synthetic.overrides(root, "tiny", *synthetic.FAST["extra_trees"]))
-    patches.run(cfg)
-    train.run(cfg)
+    cfg = synthetic.trained_region(root)
     evaluate.run(cfg)
     return root, cfg
 

@@ -1,8 +1,6 @@
 """The patches stage: cells cut on the lattice, balanced sample, nodata, bad mosaics."""
 
 import logging
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ from urbanmap.errors import InputError
 from urbanmap.patches import extract, load_patches, read_patches, run
 
 import synthetic
-from conftest import REPO
+from conftest import REPO, heavy_imports_after
 
 
 @pytest.fixture
@@ -157,14 +155,7 @@ def test_missing_mosaic_and_corrupt_patches_file(tmp_path, capsys, in_repo):
 
 def test_patches_stage_does_not_import_torch(region):
     root, _, _ = region
-    code = (
-        "import sys; from urbanmap.cli import main; "
-        f"rc = main(['patches', *{synthetic.overrides(root)!r}]); "
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'torchvision', 'mlflow')); "
-        "print(rc, heavy)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
-    assert result.stdout.strip().splitlines()[-1] == "0 []", result.stderr
+    assert heavy_imports_after(["patches", *synthetic.overrides(root)]) == (0, [])
     assert paths.patches(cfg_for(root)).is_file()
 
 

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import geopandas as gpd
-import numpy as np
 import pytest
 import shapely
 import yaml

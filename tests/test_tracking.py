@@ -14,7 +14,7 @@ import urllib.request
 import pandas as pd
 import pytest
 
-from urbanmap import config, evaluate, paths, patches, train
+from urbanmap import config, evaluate, paths
 
 import synthetic
 from conftest import REPO
@@ -23,10 +23,7 @@ from conftest import REPO
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("tracking")
-    synthetic.make_region(root)
-    cfg = config.load(REPO, synthetic.overrides(root, "tiny", *synthetic.FAST["extra_trees"]))
-    patches.run(cfg)
-    train.run(cfg)
+    synthetic.trained_region(root)
     return root
 
 
