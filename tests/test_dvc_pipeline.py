@@ -1,5 +1,10 @@
 """`dvc repro` in a clone: idempotent, and reruns exactly what a change touches."""
 
+import os
+import signal
+import subprocess
+import time
+
 import yaml
 
 from dvcproject import make_clone, sh, stages_run
@@ -32,3 +37,60 @@ def test_repro_reruns_only_what_changed(tmp_path, shared_data):
 
     set_params(clone, **{"data.window": [2808000, 831000, 2814000, 838000]})
     assert stages_run(sh("dvc", "repro", cwd=clone).stdout)[:2] == ["grid", "labels"]
+
+
+def lock_outs(clone) -> dict[str, str]:
+    """md5 of every stage output recorded in dvc.lock, by path."""
+    lock = yaml.safe_load((clone / "dvc.lock").read_text())
+    return {o["path"]: o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", [])}
+
+
+def test_killed_repro_leaves_no_output_and_a_rerun_finishes_it(tmp_path, shared_data):
+    """SIGKILL to `dvc repro` and its stage while the stage writes its output folder:
+    the output is absent (never half-written), and the next `dvc repro` completes with the
+    same outputs as an uninterrupted run. The killed run's hidden temporaries are not
+    outputs (io removes them the next time the stage itself runs: test_io)."""
+    clone = make_clone(tmp_path)
+    sh("dvc", "repro", cwd=clone)
+    reference = lock_outs(clone)
+    scenes = clone / "data" / "small" / "scenes"
+
+    repro = subprocess.Popen(["dvc", "repro", "--force", "--no-run-cache"], cwd=clone, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(scenes.glob(".2010.tmp-*/*/*.TIF")):  # synth@train is writing scenes
+            assert repro.poll() is None and time.monotonic() < deadline, "synth@train never started writing"
+            time.sleep(0.05)
+    finally:
+        os.killpg(repro.pid, signal.SIGKILL)
+        repro.wait()
+    assert not (scenes / "2010").exists()
+    assert "changed" in sh("dvc", "status", cwd=clone).stdout or "deleted" in sh("dvc", "status", cwd=clone).stdout
+
+    sh("dvc", "repro", cwd=clone)
+    assert lock_outs(clone) == reference
+    assert "up to date" in sh("dvc", "status", cwd=clone).stdout
+    assert not any(".tmp-" in path for path in lock_outs(clone))
+
+
+def test_hand_edited_lock(tmp_path, shared_data):
+    """A dvc.lock edited by hand: a wrong checksum makes DVC rerun that stage (same
+    outputs); a broken file is refused with a message naming dvc.lock; nothing is lost."""
+    clone = make_clone(tmp_path)
+    sh("dvc", "repro", cwd=clone)
+    reference = lock_outs(clone)
+    lock = clone / "dvc.lock"
+    good = lock.read_text()
+
+    md5 = reference["data/small/labels.parquet"]
+    lock.write_text(good.replace(md5, "f" * 32))
+    status = sh("dvc", "status", cwd=clone).stdout
+    assert "labels:" in status and "modified" in status
+    assert stages_run(sh("dvc", "repro", cwd=clone).stdout)[:1] == ["labels"]
+    assert lock_outs(clone) == reference
+
+    lock.write_text(good.replace("outs:", "outs: [", 1))
+    result = sh("dvc", "repro", cwd=clone, check=False)
+    assert result.returncode != 0 and "dvc.lock" in result.stderr, result.stderr
+    assert all((clone / path).exists() for path in reference)

@@ -39,3 +39,21 @@ def test_read_cells_refuses_foreign_parquet(tmp_path):
     pd.DataFrame({"x": np.arange(3)}).to_parquet(path)
     with pytest.raises(io.InputError, match="plain.parquet: grid is not an urbanmap cell table"):
         io.read_cells(path, "grid")
+
+
+def test_leftovers_of_a_killed_run_are_removed_by_the_next(tmp_path):
+    """SIGKILL leaves `.name.tmp-<pid>` beside an output (no `finally` runs): the next
+    write of that output removes those of dead processes and keeps a live writer's."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    (tmp_path / f".scenes.tmp-{pid}").mkdir()
+    (tmp_path / f".scenes.tmp-{pid}" / "B1.TIF").write_bytes(b"half")
+    (tmp_path / f".out.json.tmp-{pid}").write_text("{")
+    (tmp_path / ".out.json.tmp-1").write_text("{")  # pid 1 is alive: another writer's
+    with io.atomic_directory(tmp_path / "scenes") as tmp:
+        (tmp / "B1.TIF").write_bytes(b"whole")
+    io.write_json(tmp_path / "out.json", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.json.tmp-1", "out.json", "scenes"]

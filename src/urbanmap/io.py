@@ -13,6 +13,7 @@ integer lattice indices of the cell's lower-left corner, ``x_min = col * cell_si
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import struct
@@ -31,14 +32,35 @@ from urbanmap.errors import InputError
 LATTICE_KEY = b"urbanmap:lattice"
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove `.<name>.tmp-<pid>` / `.<name>.old.tmp-<pid>` beside `path` left by a run
+    that was killed (SIGKILL, power loss: no `finally` ran), when <pid> is not alive."""
+    import shutil
+
+    for stale in path.parent.glob(f".{glob.escape(path.name)}*.tmp-*"):
+        pid = stale.name.rpartition(".tmp-")[2]
+        if not pid.isdigit() or stale.name not in (f".{path.name}.tmp-{pid}", f".{path.name}.old.tmp-{pid}"):
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # a live process is writing it
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` if the block succeeds.
 
-    On any exception the temporary file is removed and `path` is left untouched.
+    On any exception the temporary file is removed and `path` is left untouched; the
+    leftovers of a killed earlier run are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
@@ -53,12 +75,14 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary directory beside `path`; if the block succeeds, it
     replaces `path` (a directory output, e.g. a folder of scenes) in two renames.
 
-    On any exception the temporary directory is removed and `path` is left untouched.
+    On any exception the temporary directory is removed and `path` is left untouched; the
+    leftovers of a killed earlier run are removed first.
     """
     import shutil
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     old = path.with_name(f".{path.name}.old.tmp-{os.getpid()}")
     for stale in (tmp, old):
