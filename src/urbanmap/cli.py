@@ -21,6 +21,9 @@ STAGES = {
     "patches": ("urbanmap.patches:run", "balanced sample of labelled cells, their mosaic patches -> patches.npz"),
     "train": ("urbanmap.train:run", "cross-validation and final model (model=, cv=) -> cv_predictions.parquet, model/"),
     "evaluate": ("urbanmap.evaluate:run", "per-class metrics, plots, report, MLflow runs -> metrics.json, plots/, evaluation/"),
+    "predict": ("urbanmap.predict:run", "the final model on every grid cell of year='s mosaic -> predictions_<year>.parquet/.tif/.png/.json"),
+    "change": ("urbanmap.change:run", "years.train's map against years.target's -> change/ (parquet, COG, PNG, municipalities.csv, region.json)"),
+    "sdg": ("urbanmap.sdg:run", "SDG 11.3.1 (LCR, PGR, LCRPGR) per municipality and region -> sdg/sdg_11_3_1.csv, .png, .json"),
 }
 
 
@@ -39,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
         help="write params.yaml from conf/ (the composed defaults, plus overrides), as dvc exp run does",
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides for the composition")
+    from urbanmap import validate  # `urbanmap validate <step>`: its own sub-parsers
+
+    validate.add_parser(sub)
     return parser
 
 
@@ -48,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from urbanmap import config
 
+        if args.command == "validate":
+            from urbanmap import validate
+
+            validate.command(args)
+            return 0
         if args.command == "params":
             out = config.write_params(".", args.overrides)
             print(f"params: wrote {out}")

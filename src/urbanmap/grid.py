@@ -151,20 +151,51 @@ def region_geometry(boundary, window, crs: CRS, boundary_path: str) -> shapely.G
     return shape
 
 
-def run(cfg) -> None:
-    """Stage: read the boundary, build the grid, write `<out_dir>/<region>/grid.parquet`."""
-    from urbanmap import io, paths
+def mosaic_region(cfg, boundary, window, crs: CRS) -> shapely.Geometry:
+    """The region, given that the imagery may be one existing file (data.imagery.source:
+    file, see mosaic_file): with no boundary and no window, the file's extent; otherwise
+    boundary ∩ window, which must overlap the file's extent."""
+    im = cfg.data.get("imagery")
+    if im is None or str(im.get("source")) != "file" or not im.get("file"):
+        return region_geometry(boundary, window, crs, str(cfg.data.boundary))
+    from urbanmap import mosaic_file
 
-    crs = CRS.from_user_input(cfg.data.crs)
+    extent, path = mosaic_file.region_footprint(cfg, crs)
+    if boundary is None and window is None:
+        return extent
+    region = region_geometry(boundary, window, crs, str(cfg.data.boundary))
+    if shapely.intersection(region, extent).area <= 0:
+        where = cfg.data.boundary if boundary is not None else f"data.window {list(window)}"
+        raise InputError(f"{path}: the mosaic file does not overlap the region ({where})")
+    return region
+
+
+def run(cfg) -> None:
+    """Stage: read the boundary, build the grid, write `<out_dir>/<region>/grid.parquet`.
+
+    The region is data.boundary ∩ data.window; when both are null and the imagery is one
+    file (data.imagery.source: file), the extent of that file (for years.train).
+    """
+    from pyproj.exceptions import CRSError
+
+    from urbanmap import io, paths
+    from urbanmap.lattice import patch_size
+
+    try:
+        crs = CRS.from_user_input(cfg.data.crs)
+    except CRSError as exc:
+        raise InputError(f"data.crs: {cfg.data.crs!r} is not a CRS: {exc}".splitlines()[0]) from None
     check_projected(crs, "data.crs")
     cell_size = float(cfg.data.cell_size)
     if cell_size <= 0:
         raise InputError(f"data.cell_size: must be positive, got {cell_size}")
+    # Refuse a cell smaller than two pixels now, not in a later stage.
+    patch_size(cell_size, float(cfg.data.pixel_size), cfg.data.get("patch_size"))
     boundary = None
     if cfg.data.boundary:
         boundary = io.read_vector(cfg.data.boundary, "boundary")
     window = list(cfg.data.window) if cfg.data.window is not None else None
-    region = region_geometry(boundary, window, crs, str(cfg.data.boundary))
+    region = mosaic_region(cfg, boundary, window, crs)
     cells = build_grid(region, cell_size)
     out = paths.grid(cfg)
     io.write_cells(out, cells, cell_size, crs)

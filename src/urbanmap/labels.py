@@ -173,6 +173,10 @@ def run(cfg) -> dict:
     """
     from urbanmap import io, paths
 
+    if cfg.data.get("landcover"):  # labels from a land-cover raster instead (issue 8)
+        from urbanmap import labels_raster
+
+        return labels_raster.run(cfg)
     rule = cfg.labels.rule
     if rule not in ("urban_fraction", "population_density"):
         raise InputError(f"labels.rule: unknown rule {rule!r} (urban_fraction or population_density)")

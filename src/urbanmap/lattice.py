@@ -5,7 +5,11 @@ A cell of side ``cell_size`` metres is cut into ``patch_size`` x ``patch_size`` 
 33.3 gives 33, so mosaic pixels are 1000/33 = 30.30 m. The 1% change of pixel size
 happens anyway when Landsat's 30 m UTM pixels are warped to the grid's CRS, and in
 exchange every cell is exactly one 33 x 33 window of the mosaic, with no partial pixels
-and no drift across the country. (300 m / 28.5 m = 10.5 rounds to 11, i.e. 27.3 m pixels.)
+and no drift across the country. 300 m / 28.5 m = 10.53 rounds to 11 (27.27 m pixels,
+4% finer than the source, rather than 10 pixels of 30 m, 5% coarser); an exact tie such
+as 315 m / 30 m = 10.5 rounds up to 11 (half up, not Python's round-half-to-even), so a
+tie always picks the finer lattice and never throws away resolution. The cell must be
+at least two pixels wide (cell_size >= 2 x pixel_size), whatever patch_size says.
 
 The region's raster covers the bounding box of its cells: its upper-left corner is the
 upper-left corner of the north-westernmost cell, and raster row 0 is the north edge.
@@ -13,6 +17,7 @@ upper-left corner of the north-westernmost cell, and raster row 0 is the north e
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,9 +29,12 @@ from urbanmap.errors import InputError
 
 
 def patch_size(cell_size: float, pixel_size: float, explicit: int | None = None) -> int:
-    """Pixels per cell side: `explicit` if given, else round(cell_size / pixel_size)."""
-    size = int(explicit) if explicit else int(round(cell_size / pixel_size))
-    if size < 2:
+    """Pixels per cell side: `explicit` if given, else cell_size / pixel_size rounded to
+    the nearest whole number, ties up (see the module docstring)."""
+    if pixel_size <= 0:
+        raise InputError(f"data.pixel_size: must be positive, got {pixel_size:g}")
+    size = int(explicit) if explicit else int(math.floor(cell_size / pixel_size + 0.5))
+    if size < 2 or cell_size < 2 * pixel_size:
         raise InputError(
             f"data.cell_size {cell_size:g} m is smaller than two pixels of {pixel_size:g} m"
         )

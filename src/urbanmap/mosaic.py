@@ -286,6 +286,8 @@ class Options:
 
     @classmethod
     def from_config(cls, cfg, pixel_size: float) -> "Options":
+        from urbanmap import compute
+
         m = cfg.mosaic
         unit = str(m.buffer_unit)
         if unit not in ("px", "m"):
@@ -300,7 +302,7 @@ class Options:
                 raise InputError(f"mosaic.spread: unknown band {name!r} (choose from {', '.join(SPREAD_BANDS)})")
         return cls(
             flag_bits(m.mask), buffer_px, spread, bool(m.count), int(m.block_cells),
-            int(cfg.compute.threads), float(m.eps), int(m.max_iters), int(m.gdal_cache_mb), dict(m.cog),
+            compute.task_threads(cfg), float(m.eps), int(m.max_iters), int(m.gdal_cache_mb), dict(m.cog),
         )
 
 
@@ -425,13 +427,16 @@ def plan(products, lattice, cols, rows, opts: Options) -> list[Block]:
     return blocks
 
 
-def build(products, lattice, cols, rows, opts: Options, writer, progress: bool = True) -> Result:
+def build(products, lattice, cols, rows, opts: Options, writer, progress: bool = True,
+          blocks: list[Block] | None = None) -> Result:
     """Compute the mosaic of `products` on `lattice` (cells given by `cols`, `rows`),
-    block by block into `writer` (a cog.BlockWriter of band_names(opts...) bands)."""
+    block by block into `writer` (a cog.BlockWriter of band_names(opts...) bands, or any
+    object with its `write`); `blocks`: already planned blocks (a tile's), else plan()."""
     import rasterio
     from tqdm import tqdm
 
-    blocks = plan(products, lattice, cols, rows, opts)
+    if blocks is None:
+        blocks = plan(products, lattice, cols, rows, opts)
     result = Result(per_scene={p.product_id: 0 for p in products})
     reader = _Reader(products, blocks)
     release = _release_freed_memory()
@@ -506,9 +511,95 @@ def load(cfg):
     return year, cells, lattice, opts, products, where
 
 
+# --- tiles: the unit of work of compute=local and compute=dask -------------------------------
+
+
+class _PartWriter:
+    """build()'s sink for one tile: each block goes to `<folder>/<row_off>_<col_off>.npy`
+    (float32 (bands, rows, cols)), so a task holds one block of output at a time."""
+
+    def __init__(self, folder):
+        from pathlib import Path
+
+        self.folder = Path(folder)
+
+    def write(self, block: np.ndarray, row_off: int, col_off: int) -> None:
+        np.save(self.folder / f"{row_off}_{col_off}.npy", block)
+
+
+@dataclass(frozen=True)
+class TileJob:
+    """One task: the blocks of a tile (scenes assigned) and the folder of its part."""
+
+    tile_id: str
+    blocks: list
+    part: str
+
+
+def tile_jobs(blocks: list[Block], lattice, tile_size: int, folder) -> list[TileJob]:
+    """Group planned blocks by tile (tile_size cells, a multiple of the block side, from
+    the lattice's north-west corner: see compute.tile_index)."""
+    side = tile_size * lattice.patch_size
+    groups: dict[tuple[int, int], list[Block]] = {}
+    for block in blocks:
+        groups.setdefault((block.row_off // side, block.col_off // side), []).append(block)
+    return [TileJob(f"r{ti}c{tj}", members, str(folder / f"r{ti}c{tj}")) for (ti, tj), members in groups.items()]
+
+
+def build_tile(job: TileJob, products, lattice, opts: Options) -> Result:
+    """The task of one tile (runs on a worker): build its blocks into its part folder,
+    renamed into place when complete; returns the tile's Result (small)."""
+    from urbanmap import compute
+
+    with compute.part_output(job.part) as tmp:
+        return build(products, lattice, None, None, opts, _PartWriter(tmp), progress=False, blocks=job.blocks)
+
+
+def merge_result(total: Result, part: Result) -> None:
+    """Add a tile's Result to the region's (sums, minimum, per-scene sums)."""
+    total.pixels += part.pixels
+    total.pixels_no_clear += part.pixels_no_clear
+    total.observations += part.observations
+    total.stacked += part.stacked
+    if part.min_count is not None:
+        total.min_count = part.min_count if total.min_count is None else min(total.min_count, part.min_count)
+    for pid, n in part.per_scene.items():
+        total.per_scene[pid] = total.per_scene.get(pid, 0) + n
+
+
+def build_tiled(cfg, products, lattice, cols, rows, opts: Options, writer, folder) -> Result:
+    """The mosaic tile by tile (compute.run_tiles: in-process or one Dask task per tile);
+    each finished tile's blocks are copied into `writer` and its part deleted, so the
+    client holds one block of pixels at a time. Same blocks, same values, same bytes
+    as one untiled build()."""
+    import functools
+    import shutil
+    from pathlib import Path
+
+    from urbanmap import compute
+
+    tile_size = compute.effective_tile_size(cfg.compute.tile_size, opts.block_cells)
+    jobs = tile_jobs(plan(products, lattice, cols, rows, opts), lattice, tile_size, Path(folder))
+    task = functools.partial(build_tile, products=products, lattice=lattice, opts=opts)
+    total = Result(per_scene={p.product_id: 0 for p in products})
+    # Locally one tile at a time: build() already overlaps reading with geomad's threads.
+    for k, part in compute.run_tiles(cfg, task, jobs, desc="mosaic", local_workers=1):
+        merge_result(total, part)
+        for f in sorted(Path(jobs[k].part).glob("*.npy")):
+            row_off, col_off = map(int, f.stem.split("_"))
+            writer.write(np.load(f), row_off, col_off)
+        shutil.rmtree(jobs[k].part)
+    return total
+
+
 def run(cfg) -> None:
-    """The stage: scenes of `year` -> mosaic_<year>.tif (COG) and mosaic_<year>.json."""
-    from urbanmap import cog, io, paths
+    """The stage: scenes of `year` -> mosaic_<year>.tif (COG) and mosaic_<year>.json,
+    tile by tile on compute=local or compute=dask (the same bytes)."""
+    if str((cfg.data.get("imagery") or {}).get("source")) == "file":  # an existing composite (issue 8)
+        from urbanmap import mosaic_file
+
+        return mosaic_file.run(cfg)
+    from urbanmap import cog, compute, io, paths
 
     start = time.perf_counter()
     year, cells, lattice, opts, products, where = load(cfg)
@@ -523,8 +614,9 @@ def run(cfg) -> None:
     with rasterio.Env(GDAL_CACHEMAX=opts.gdal_cache_mb * 2**20), cog.BlockWriter(
         out.with_name(f".{out.stem}.blocks-{os.getpid()}"), profile, band_names(opts.spread, opts.count),
         int(opts.cog.get("blocksize", cog.DEFAULTS["blocksize"])), block_px,
-    ) as writer:
-        result = build(products, lattice, cells["col"].to_numpy(), cells["row"].to_numpy(), opts, writer)
+    ) as writer, compute.parts_folder(out) as folder:
+        result = build_tiled(cfg, products, lattice, cells["col"].to_numpy(), cells["row"].to_numpy(), opts, writer,
+                             folder)
         # The copy streams tiles: a small cache keeps its memory independent of the
         # region's size (a cache the size of the output would grow with it).
         with io.atomic_output(out) as tmp, rasterio.Env(GDAL_CACHEMAX=64 * 2**20):

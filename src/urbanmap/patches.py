@@ -338,6 +338,9 @@ def run(cfg) -> None:
     except rasterio.errors.RasterioIOError as exc:
         raise InputError(f"{path}: cannot read mosaic: {exc}".splitlines()[0]) from exc
     with src:
+        # Optional extra mosaic bands (data.imagery.extra_bands, e.g. smad) that the mosaic has.
+        extra = (cfg.data.get("imagery") or {}).get("extra_bands") or []
+        bands += [b for b in extra if b in src.descriptions and b not in bands]
         ps = extract(labels, lattice, src, bands, n_per_class, int(cfg.seed), year, str(path))
     save_patches(paths.patches(cfg), ps)
     n = len(ps) // 2

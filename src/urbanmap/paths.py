@@ -127,3 +127,111 @@ def truth_clear_count(cfg, year: int) -> Path:
 def synth_summary(cfg, year: int) -> Path:
     """Per-scene cloud statistics, coverage of the region and truth counts (JSON)."""
     return truth_dir(cfg, year) / "summary.json"
+
+
+# --- predict and change -----------------------------------------------------------------
+
+
+def predictions(cfg, year: int) -> Path:
+    """`<region_dir>/predictions_<year>.parquet`: p_urban and class of every grid cell."""
+    return region_dir(cfg) / f"predictions_{int(year)}.parquet"
+
+
+def p_urban_cog(cfg, year: int) -> Path:
+    """`<region_dir>/p_urban_<year>.tif`: COG of p_urban, one pixel per grid cell."""
+    return region_dir(cfg) / f"p_urban_{int(year)}.tif"
+
+
+def predictions_map(cfg, year: int) -> Path:
+    """`<region_dir>/predictions_<year>.png`: the map of p_urban and classes."""
+    return region_dir(cfg) / f"predictions_{int(year)}.png"
+
+
+def predictions_summary(cfg, year: int) -> Path:
+    """`<region_dir>/predictions_<year>.json`: cells per class, seconds, cells/s."""
+    return region_dir(cfg) / f"predictions_{int(year)}.json"
+
+
+def change_dir(cfg) -> Path:
+    """`<region_dir>/change/`: the change between years.train's and years.target's maps."""
+    return region_dir(cfg) / "change"
+
+
+def change_cells(cfg) -> Path:
+    """Per-cell change classes (GeoParquet)."""
+    return change_dir(cfg) / "change.parquet"
+
+
+def change_cog(cfg) -> Path:
+    """uint8 COG of change codes, one pixel per grid cell."""
+    return change_dir(cfg) / "change.tif"
+
+
+def change_map(cfg) -> Path:
+    return change_dir(cfg) / "change.png"
+
+
+def change_municipalities(cfg) -> Path:
+    """Cells and km² per change class and municipality (CSV)."""
+    return change_dir(cfg) / "municipalities.csv"
+
+
+def change_region(cfg) -> Path:
+    """Region totals per change class (JSON)."""
+    return change_dir(cfg) / "region.json"
+
+
+# --- validate: sample -> interpret -> estimate; sdg ---------------------------------------
+
+
+def validation_dir(cfg) -> Path:
+    """`<region_dir>/validation/`: the validation sample of years.target's map and its estimate."""
+    return region_dir(cfg) / "validation"
+
+
+def validation_sample(cfg) -> Path:
+    """The sample for interpreters (CSV, empty ref_class column)."""
+    return validation_dir(cfg) / "sample.csv"
+
+
+def validation_sample_gpkg(cfg) -> Path:
+    """The same sample as cell polygons (GeoPackage, layer `sample`)."""
+    return validation_dir(cfg) / "sample.gpkg"
+
+
+def validation_chips(cfg) -> Path:
+    """One PNG per sampled cell: true- and false-colour mosaic around it."""
+    return validation_dir(cfg) / "chips"
+
+
+def validation_strata(cfg) -> Path:
+    """Strata of the sample: class, area (km²), cells, weight, sample size (CSV)."""
+    return validation_dir(cfg) / "strata.csv"
+
+
+def validation_interpreted(cfg) -> Path:
+    """The sample with ref_class filled in (by the simulated interpreter on the default)."""
+    return validation_dir(cfg) / "interpreted.csv"
+
+
+def validation_estimate(cfg) -> Path:
+    """Accuracy and error-adjusted area with 95% intervals (JSON, dvc metrics)."""
+    return validation_dir(cfg) / "estimate.json"
+
+
+def sdg_dir(cfg) -> Path:
+    """`<region_dir>/sdg/`: SDG indicator 11.3.1 per municipality and for the region."""
+    return region_dir(cfg) / "sdg"
+
+
+def sdg_table(cfg) -> Path:
+    return sdg_dir(cfg) / "sdg_11_3_1.csv"
+
+
+def sdg_chart(cfg) -> Path:
+    return sdg_dir(cfg) / "sdg_11_3_1.png"
+
+
+def sdg_summary(cfg) -> Path:
+    """The region's row of the table (JSON, dvc metrics)."""
+    return sdg_dir(cfg) / "sdg_11_3_1.json"
