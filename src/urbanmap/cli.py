@@ -23,6 +23,7 @@ STAGES = {
     "evaluate": ("urbanmap.evaluate:run", "per-class metrics, plots, report, MLflow runs -> metrics.json, plots/, evaluation/"),
     "predict": ("urbanmap.predict:run", "the final model on every grid cell of year='s mosaic -> predictions_<year>.parquet/.tif/.png/.json"),
     "change": ("urbanmap.change:run", "years.train's map against years.target's -> change/ (parquet, COG, PNG, municipalities.csv, region.json)"),
+    "plan": ("urbanmap.plan:run", "dry run of the heavy stages: tile index, scenes per tile, estimated cost -> tiles.parquet, plan.json"),
     "sdg": ("urbanmap.sdg:run", "SDG 11.3.1 (LCR, PGR, LCRPGR) per municipality and region -> sdg/sdg_11_3_1.csv, .png, .json"),
 }
 

@@ -235,3 +235,16 @@ def sdg_chart(cfg) -> Path:
 def sdg_summary(cfg) -> Path:
     """The region's row of the table (JSON, dvc metrics)."""
     return sdg_dir(cfg) / "sdg_11_3_1.json"
+
+
+# --- plan: the tiles of the heavy stages and their estimated cost --------------------------
+
+
+def tiles(cfg) -> Path:
+    """`<region_dir>/tiles.parquet`: the tile index (GeoParquet, one polygon per tile)."""
+    return region_dir(cfg) / "tiles.parquet"
+
+
+def plan(cfg) -> Path:
+    """`<region_dir>/plan.json`: tiles, scenes per tile and estimated cost per stage."""
+    return region_dir(cfg) / "plan.json"

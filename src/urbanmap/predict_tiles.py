@@ -1,0 +1,72 @@
+"""The `predict` stage tile by tile: one task per tile of `compute.tile_size` cells
+(compute.stage_tile_size: whole blocks of `predict.block_cells`), in-process or on Dask (compute.py).
+
+A task opens the mosaic, loads the model once per worker process, and classifies its
+tile's cells with predict.predict_cells (the same blocks as one untiled pass, since a
+tile is a whole number of blocks); it returns only the tile's (k,) float32 p_urban
+(4 bytes per cell), which the client places in the region's table. Same values on every
+executor and tile size.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    """One task: the positions (in the grid table) and lattice indices of a tile's cells."""
+
+    tile_id: str
+    index: np.ndarray
+    cols: np.ndarray
+    rows: np.ndarray
+
+
+@functools.lru_cache(maxsize=2)
+def _model(model_dir: str, threads: int):
+    """The model of `model_dir`, loaded once per process (worker)."""
+    from urbanmap import models
+
+    clf, card = models.load(model_dir)
+    if card.get("kind") == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    return clf
+
+
+def predict_tile(job: PredictJob, mosaic: str, lattice, indexes, model_dir: str, block_cells: int,
+                 threads: int) -> np.ndarray:
+    """The task of one tile (runs on a worker): (k,) float32 p_urban of its cells."""
+    import rasterio
+
+    from urbanmap.predict import predict_cells
+
+    clf = _model(model_dir, threads)
+    with rasterio.open(mosaic) as src:
+        return predict_cells(clf, src, lattice, job.cols, job.rows, indexes, block_cells, progress=False)
+
+
+def predict_tiled(cfg, lattice, mosaic, indexes, model_dir, cols, rows, block_cells: int) -> np.ndarray:
+    """(n,) float32 p_urban of the cells `cols`, `rows` (lattice indices), tile by tile
+    with compute.run_tiles."""
+    from urbanmap import compute
+
+    cols, rows = np.asarray(cols), np.asarray(rows)
+    size = compute.stage_tile_size(cfg)  # a multiple of predict.block_cells
+    ti, tj = compute.tile_of_cells(lattice, cols, rows, size)
+    tile = ti * (int(tj.max()) + 1) + tj if len(ti) else ti
+    order = np.argsort(tile, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(tile[order])) + 1) if len(order) else []
+    jobs = [PredictJob(f"r{ti[g[0]]}c{tj[g[0]]}", g, cols[g], rows[g]) for g in groups]
+    task = functools.partial(predict_tile, mosaic=str(mosaic), lattice=lattice, indexes=list(indexes),
+                             model_dir=str(model_dir), block_cells=int(block_cells), threads=compute.task_threads(cfg))
+    p = np.full(len(cols), np.nan, np.float32)
+    # Locally one tile at a time: the model uses compute.threads itself.
+    for k, values in compute.run_tiles(cfg, task, jobs, desc="predict", local_workers=1):
+        p[jobs[k].index] = values
+    return p

@@ -1,0 +1,189 @@
+"""The predict stage: the model on every grid cell, streamed in blocks; COG on the grid;
+nodata cells; bad inputs (missing mosaic, model bands or patch size unlike the mosaic)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.transform import rowcol
+
+from urbanmap import config, io, models, paths
+from urbanmap.cli import main
+from urbanmap.lattice import PixelLattice
+from urbanmap.patches import load_patches
+from urbanmap.predict import classes, predict_cells
+
+import synthetic
+from conftest import REPO
+
+OUTPUTS = ("predictions_{}.parquet", "p_urban_{}.tif", "predictions_{}.png", "predictions_{}.json")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny region (20 x 20 cells) with its mosaic, patches, Extra Trees model and the
+    grid (every cell, excluded ones too), predicted for 2010."""
+    root = tmp_path_factory.mktemp("predict")
+    cfg = synthetic.trained_region(root)
+    labels, _, _ = io.read_cells(paths.labels(cfg), "labels", ["cell_id", "label", "urban_fraction"])
+    io.write_cells(paths.grid(cfg), labels[["col", "row", "cell_id"]], synthetic.CELL, synthetic.CRS)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)
+        assert main(["predict", *synthetic.overrides(root), "year=2010"]) == 0
+    return root, cfg, labels
+
+
+def overrides(root, *extra):
+    return [*synthetic.overrides(root), *extra]
+
+
+def run_cli(monkeypatch, root, *extra) -> int:
+    monkeypatch.chdir(REPO)
+    return main(["predict", *overrides(root, *extra)])
+
+
+def copy_region(trained, tmp_path):
+    root, _, labels = trained
+    shutil.copytree(root / "tiny", tmp_path / "tiny", ignore=shutil.ignore_patterns("predictions_*", "p_urban_*"))
+    return tmp_path, labels
+
+
+def outputs(folder, year):
+    return [folder / name.format(year) for name in OUTPUTS]
+
+
+def test_every_cell_gets_the_models_prediction_on_the_patch_that_patches_cuts(trained):
+    root, cfg, labels = trained
+    pred, cell_size, crs = io.read_cells(root / "tiny" / "predictions_2010.parquet", "predictions", ["cell_id", "p_urban", "class"])
+    # every grid cell once, excluded ones too, with a prediction
+    assert sorted(pred["cell_id"]) == sorted(labels["cell_id"]) and len(pred) == 400
+    assert (labels["label"] == "excluded").sum() > 0
+    assert np.isfinite(pred["p_urban"]).all() and pred["p_urban"].dtype == np.float32
+    # the same numbers as the model on the patches the `patches` stage cut from this mosaic
+    ps = load_patches(paths.patches(cfg))
+    clf, _ = models.load(paths.model_dir(cfg))
+    expected = clf.predict_proba(ps.patches).astype(np.float32)
+    got = pred.set_index("cell_id").loc[ps.cell_id, "p_urban"].to_numpy()
+    np.testing.assert_array_equal(got, expected)
+    # classes at the threshold; the model separates the synthetic city
+    np.testing.assert_array_equal(pred["class"], np.where(pred["p_urban"] >= 0.5, "urban", "non_urban"))
+    truth = labels.set_index("cell_id").loc[pred["cell_id"], "label"].to_numpy()
+    assert (pred["class"].to_numpy()[truth == "urban"] == "urban").mean() > 0.9
+    summary = json.loads((root / "tiny" / "predictions_2010.json").read_text())
+    assert summary["cells"] == 400 and summary["model"] == "extra_trees" and summary["threshold"] == 0.5
+    assert summary["cells_per_class"] == {c: int((pred["class"] == c).sum()) for c in ("urban", "non_urban", "nodata")}
+    assert (root / "tiny" / "predictions_2010.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_lenet_predicts_the_patches_as_it_does_in_memory(trained, tmp_path, monkeypatch):
+    from urbanmap import train
+
+    root, _ = copy_region(trained, tmp_path)
+    cfg = config.load(REPO, overrides(root, *synthetic.FAST["lenet"]))
+    train.run(cfg)
+    assert run_cli(monkeypatch, root, "year=2010", *synthetic.FAST["lenet"]) == 0
+    pred, _, _ = io.read_cells(root / "tiny" / "predictions_2010.parquet", "predictions", ["cell_id", "p_urban"])
+    ps = load_patches(paths.patches(cfg))
+    clf, card = models.load(paths.model_dir(cfg))
+    assert card["name"] == "lenet"
+    got = pred.set_index("cell_id").loc[ps.cell_id, "p_urban"].to_numpy()
+    np.testing.assert_allclose(got, clf.predict_proba(ps.patches), rtol=1e-5, atol=1e-6)
+    assert json.loads((root / "tiny" / "predictions_2010.json").read_text())["model"] == "lenet"
+
+
+def test_blocks_do_not_change_the_result(trained):
+    root, cfg, labels = trained
+    lattice = synthetic.lattice_of(labels)
+    clf, _ = models.load(paths.model_dir(cfg))
+    shuffled = labels.sample(frac=1, random_state=3)
+    with rasterio.open(root / "tiny" / "mosaic_2010.tif") as src:
+        whole = predict_cells(clf, src, lattice, shuffled["col"], shuffled["row"], [1, 2, 3, 4, 5, 6], 64, progress=False)
+        small = predict_cells(clf, src, lattice, shuffled["col"], shuffled["row"], [1, 2, 3, 4, 5, 6], 3, progress=False)
+    np.testing.assert_array_equal(whole, small)
+    pred, _, _ = io.read_cells(root / "tiny" / "predictions_2010.parquet", "predictions", ["cell_id", "p_urban"])
+    np.testing.assert_array_equal(whole, pred.set_index("cell_id").loc[shuffled["cell_id"], "p_urban"].to_numpy())
+
+
+def test_p_urban_cog_has_one_pixel_per_grid_cell(trained):
+    root, _, labels = trained
+    pred, _, _ = io.read_cells(root / "tiny" / "predictions_2010.parquet", "predictions", ["p_urban"])
+    with rasterio.open(root / "tiny" / "p_urban_2010.tif") as src:
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert src.crs.to_epsg() == 6372 and src.count == 1 and src.dtypes[0] == "float32"
+        col0, row0 = labels["col"].min(), labels["row"].min()
+        assert src.transform == Affine(1000.0, 0.0, col0 * 1000.0, 0.0, -1000.0, (row0 + 20) * 1000.0)
+        assert (src.width, src.height) == (20, 20) and np.isnan(src.nodata)
+        image = src.read(1)
+        # the pixel under each cell's centre (rasterio's own rowcol) holds its p_urban
+        r, c = rowcol(src.transform, (pred["col"] + 0.5) * 1000.0, (pred["row"] + 0.5) * 1000.0)
+    np.testing.assert_array_equal(image[r, c], pred["p_urban"].to_numpy())
+
+
+def test_cells_with_nodata_are_classed_nodata(trained, tmp_path, monkeypatch):
+    root, labels = copy_region(trained, tmp_path)
+    cells = labels.set_index("cell_id")
+    img = synthetic.scene(labels, seed=5)
+    lattice = synthetic.lattice_of(labels)
+    holed = ["E2795N0823", "E2800N0830", "E2790N0820"]
+    r, c = lattice.cell_offsets(cells.loc[holed, "col"], cells.loc[holed, "row"])
+    img[4, r[0] + 10, c[0] + 7] = np.nan  # one pixel of one band
+    img[:, r[1] : r[1] + 33, c[1] : c[1] + 33] = np.nan  # the whole patch
+    img[0, r[2] + 32, c[2] + 32] = np.nan  # the last pixel
+    synthetic.write_mosaic(root / "tiny" / "mosaic_2019.tif", labels, image=img)
+    assert run_cli(monkeypatch, root, "year=2019", "predict.block_cells=4") == 0
+    pred, _, _ = io.read_cells(root / "tiny" / "predictions_2019.parquet", "predictions", ["cell_id", "p_urban", "class"])
+    nodata = pred[pred["class"] == "nodata"]
+    assert sorted(nodata["cell_id"]) == sorted(holed) and nodata["p_urban"].isna().all()
+    assert pred.loc[pred["class"] != "nodata", "p_urban"].notna().all()
+    summary = json.loads((root / "tiny" / "predictions_2019.json").read_text())
+    assert summary["cells_per_class"]["nodata"] == 3 and summary["year"] == 2019
+    assert not (root / "tiny" / "predictions_2010.parquet").exists()  # only the year asked
+
+
+def test_threshold_is_configurable():
+    p = np.array([0.1, 0.5, 0.69, 0.7, np.nan], np.float32)
+    assert classes(p, 0.5).tolist() == ["non_urban", "urban", "urban", "urban", "nodata"]
+    assert classes(p, 0.7).tolist() == ["non_urban", "non_urban", "non_urban", "urban", "nodata"]
+
+
+def test_a_year_without_mosaic_is_a_one_line_error(trained, tmp_path, monkeypatch, capsys):
+    root, _ = copy_region(trained, tmp_path)
+    assert run_cli(monkeypatch, root, "year=2031") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "mosaic_2031.tif: mosaic of 2031 not found" in err
+    assert not any(p.exists() for p in outputs(root / "tiny", 2031))
+
+
+def test_a_mosaic_without_the_models_bands_is_refused(trained, tmp_path, monkeypatch, capsys):
+    root, labels = copy_region(trained, tmp_path)
+    img = synthetic.scene(labels)[:5]  # no swir2
+    lattice = synthetic.lattice_of(labels)
+    profile = dict(driver="GTiff", width=img.shape[2], height=img.shape[1], count=5, dtype="float32",
+                   crs=synthetic.CRS, transform=lattice.transform, nodata=np.nan)
+    with rasterio.open(root / "tiny" / "mosaic_2019.tif", "w", **profile) as dst:
+        dst.write(img)
+        dst.descriptions = ("blue", "green", "red", "nir", "swir1")
+    assert run_cli(monkeypatch, root, "year=2019") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model_card.json: model trained on bands" in err and "missing: swir2" in err
+    assert not any(p.exists() for p in outputs(root / "tiny", 2019))
+
+
+def test_a_mosaic_of_another_patch_size_is_refused(trained, tmp_path, monkeypatch, capsys):
+    root, labels = copy_region(trained, tmp_path)
+    coarse = PixelLattice.from_cells(labels["col"], labels["row"], 1000.0, 11, synthetic.CRS)  # 90.9 m pixels
+    img = synthetic.scene(labels)[:, 1::3, 1::3]
+    assert img.shape[1:] == (coarse.height, coarse.width)
+    synthetic.write_mosaic(root / "tiny" / "mosaic_2019.tif", labels, image=img, transform=coarse.transform)
+    assert run_cli(monkeypatch, root, "year=2019", "data.patch_size=11") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model trained on 33 x 33 px patches" in err and "11 px per 1000 m cell" in err
+    assert not any(p.exists() for p in outputs(root / "tiny", 2019))
+
+
+def test_config_has_the_predict_section():
+    cfg = config.load(REPO)
+    assert cfg.predict.threshold == 0.5 and cfg.predict.block_cells >= 1

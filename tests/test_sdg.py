@@ -1,0 +1,123 @@
+"""SDG 11.3.1: the indicator's arithmetic and flags, population projection, and the
+stage on a small region with two municipalities."""
+
+import json
+import math
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+
+from urbanmap import config, io, paths, sdg
+from urbanmap.cli import main
+
+from conftest import REPO
+from synthetic import CELL, CRS
+
+
+def test_indicator_follows_un_habitat_formulas_and_flags_undefined_cases():
+    # Urban area doubles in 10 years while population grows by half; then the edge cases.
+    u1 = [10.0, 10.0, 0.0, 10.0, 10.0, 12.0]
+    u2 = [20.0, 20.0, 5.0, 20.0, 20.0, 10.0]
+    p1 = [100.0, 100.0, 100.0, 100.0, 0.0, 100.0]
+    p2 = [150.0, 100.0, 150.0, 90.0, 50.0, 150.0]
+    out = sdg.indicator(u1, u2, p1, p2, 10)
+    lcr, pgr = math.log(2) / 10, math.log(1.5) / 10
+    assert out.loc[0, "lcr"] == pytest.approx(lcr) and out.loc[0, "pgr"] == pytest.approx(pgr)
+    assert out.loc[0, "lcrpgr"] == pytest.approx(lcr / pgr) and out.loc[0, "flags"] == ""
+    assert out.loc[1, "flags"] == "population_constant" and np.isnan(out.loc[1, "lcrpgr"])
+    assert out.loc[1, "lcr"] == pytest.approx(lcr)
+    assert out.loc[2, "flags"] == "no_urban_t1" and np.isnan(out.loc[2, "lcr"]) and np.isnan(out.loc[2, "lcrpgr"])
+    assert out.loc[3, "flags"] == "population_decline" and out.loc[3, "pgr"] < 0 and np.isnan(out.loc[3, "lcrpgr"])
+    assert out.loc[4, "flags"] == "no_population" and np.isnan(out.loc[4, "pgr"])
+    assert out.loc[5, "flags"] == "urban_decline" and out.loc[5, "lcrpgr"] == pytest.approx(math.log(10 / 12) / 10 / pgr)
+
+
+def test_population_projection():
+    got = sdg.project_population([1_000_000, 0], 2020, 0.0115, 2010)
+    assert got[0] == pytest.approx(1_000_000 * math.exp(-0.115)) and got[1] == 0
+    # Mexico's 2010 and 2020 census totals give the default rate.
+    assert math.log(126_014_024 / 112_336_538) / 10 == pytest.approx(0.0115, abs=1e-4)
+
+
+@pytest.fixture
+def region(tmp_path):
+    """10 x 6 cells: municipality A covers the west half, B the east half and as much
+    again outside the region (partial). Urban grows from 10 to 15 cells in A and from
+    4 to 4 in B; one nodata cell in B."""
+    folder = tmp_path / "out" / "tiny"
+    cols, rows = np.meshgrid(np.arange(2790, 2800), np.arange(820, 826))
+    cols, rows = cols.ravel(), rows.ravel()
+    cells = pd.DataFrame({"cell_id": [f"E{c}N{r:04d}" for c, r in zip(cols, rows)], "col": cols, "row": rows})
+    west = cols < 2795
+    k = np.arange(len(cells))
+    c2010 = np.where(west & (k % 3 == 0), "urban", "non_urban").astype(object)
+    c2019 = c2010.copy()
+    c2019[np.flatnonzero(west & (c2010 == "non_urban"))[:5]] = "urban"
+    east = np.flatnonzero(~west)
+    c2010[east[:4]] = "urban"
+    c2019[east[:4]] = "urban"
+    c2019[east[-1]] = "nodata"
+    io.write_cells(folder / "change" / "change.parquet", cells.assign(class_2010=c2010, class_2019=c2019), CELL, CRS)
+    io.write_cells(folder / "labels.parquet", cells.assign(population=np.where(west, 1000.0, 500.0)), CELL, CRS)
+    munis = gpd.GeoDataFrame(
+        {"cvegeo": ["A", "B"], "nom_mun": ["West", "East"]},
+        geometry=[shapely.box(2790e3, 820e3, 2795e3, 826e3), shapely.box(2795e3, 820e3, 2805e3, 826e3)], crs=CRS,
+    ).to_crs("EPSG:6365")
+    munis.to_parquet(tmp_path / "munis.parquet")
+    urban_2019_mapped = int((c2019 == "urban").sum())
+    io.write_json(folder / "validation" / "estimate.json",
+                  {"area": {"urban": {"estimate": urban_2019_mapped * 1.1, "ci95": 3.0}},
+                   "mapped_area": {"urban": float(urban_2019_mapped)}})
+    over = [f"out_dir={tmp_path / 'out'}", "data.name=tiny", f"data.municipalities={tmp_path / 'munis.parquet'}"]
+    return over, c2010, c2019, west
+
+
+def test_sdg_stage(in_repo, region, capsys):
+    over, c2010, c2019, west = region
+    assert main(["sdg", *over]) == 0
+    cfg = config.load(REPO, over)
+    out = pd.read_csv(paths.sdg_table(cfg), dtype={"id": str}, keep_default_na=False, na_values=[""])
+    assert out["id"].tolist() == ["A", "B", "region"]
+    a, b, reg = (out.iloc[i] for i in range(3))
+    assert a["urban_km2_2010_mapped"] == (west & (c2010 == "urban")).sum() == 10
+    assert a["urban_km2_2019_mapped"] == 15 and b["urban_km2_2019_mapped"] == 4
+    assert a["urban_km2_2019_adjusted"] == pytest.approx(15 * 1.1, abs=1e-3)
+    assert reg["urban_km2_2019_adjusted"] == pytest.approx(19 * 1.1) and reg["urban_km2_2019_adjusted_ci95"] == 3.0
+    pop_2010 = 30 * 1000 * math.exp(0.0115 * (2010 - 2020))
+    assert a["population_2010"] == round(pop_2010)
+    assert a["lcr"] == pytest.approx(math.log(15 / 10) / 9, abs=1e-6) and a["pgr"] == pytest.approx(0.0115, abs=1e-6)
+    assert a["lcrpgr"] == pytest.approx(math.log(1.5) / 9 / 0.0115, abs=1e-3)
+    assert pd.isna(a["flags"])  # no flag for A
+    assert set(b["flags"].split(";")) == {"partial", "nodata"} and b["coverage"] == pytest.approx(0.5, abs=0.01)
+    assert b["lcr"] == 0 and b["lcrpgr"] == 0
+    assert reg["cells"] == 60 and reg["population_2019"] == pytest.approx(out["population_2019"][:2].sum(), abs=1)
+    summary = json.loads(paths.sdg_summary(cfg).read_text())
+    assert summary["lcrpgr"] == pytest.approx(reg["lcrpgr"], abs=1e-4) and summary["adjustment_ratio"] == pytest.approx(1.1)
+    assert paths.sdg_chart(cfg).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_population_table(in_repo, region, tmp_path):
+    over, *_ = region
+    table = pd.DataFrame({"id": ["A", "A", "B", "B"], "year": [2010, 2019, 2010, 2019], "population": [100, 100, 50, 40]})
+    table.to_csv(tmp_path / "pop.csv", index=False)
+    over = [*over, f"sdg.population.table={tmp_path / 'pop.csv'}"]
+    assert main(["sdg", *over]) == 0
+    out = pd.read_csv(paths.sdg_table(config.load(REPO, over)), dtype={"id": str}, keep_default_na=False)
+    assert out["population_2019"].tolist() == [100, 40, 140]
+    assert out["flags"][0] == "population_constant" and out["lcrpgr"][0] == ""
+    assert "population_decline" in out["flags"][1]
+
+    table[table["id"] == "A"].to_csv(tmp_path / "pop.csv", index=False)
+    assert main(["sdg", *over]) == 2
+
+
+def test_sdg_without_estimate(in_repo, region, capsys):
+    over, *_ = region
+    cfg = config.load(REPO, over)
+    paths.validation_estimate(cfg).unlink()
+    assert main(["sdg", *over]) == 2
+    err = capsys.readouterr().err
+    assert "estimate.json" in err and "not found" in err and not paths.sdg_table(cfg).exists()
