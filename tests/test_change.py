@@ -139,7 +139,7 @@ def test_a_missing_map_is_a_one_line_error(region, monkeypatch, capsys):
 
 def test_municipalities_without_the_key_column_are_refused(region, monkeypatch, capsys):
     root, _, _ = region
-    assert run_cli(monkeypatch, root, "change.id_column=CVEGEO") == 2
+    assert run_cli(monkeypatch, root, "data.municipality_id=CVEGEO") == 2
     assert "lacks column(s) CVEGEO" in capsys.readouterr().err
     assert not (root / "tiny" / "change" / "change.parquet").exists()
 

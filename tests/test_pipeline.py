@@ -73,8 +73,10 @@ def test_dvc_yaml_declares_the_paths_the_stages_write():
     cfg = config.load(REPO)
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
-    def render(path):
-        return path.replace("${out_dir}", cfg.out_dir).replace("${data.name}", cfg.data.name)
+    def render(path, item=None):
+        path = path.replace("${out_dir}", cfg.out_dir).replace("${data.name}", cfg.data.name)
+        path = path.replace("${years.train}", str(cfg.years.train)).replace("${years.target}", str(cfg.years.target))
+        return path.replace("${item}", str(item)) if item is not None else path
 
     outs = {
         s: {render(p if isinstance(p, str) else next(iter(p))) for p in v.get("outs", []) + v.get("metrics", [])}
@@ -82,4 +84,16 @@ def test_dvc_yaml_declares_the_paths_the_stages_write():
     }
     assert outs["grid"] == {str(paths.grid(cfg))}
     assert outs["labels"] == {str(paths.labels(cfg)), str(paths.label_summary(cfg))}
-    assert render(stages["labels"]["deps"][2]) == str(paths.grid(cfg))
+    assert str(paths.grid(cfg)) in {render(d) for d in stages["labels"]["deps"]}
+    year = cfg.years.target
+    predict = stages["predict"]["do"]
+    assert {render(next(iter(p)) if isinstance(p, dict) else p, year) for p in predict["outs"] + predict["metrics"]} == {
+        str(f(cfg, year)) for f in (paths.predictions, paths.p_urban_cog, paths.predictions_map, paths.predictions_summary)
+    }
+    assert outs["change"] == {str(f(cfg)) for f in (paths.change_cells, paths.change_cog, paths.change_map,
+                                                      paths.change_municipalities, paths.change_region)}
+    assert outs["validate_sample"] == {str(f(cfg)) for f in (paths.validation_sample, paths.validation_sample_gpkg,
+                                                               paths.validation_strata, paths.validation_chips)}
+    assert outs["validate_interpret"] == {str(paths.validation_interpreted(cfg))}
+    assert outs["validate_estimate"] == {str(paths.validation_estimate(cfg))}
+    assert outs["sdg"] == {str(f(cfg)) for f in (paths.sdg_table, paths.sdg_chart, paths.sdg_summary)}

@@ -23,7 +23,7 @@ Outputs under ``<region_dir>/change/``:
 - ``change.png``: the map with a legend and the municipalities' boundaries;
 - ``municipalities.csv``: per municipality (``data.municipalities``, reprojected to
   ``data.crs``; a cell belongs to the municipality holding its centre; cells in none get
-  an empty key and name ``(none)``): key (``change.id_column``), name, cells and km² per
+  an empty key and name ``(none)``): key (``data.municipality_id``), name, cells and km² per
   change class and in total, and urban km² at each year (data.municipalities null: one
   row, ``(none)``, for the whole region). ``urban_km2_<t>`` counts the cells mapped urban
   in year t, including cells that are nodata in the other year; the change classes
@@ -180,7 +180,7 @@ def run(cfg) -> None:
         tables.append(table)
     names = tuple(str(paths.predictions(cfg, y)) for y in (t1, t2))
     change = compare(tables[0], tables[1], (t1, t2), names)
-    id_column, name_column = str(cfg.change.id_column), str(cfg.change.name_column)
+    id_column, name_column = str(cfg.data.municipality_id), str(cfg.data.municipality_name)
     raster = cellmap.cell_lattice(change["col"], change["row"], cell_size, crs)
     if cfg.data.get("municipalities"):
         munis = io.read_vector(cfg.data.municipalities, "municipalities", [id_column, name_column])

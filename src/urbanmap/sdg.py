@@ -26,7 +26,7 @@ affected figures are empty):
 Inputs: change/change.parquet (both years' classes per cell, from `change`), the
 validation estimate (validation/estimate.json), labels.parquet (census population per
 cell) and data.municipalities; a cell belongs to the municipality holding its centre
-(change.assign_municipalities, with change.id_column / change.name_column).
+(change.assign_municipalities, with data.municipality_id / data.municipality_name).
 
 *Error adjustment.* The validation sample estimates the region's urban area at t2
 with its 95% interval (Olofsson et al. 2014). Municipalities have too few sampled
@@ -218,7 +218,7 @@ def run(cfg) -> pd.DataFrame:
     t1, t2 = int(cfg.years.train), int(cfg.years.target)
     change, cell_size, crs = io.read_cells(paths.change_cells(cfg), "change", ["cell_id", f"class_{t1}", f"class_{t2}"])
     labels, _, _ = io.read_cells(paths.labels(cfg), "labels", ["cell_id", "population"])
-    id_column, name_column = str(cfg.change.id_column), str(cfg.change.name_column)
+    id_column, name_column = str(cfg.data.municipality_id), str(cfg.data.municipality_name)
     munis = io.read_vector(cfg.data.municipalities, "municipalities", [id_column, name_column])
     key, name = assign_municipalities(change["col"], change["row"], cell_size, crs, munis, id_column, name_column)
     labels = labels.merge(change[["cell_id"]].assign(key=key), on="cell_id", how="right")

@@ -1,0 +1,1 @@
+"""Generators of example input data (for documentation, tests and benchmarks)."""
