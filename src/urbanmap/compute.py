@@ -83,7 +83,7 @@ def _select(cfg, key: str):
     return OmegaConf.select(cfg, key, default=None)
 
 
-def tile_index(lattice, cols, rows, tile_size: int) -> "pd.DataFrame":  # noqa: F821
+def tile_index(lattice, cols, rows, tile_size: int):
     """The tiles of a region that hold grid cells.
 
     Args:

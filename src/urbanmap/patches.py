@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -90,8 +91,16 @@ class PatchSet:
         )
 
 
-def save_patches(path, ps: PatchSet) -> None:
-    """Write `ps` as npz, atomically."""
+def save_patches(path, ps: PatchSet, patches_npy=None) -> None:
+    """Write `ps` as npz, atomically: uncompressed, every entry dated 1980-01-01 (numpy's
+    savez stamps the current time), so that the same patch set is the same bytes.
+
+    `patches_npy`: a .npy file holding the patches, streamed into the archive in place of
+    `ps.patches` (which is then ignored), so that they never need to be in memory.
+    """
+    import shutil
+    import zipfile
+
     from urbanmap.io import atomic_output
 
     arrays = {
@@ -108,8 +117,16 @@ def save_patches(path, ps: PatchSet) -> None:
         "cell_size": np.float64(ps.cell_size),
         "nodata_dropped": np.int64(ps.nodata_dropped),
     }
-    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+    # np.savez's layout (one stored .npy entry per key, zip64), with a fixed date.
+    with atomic_output(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as fh:
+                if key == "patches" and patches_npy is not None:
+                    with open(patches_npy, "rb") as src:
+                        shutil.copyfileobj(src, fh, 16 * 2**20)
+                else:
+                    np.lib.format.write_array(fh, value, allow_pickle=False)
 
 
 def load_patches(path) -> PatchSet:
@@ -308,8 +325,106 @@ def extract(
     )
 
 
+# --- tiles: the unit of work of compute=local and compute=dask -------------------------------
+
+
+@dataclass(frozen=True)
+class TileCut:
+    """One task: cells of one tile to cut (their positions in the labels table, lattice
+    indices) and the folder of its part."""
+
+    tile_id: str
+    index: np.ndarray
+    cols: np.ndarray
+    rows: np.ndarray
+    part: str
+
+
+def cut_tile(job: TileCut, path: str, lattice: PixelLattice, bands) -> np.ndarray:
+    """The task of one tile (runs on a worker): cut its cells' patches from the mosaic at
+    `path` into `<part>/patches.npy` ((k, b, p, p) float32, renamed into place when
+    complete); return which are valid ((k,) bool: no nodata)."""
+    import rasterio
+
+    from urbanmap import compute
+
+    with rasterio.open(path) as src, compute.part_output(job.part) as tmp:
+        indexes = check_mosaic(src, lattice, str(path), bands)
+        patches = read_patches(src, lattice, job.cols, job.rows, indexes)
+        np.save(tmp / "patches.npy", patches)
+        return valid_patches(patches, src.nodata)
+
+
+def extract_tiled(cfg, labels: pd.DataFrame, lattice: PixelLattice, path, bands, n_per_class: int, seed: int,
+                  year: int, out) -> PatchSet:
+    """extract(), tile by tile (compute.run_tiles: in-process or one Dask task per tile),
+    written to `out` (save_patches) without holding the patches in memory.
+
+    The sample is balanced_sample's, round for round: each round's cells are cut by one
+    task per tile holding some of them, which returns their validity; the kept patches
+    are then copied from the parts, in the sample's order, into a .npy streamed into the
+    npz. Same cells, same order, same bytes on every executor and tile size. Returns the
+    PatchSet without its pixels (patches of shape (n, 0, p, p)).
+    """
+    import functools
+
+    from urbanmap import compute
+
+    cols, rows = labels["col"].to_numpy(), labels["row"].to_numpy()
+    size = compute.stage_tile_size(cfg)
+    ti, tj = compute.tile_of_cells(lattice, cols, rows, size)
+    tile = ti * (int(tj.max()) + 1) + tj
+    p = lattice.patch_size
+    task = functools.partial(cut_tile, path=str(path), lattice=lattice, bands=list(bands))
+    part_of = np.full(len(labels), -1, np.int64)  # labels position -> part (in `parts`)
+    row_in = np.zeros(len(labels), np.int64)  # -> row in that part
+    parts: list[str] = []
+    with compute.Executor(cfg) as ex, compute.parts_folder(out) as folder:
+
+        def read(batch):
+            order = np.argsort(tile[batch], kind="stable")
+            groups = np.split(order, np.flatnonzero(np.diff(tile[batch][order])) + 1)
+            jobs = [TileCut(f"r{ti[batch[g[0]]]}c{tj[batch[g[0]]]}-{len(parts) + k}", batch[g], cols[batch[g]],
+                            rows[batch[g]], str(folder / f"part{len(parts) + k}")) for k, g in enumerate(groups)]
+            valid = np.zeros(len(batch), bool)
+            for k, ok in compute.run_tiles(cfg, task, jobs, desc="patches", executor=ex):
+                valid[groups[k]] = ok
+                part_of[jobs[k].index] = len(parts) + k
+                row_in[jobs[k].index] = np.arange(len(jobs[k].index))
+            parts.extend(j.part for j in jobs)
+            return np.empty((len(batch), 0, p, p), np.float32), valid
+
+        index, _, dropped = balanced_sample(labels["label"].to_numpy(str), n_per_class, seed, read)
+        npy = folder / "patches.npy"
+        cube = np.lib.format.open_memmap(npy, "w+", np.float32, (len(index), len(bands), p, p))
+        for k in np.unique(part_of[index]):  # one part in memory at a time
+            at = np.flatnonzero(part_of[index] == k)
+            cube[at] = np.load(Path(parts[k]) / "patches.npy", mmap_mode="r")[row_in[index[at]]]
+        cube.flush()
+        del cube
+        sel = labels.iloc[index]
+        s = lattice.cell_size
+        ps = PatchSet(
+            patches=np.empty((len(index), 0, p, p), np.float32),
+            label=(sel["label"].to_numpy(str) == "urban").astype(np.uint8),
+            cell_id=sel["cell_id"].to_numpy(str),
+            col=cols[index].astype(np.int64),
+            row=rows[index].astype(np.int64),
+            x=(cols[index] + 0.5) * s,
+            y=(rows[index] + 0.5) * s,
+            year=int(year),
+            bands=tuple(bands),
+            crs=lattice.crs.to_string(),
+            cell_size=s,
+            nodata_dropped=dropped,
+        )
+        save_patches(out, ps, patches_npy=npy)
+    return ps
+
+
 def run(cfg) -> None:
-    """The stage: labels.parquet + mosaic_<years.train>.tif -> patches.npz, patches_summary.json."""
+    """The stage: labels.parquet + mosaic_<years.train>.tif -> patches.npz, patches_summary.json,
+    tile by tile on compute=local or compute=dask (the same bytes)."""
     import rasterio
 
     from urbanmap import io, paths
@@ -341,8 +456,8 @@ def run(cfg) -> None:
         # Optional extra mosaic bands (data.imagery.extra_bands, e.g. smad) that the mosaic has.
         extra = (cfg.data.get("imagery") or {}).get("extra_bands") or []
         bands += [b for b in extra if b in src.descriptions and b not in bands]
-        ps = extract(labels, lattice, src, bands, n_per_class, int(cfg.seed), year, str(path))
-    save_patches(paths.patches(cfg), ps)
+        check_mosaic(src, lattice, str(path), bands)
+    ps = extract_tiled(cfg, labels, lattice, path, bands, n_per_class, int(cfg.seed), year, paths.patches(cfg))
     n = len(ps) // 2
     summary = {
         "year": year,

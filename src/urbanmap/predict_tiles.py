@@ -32,6 +32,9 @@ def _model(model_dir: str, threads: int):
     from urbanmap import models
 
     clf, card = models.load(model_dir)
+    estimator = getattr(clf, "estimator", None)
+    if hasattr(estimator, "n_jobs"):  # scikit-learn: a task's threads (Dask workers would force 1, with a warning)
+        estimator.n_jobs = threads
     if card.get("kind") == "torch":
         import torch
 

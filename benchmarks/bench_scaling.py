@@ -1,0 +1,251 @@
+"""Benchmark: cost of the heavy stages against area, local and on a 2-worker Dask cluster.
+
+    python benchmarks/bench_scaling.py [--sizes 1,4] [--with-16x] [--workdir DIR]
+
+For the default region (valle_de_mexico, a 60 km window on Mexico City: 3,600 cells) and
+windows of 4x (120 km) and, with --with-16x, 16x (240 km) its area around the same
+centre, in a temporary out_dir: builds the grid and labels (untimed), then times, each
+in its own process,
+
+  synth    year=2010 (the embedded default's generator: not tiled; compute=local)
+  mosaic   year=2010, compute=local (2 threads), then compute=dask on a LocalCluster of 2
+           process workers of 1 thread each: started by the stage ("dask": its start
+           counted), and kept running by the benchmark ("dask-address":
+           compute.address, warm workers, as with a persistent cluster)
+  patches  patches.n_per_class = 1000 x the area factor, local then dask
+  predict  year=2010 with the default region's model (data/valle_de_mexico/model), local
+           then dask
+
+and checks that each Dask output is the same bytes as the local one. Prints, per stage,
+mode and size: wall seconds, cost per cell (patches: per sampled cell), peak memory (local:
+the stage's process; Dask: the largest worker's, from the tasks' getrusage), then the
+growth exponent of cost with area (slope of log wall time against log cells: 1.0 is
+linear), the Dask/local wall time ratio on the 4x region, the peak memory per worker of
+each size against the default's, and the extrapolated wall time for Mexico's 1,960,862
+cells (one year of imagery, 20,000 patches per class as in the pilot) on this machine
+and on a 32-worker cluster (busy seconds per cell of one worker / 32: a lower bound).
+
+Writes benchmarks/cost_per_cell.json (what `urbanmap plan` reads: per-cell figures of
+the largest size measured) and <workdir>/bench_scaling.json (every figure). 16x is
+benchmark-only: it takes about 16x the default region's time in each mode (tens of
+minutes on a 2-core machine). On a shared machine timings are noisy: run it twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CENTRE = (2800000, 829000)  # the default window's centre, EPSG:6372
+SIDE = 60000  # the default window's side, m
+MEXICO_CELLS = 1_960_862
+PILOT_PER_CLASS = 20_000
+DASK = ["compute=dask", "compute.n_workers=2", "compute.threads_per_worker=1", "compute.memory_limit=4GiB"]
+LOCAL = ["compute=local", "compute.threads=2"]
+#: local; compute=dask with a LocalCluster started by each stage (its start is counted); and
+#: compute=dask with compute.address of a LocalCluster that the benchmark keeps running
+#: (a persistent cluster: warm workers, no start).
+MODES = ("local", "dask", "dask-address")
+OUTPUTS = {"mosaic": "mosaic_2010.tif", "patches": "patches.npz", "predict": "predictions_2010.parquet"}
+
+
+def window(factor: int, side: float = SIDE, centre=CENTRE) -> list[int]:
+    half = side * math.sqrt(factor) / 2
+    return [int(centre[0] - half), int(centre[1] - half), int(centre[0] + half), int(centre[1] + half)]
+
+
+def stage(args: list[str], stats: Path | None = None) -> float:
+    """Run `urbanmap <args>` from the project root; return its wall seconds."""
+    env = {**os.environ}
+    if stats is not None:
+        stats.unlink(missing_ok=True)
+        env["URBANMAP_TASK_STATS"] = str(stats)
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "urbanmap", *args], cwd=ROOT, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - start
+    if result.returncode:
+        sys.exit(f"urbanmap {' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    return seconds
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(2**20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def task_stats(path: Path) -> dict:
+    """Peak memory per process (MB) and busy seconds of the tasks recorded in `path`."""
+    lines = [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+    peaks: dict[int, float] = {}
+    for s in lines:
+        peaks[s["pid"]] = max(peaks.get(s["pid"], 0.0), s["peak_rss_mb"])
+    return {"tasks": len(lines), "busy_s": sum(s["seconds"] for s in lines),
+            "peak_mb": max(peaks.values()) if peaks else None, "processes": len(peaks)}
+
+
+def exponent(cells: list[int], seconds: list[float]) -> float | None:
+    if len(cells) < 2:
+        return None
+    return float(np.polyfit(np.log(cells), np.log(seconds), 1)[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1,4", help="area factors, comma-separated (default 1,4)")
+    parser.add_argument("--with-16x", action="store_true", help="add the 16x region (benchmark-only, long)")
+    parser.add_argument("--workdir", default="/tmp/bench_scaling")
+    parser.add_argument("--side", type=float, default=SIDE, help="side (m) of the 1x window (a smaller one: a smoke test)")
+    parser.add_argument("--centre", default=",".join(map(str, CENTRE)), help="x,y of the windows' centre (EPSG:6372)")
+    parser.add_argument("--tiles", default="compute.tile_size=16 predict.block_cells=16",
+                        help="overrides of every timed stage (default: tiles of 16 cells, so the default region is "
+                             "16 tasks and two workers share them evenly)")
+    args = parser.parse_args()
+    factors = sorted({int(f) for f in args.sizes.split(",")} | ({16} if args.with_16x else set()))
+    work = Path(args.workdir)
+    centre = tuple(float(v) for v in args.centre.split(","))
+    tiles = args.tiles.split()
+    work.mkdir(parents=True, exist_ok=True)
+    model = ROOT / "data" / "valle_de_mexico" / "model"
+    if not (model / "model_card.json").is_file():
+        sys.exit(f"{model}: the default region's model is needed (dvc repro train)")
+
+    from distributed import LocalCluster
+
+    persistent = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                              dashboard_address=None, memory_limit="4GiB")
+    address = ["compute=dask", f"compute.address={persistent.scheduler_address}", "compute.threads_per_worker=1"]
+    rows = []
+    for f in factors:
+        name = f"scale{f}"
+        common = [f"out_dir={work}", f"data.name={name}", f"data.window=[{','.join(map(str, window(f, args.side, centre)))}]", "year=2010"]
+        region = work / name
+        stage(["grid", *common])
+        stage(["labels", *common])
+        cells = int(__import__("pyarrow.parquet", fromlist=["x"]).read_metadata(region / "grid.parquet").num_rows)
+        shutil.copytree(model, region / "model", dirs_exist_ok=True)
+        per_class = 1000 * f
+        print(f"{name}: {cells:,} cells, window {window(f, args.side, centre)}", flush=True)
+        seconds = stage(["synth", *common, *LOCAL, *tiles], work / "stats.jsonl")
+        rows.append({"size": f, "cells": cells, "stage": "synth", "mode": "local", "units": cells, "wall_s": seconds,
+                     **task_stats(work / "stats.jsonl")})
+        print(f"  synth   local {seconds:7.1f} s", flush=True)
+        for st, extra, units in (("mosaic", [], cells), ("patches", [f"patches.n_per_class={per_class}"], 2 * per_class),
+                                 ("predict", [], cells)):
+            written = {}
+            for mode, opts in (("local", LOCAL), ("dask", DASK), ("dask-address", address)):
+                stats = work / "stats.jsonl"
+                seconds = stage([st, *common, *opts, *tiles, *extra], stats)
+                row = {"size": f, "cells": cells, "stage": st, "mode": mode, "units": units, "wall_s": seconds,
+                       **task_stats(stats)}
+                rows.append(row)
+                # A digest, not the bytes: this process's memory would count in the next
+                # stage's peak (Linux carries the parent's peak RSS across fork + exec).
+                written[mode] = sha256(region / OUTPUTS[st])
+                print(f"  {st:7s} {mode:5s} {seconds:7.1f} s  {1e3 * seconds / units:7.2f} ms/unit  "
+                      f"peak {row['peak_mb'] or 0:6.0f} MB/process  ({row['tasks']} tasks)", flush=True)
+            same = written["local"] == written["dask"] == written["dask-address"]
+            rows[-1]["same_bytes_as_local"] = same
+            print(f"  {st:7s} dask outputs {'==' if same else '!='} local output", flush=True)
+
+    persistent.close()
+
+    # --- figures ---
+    out = {"machine": f"{platform.node()} ({os.cpu_count()} cores, shared with other jobs: noisy)",
+           "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           "command": "python benchmarks/bench_scaling.py " + " ".join(sys.argv[1:]), "rows": rows}
+    print("\nstage    mode         " + "".join(f"{f:>4d}x: s/unit (ms)   " for f in factors))
+    exps, busy, ratios, memory = {}, {}, {}, {}
+    for st in ("synth", "mosaic", "patches", "predict"):
+        for mode in MODES:
+            sel = [r for r in rows if r["stage"] == st and r["mode"] == mode]
+            if not sel:
+                continue
+            print(f"{st:8s} {mode:12s} " + "".join(f"{1e3 * r['wall_s'] / r['units']:>18.2f}   " for r in sel))
+            exps[f"{st}/{mode}"] = exponent([r["units"] for r in sel], [r["wall_s"] for r in sel])
+            if all(r["busy_s"] for r in sel):  # the tasks alone: no process start, imports, cluster start
+                busy[f"{st}/{mode}"] = exponent([r["units"] for r in sel], [r["busy_s"] for r in sel])
+            if mode == "dask" and sel[0]["peak_mb"]:
+                memory[st] = {r["size"]: r["peak_mb"] for r in sel}
+        pair = {r["mode"]: r for r in rows if r["stage"] == st and r["size"] == (4 if 4 in factors else factors[-1])}
+        for mode in MODES[1:]:
+            if mode in pair:
+                ratios[f"{st}/{mode}"] = pair[mode]["wall_s"] / pair["local"]["wall_s"]
+    print("\ngrowth exponent of wall time with area (target 1.0 +/- 0.1):")
+    for key, e in exps.items():
+        print(f"  {key:20s} {e:.2f}" if e is not None else f"  {key:20s} (one size)")
+    print("growth exponent of the tasks' busy seconds (fixed start-up costs left out):")
+    for key, e in busy.items():
+        print(f"  {key:20s} {e:.2f}" if e is not None else f"  {key:20s} (one size)")
+    big = 4 if 4 in factors else factors[-1]
+    print(f"\nDask (2 workers x 1 thread) / local (2 threads) wall time on the {big}x region (target <= 1.15):")
+    for key, r in ratios.items():
+        print(f"  {key:22s} {r:.2f}")
+    tiled = ("mosaic", "patches", "predict")
+    local_big = sum(r["wall_s"] for r in rows if r["size"] == big and r["mode"] == "local" and r["stage"] in tiled)
+    total = {m: sum(r["wall_s"] for r in rows if r["size"] == big and r["mode"] == m and r["stage"] in tiled) / local_big
+             for m in MODES[1:]}
+    for m, t in total.items():
+        print(f"  {'all three/' + m:22s} {t:.2f}")
+    print("\npeak memory per Dask worker (MB) by size, and against the default region's:")
+    for st, m in memory.items():
+        base = m.get(factors[0])
+        print(f"  {st:8s} " + ", ".join(f"{f}x {v:.0f} ({v / base:.2f})" for f, v in m.items()))
+
+    # Per-cell figures of the largest size, for `urbanmap plan`.
+    costs = {"machine": out["machine"], "date": out["date"], "command": out["command"], "size": f"{factors[-1]}x",
+             "note": "local_s_per_cell: wall seconds per unit with compute=local (2 threads); worker_s_per_cell: busy "
+                     "seconds per unit of one Dask worker of 1 thread (sum of task durations / units). Units: grid "
+                     "cells (per year for synth, mosaic, predict), sampled cells for patches.", "stages": {}}
+    for st in ("synth", "mosaic", "patches", "predict"):
+        sel = {r["mode"]: r for r in rows if r["stage"] == st and r["size"] == factors[-1]}
+        if not sel:
+            continue
+        c = {"local_s_per_cell": sel["local"]["wall_s"] / sel["local"]["units"]}
+        if "dask" in sel:
+            c["worker_s_per_cell"] = sel["dask"]["busy_s"] / sel["dask"]["units"]
+            c["dask_s_per_cell_2_workers"] = sel["dask"]["wall_s"] / sel["dask"]["units"]
+        costs["stages"][st] = c
+    (ROOT / "benchmarks" / "cost_per_cell.json").write_text(json.dumps(costs, indent=2) + "\n")
+
+    print(f"\nextrapolated to Mexico ({MEXICO_CELLS:,} cells, one year, {PILOT_PER_CLASS:,} patches per class):")
+    local_total = cluster_total = 0.0
+    for st, c in costs["stages"].items():
+        units = 2 * PILOT_PER_CLASS if st == "patches" else MEXICO_CELLS
+        here = units * c["local_s_per_cell"]
+        local_total += here
+        line = f"  {st:8s} this machine {here / 3600:8.1f} h"
+        if "worker_s_per_cell" in c:
+            w32 = units * c["worker_s_per_cell"] / 32
+            cluster_total += w32
+            line += f"; 32 workers {w32 / 3600:6.2f} h"
+        else:
+            cluster_total += here
+            line += "; not tiled (one process, as on this machine)"
+        print(line)
+    print(f"  total    this machine {local_total / 3600:8.1f} h; 32 workers {cluster_total / 3600:6.2f} h")
+    out.update({"exponents": exps, "exponents_busy": busy, "dask_over_local": ratios, "dask_over_local_all": total,
+                "peak_mb_per_worker": memory, "costs": costs,
+                "mexico_hours": {"this_machine": local_total / 3600, "workers_32": cluster_total / 3600}})
+    (work / "bench_scaling.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\n-> {ROOT / 'benchmarks' / 'cost_per_cell.json'}, {work / 'bench_scaling.json'}")
+
+
+if __name__ == "__main__":
+    main()
