@@ -49,18 +49,51 @@ def mean_pool(block: np.ndarray, f: int) -> np.ndarray:
     raster's last row and column of blocks) are padded with NaN. Returns float32
     (bands, ceil(rows / f), ceil(cols / f)).
     """
+    return mean_pools(block, [f])[0]
+
+
+def mean_pools(block: np.ndarray, factors) -> list[np.ndarray]:
+    """mean_pool(block, f) for each of `factors` (increasing, each a multiple of the one
+    before, as overview_factors' powers of two are), each level summed from the one
+    before, ~5x faster than pooling each level from the block (measured: 3.8 ms against
+    19.5 ms for a 10-band 264 x 264 block, levels 2 and 4). Sums are float64 of float32
+    values, so summing in another order moves a sum by float64 rounding at most, far
+    below float32's: the means are those of a direct f x f pooling (tested, and the
+    default mosaic's COG is the same byte for byte).
+    """
     b, h, w = block.shape
-    hh, ww = -(-h // f), -(-w // f)
-    if (hh * f, ww * f) != (h, w):
-        padded = np.full((b, hh * f, ww * f), np.nan, np.float32)
-        padded[:, :h, :w] = block
-        block = padded
-    groups = block.reshape(b, hh, f, ww, f)
-    valid = ~np.isnan(groups)
-    total = np.where(valid, groups, 0).sum(axis=(2, 4), dtype=np.float64)
-    n = valid.sum(axis=(2, 4))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, total / n, np.nan).astype(np.float32)
+    top = int(factors[-1]) if len(factors) else 1
+    hh, ww = -(-h // top) * top, -(-w // top) * top
+    valid = ~np.isnan(block)
+    total = np.zeros((b, hh, ww), np.float64)  # NaN padding: adds nothing to sum or count
+    np.copyto(total[:, :h, :w], block, where=valid)
+    n = np.zeros((b, hh, ww), np.int32)
+    n[:, :h, :w] = valid
+    out, prev = [], 1
+    for f in factors:
+        r = int(f) // prev
+        if r * prev != int(f):
+            raise ValueError(f"overview factors must be multiples of each other, got {list(factors)}")
+        total, n = _sum_groups(total, r), _sum_groups(n, r)
+        prev = int(f)
+        k, m = -(-h // f), -(-w // f)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out.append(np.where(n[:, :k, :m] > 0, total[:, :k, :m] / n[:, :k, :m], np.nan).astype(np.float32))
+    return out
+
+
+def _sum_groups(a: np.ndarray, r: int) -> np.ndarray:
+    """Sums of r x r groups of (bands, rows, cols), rows and cols multiples of r: strided
+    slices added in place (a reshape's small inner axes make NumPy's sum ~5x slower)."""
+    if r == 1:
+        return a
+    rows = a[:, 0::r].copy()
+    for k in range(1, r):
+        rows += a[:, k::r]
+    out = rows[:, :, 0::r].copy()
+    for k in range(1, r):
+        out += rows[:, :, k::r]
+    return out
 
 
 class BlockWriter:
@@ -101,8 +134,7 @@ class BlockWriter:
         """Write float32 (bands, rows, cols) at pixel offsets, and its overviews."""
         b, h, w = block.shape
         self.datasets[0].write(block, window=Window(col_off, row_off, w, h))
-        for f, ds in zip(self.factors, self.datasets[1:]):
-            pooled = mean_pool(block, f)
+        for f, ds, pooled in zip(self.factors, self.datasets[1:], mean_pools(block, self.factors)):
             ds.write(pooled, window=Window(col_off // f, row_off // f, pooled.shape[2], pooled.shape[1]))
 
     def _vrt(self) -> Path:

@@ -19,7 +19,10 @@ Reading and masking of the next block run in a background thread while geomad (w
 releases the GIL, `compute.threads` OpenMP threads) reduces the current one. Blocks and
 their averaged overviews are written into temporary GeoTIFFs, then copied into one COG
 (cog.BlockWriter). Memory is bounded by the block size and `mosaic.gdal_cache_mb`, not
-by the region's size.
+by the region's size. Blocks are grouped in tiles of `compute.tile_size` cells, one task
+per tile (build_tiled, compute.run_tiles): in this process with compute=local, on a Dask
+cluster with compute=dask; each task writes its blocks to a part that the client copies
+into the COG writer, so both give the same bytes.
 
 Output `<region_dir>/mosaic_<year>.tif` (EPSG of the grid, the PixelLattice's transform):
 float32, bands `blue green red nir swir1 swir2` (surface reflectance, unitless, as
@@ -85,13 +88,28 @@ def clear_mask(qa: np.ndarray, dn: np.ndarray, bits: int, buffer_px: int = 0) ->
     """
     flagged = (qa & np.uint16(bits)) != 0
     if buffer_px > 0:
-        from scipy import ndimage
-
-        # A square (separable) maximum filter: ~6x faster than a disk-shaped dilation.
-        size = (1,) * (flagged.ndim - 2) + (2 * buffer_px + 1,) * 2
-        flagged = ndimage.maximum_filter(flagged, size=size)
-    fill = ((qa & np.uint16(1 << landsat.QA.FILL)) != 0) | (dn == landsat.SR_FILL).any(axis=-3)
+        flagged = dilate_square(flagged, buffer_px)
+    fill = ((qa & np.uint16(1 << landsat.QA.FILL)) != 0) | (dn.min(axis=-3) == landsat.SR_FILL)
     return ~(flagged | fill)
+
+
+def dilate_square(mask: np.ndarray, radius: int) -> np.ndarray:
+    """bool (..., rows, cols): True within `radius` pixels (Chebyshev distance, a
+    (2r+1) x (2r+1) square clipped at the edges) of a True pixel of `mask`.
+
+    The same as scipy.ndimage.maximum_filter(mask, size=(1, ..., 2r+1, 2r+1)), written
+    as ORs of shifted slices, one axis after the other, because that is ~20x faster on
+    bool blocks (measured: 0.6 ms against 13.6 ms for 16 x 266 x 266, radius 1).
+    """
+    rows = mask.copy()
+    for k in range(1, radius + 1):
+        rows[..., k:, :] |= mask[..., :-k, :]
+        rows[..., :-k, :] |= mask[..., k:, :]
+    out = rows.copy()
+    for k in range(1, radius + 1):
+        out[..., :, k:] |= rows[..., :, :-k]
+        out[..., :, :-k] |= rows[..., :, k:]
+    return out
 
 
 def to_stack(dn: np.ndarray, clear: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
@@ -124,10 +142,8 @@ def to_dn_stack(dn: np.ndarray, clear: np.ndarray) -> np.ndarray:
     Returns:
         uint16 (rows, cols, 6, obs), 0 (geomad's nodata) where not clear.
     """
-    out = np.array(dn, np.uint16, copy=True)
-    for i in range(out.shape[0]):
-        out[i][:, ~clear[i]] = 0
-    return np.ascontiguousarray(out.transpose(2, 3, 1, 0))
+    masked = np.multiply(dn, clear[:, None], dtype=np.uint16)  # contiguous rows: ~5x faster than boolean indexing
+    return np.ascontiguousarray(masked.transpose(2, 3, 1, 0))
 
 
 def composite(
@@ -578,7 +594,7 @@ def build_tiled(cfg, products, lattice, cols, rows, opts: Options, writer, folde
 
     from urbanmap import compute
 
-    tile_size = compute.effective_tile_size(cfg.compute.tile_size, opts.block_cells)
+    tile_size = compute.stage_tile_size(cfg)  # a multiple of opts.block_cells
     jobs = tile_jobs(plan(products, lattice, cols, rows, opts), lattice, tile_size, Path(folder))
     task = functools.partial(build_tile, products=products, lattice=lattice, opts=opts)
     total = Result(per_scene={p.product_id: 0 for p in products})

@@ -22,9 +22,12 @@ Collection 2's (2.75e-5, -0.2).
 Warping: every scene is read in its own CRS and grid (UTM zone of its path/row, 30 m)
 and warped by nearest neighbour (GDAL, through rasterio.warp.reproject) onto the
 lattice (the grid's CRS, cell_size / patch_size pixels). Scenes of different UTM zones
-or grids in one catalog are fine: each group of scenes sharing a grid is warped in one
-call, all its bands at once. Nearest neighbour keeps every value a real observation
-(no mixing of a cloud's edge into clear pixels, QA bits intact).
+or grids in one catalog are fine: each group of scenes sharing a grid is warped
+together. Nearest neighbour keeps every value a real observation (no mixing of a
+cloud's edge into clear pixels, QA bits intact), and it makes the warp a pure lookup:
+GDAL warps the source pixels' own (row, col) once per group and block, and every band
+of every scene of the group is then gathered with NumPy through that lookup (the same
+pixels, byte for byte, as warping all the bands with GDAL, at a fraction of the cost).
 """
 
 from __future__ import annotations
@@ -316,26 +319,55 @@ def read_warped(
         win = source_window(grid, dst_crs, bounds)
         if win is None:
             continue
-        src = np.empty((len(members) * len(FILES), win.height, win.width), np.uint16)
+        lookup = nearest_lookup(grid, win, dst_crs, dst_transform, shape)
+        # One row per file, plus a trailing 0 that lookup's pixels outside the source take.
+        src = np.zeros((len(members) * len(FILES), win.height * win.width + 1), np.uint16)
         k = 0
         for i in members:
             product, datasets = scenes[i]
             for name, ds in zip(FILES, datasets):
                 try:
-                    ds.read(1, window=win, out=src[k])
+                    ds.read(1, window=win, out=src[k, :-1].reshape(win.height, win.width))
                 except RasterioError as exc:  # a truncated or corrupt tile
                     cause = exc.__cause__ or exc  # rasterio wraps GDAL's message
                     raise InputError(f"{product.href(name)}: cannot read GeoTIFF: {cause}".splitlines()[0]) from exc
                 k += 1
-        # All bands of all scenes on this grid in one GDAL warp (the coordinate transform
-        # is computed once), straight into `out` when they are consecutive there. No
-        # source nodata: fill (0) is copied like any value.
-        consecutive = members == list(range(members[0], members[0] + len(members)))
-        dst = out[members[0]:members[0] + len(members)] if consecutive else np.zeros((len(members), *out.shape[1:]), np.uint16)
-        reproject(
-            src, dst.reshape(-1, height, width), src_transform=rasterio.windows.transform(win, grid.transform),
-            src_crs=grid.crs, dst_transform=dst_transform, dst_crs=dst_crs, resampling=Resampling.nearest, dst_nodata=0,
-        )
-        if not consecutive:
-            out[members] = dst
+        # Gathered straight into `out` when the group's scenes are consecutive there.
+        if members == list(range(members[0], members[0] + len(members))):
+            dst = out[members[0]:members[0] + len(members)].reshape(len(members) * len(FILES), height * width)
+            np.take(src, lookup, axis=1, out=dst)
+        else:
+            out[members] = np.take(src, lookup, axis=1).reshape(len(members), len(FILES), height, width)
     return out
+
+
+def nearest_lookup(grid: Grid, win: Window, dst_crs, dst_transform: Affine, shape: tuple[int, int]) -> np.ndarray:
+    """Which source pixel each destination pixel takes by nearest neighbour.
+
+    Args:
+        grid, win: a scene's grid and the window of it that is read (source_window).
+        dst_crs, dst_transform, shape: the destination grid (rows, cols).
+    Returns:
+        intp (rows * cols,): row * win.width + col of the source pixel in the window, or
+        win.height * win.width where the destination pixel has none (outside the window).
+
+    GDAL warps the window's own (row + 1, col + 1), two uint16 bands, with the call that
+    would warp the bands themselves (same grids, nearest, no source nodata, 0 outside,
+    same data type, so the same GDAL kernel and approximate transformer): the lookup is
+    exactly GDAL's, and gathering the bands through it equals warping them. Written by
+    hand because GDAL has no "warp indices" operation; measured on the default region
+    (64 blocks, 16 scenes), warping went from 2.3 s of CPU (every file warped by GDAL)
+    to 0.7 s for the lookups and ~0.6 s for the gathers.
+    """
+    height, width = shape
+    dtype = np.uint16 if max(win.height, win.width) < 2**16 - 1 else np.uint32  # uint32: huge blocks only
+    rc = np.empty((2, win.height, win.width), dtype)
+    rc[0] = np.arange(1, win.height + 1, dtype=dtype)[:, None]
+    rc[1] = np.arange(1, win.width + 1, dtype=dtype)[None, :]
+    where = np.zeros((2, height, width), dtype)
+    reproject(
+        rc, where, src_transform=rasterio.windows.transform(win, grid.transform), src_crs=grid.crs,
+        dst_transform=dst_transform, dst_crs=dst_crs, resampling=Resampling.nearest, dst_nodata=0,
+    )
+    row, col = where.reshape(2, -1).astype(np.intp)
+    return np.where(row > 0, (row - 1) * win.width + (col - 1), win.height * win.width)
