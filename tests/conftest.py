@@ -41,3 +41,19 @@ def heavy_imports_after(args: list[str]) -> tuple[int, list[str]]:
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     rc, heavy = result.stdout.strip().splitlines()[-1].split(" ", 1)
     return int(rc), ast.literal_eval(heavy)
+
+
+def expect_error(capsys, folder: Path, args: list[str], *fragments: str) -> str:
+    """Run the CLI in-process; assert exit status 2, one stderr line holding every
+    fragment, and no file written under `folder` (no output, no temporary left)."""
+    from urbanmap.cli import main
+
+    before = {p for p in folder.rglob("*") if p.is_file()}
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+    written = {p for p in folder.rglob("*") if p.is_file()} - before
+    assert not written, written
+    return err

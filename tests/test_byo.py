@@ -21,6 +21,7 @@ from urbanmap.examples import byo
 from urbanmap.lattice import PixelLattice, patch_size
 
 from test_grid import brute_force
+from conftest import expect_error
 
 
 @pytest.fixture(scope="module")
@@ -89,14 +90,6 @@ def test_region_is_the_mosaic_extent_without_boundary(in_repo, example, tmp_path
 # --- bad input: one line, exit 2, nothing written -------------------------------------------
 
 
-def expect_error(capsys, out, args, *fragments):
-    before = set(out.rglob("*"))
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    for fragment in fragments:
-        assert fragment in err, err
-    assert set(out.rglob("*")) == before  # no output, no temporary file left
 
 
 def test_geographic_grid_crs(in_repo, example, tmp_path, capsys):

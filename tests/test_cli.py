@@ -9,7 +9,7 @@ import shapely
 
 from urbanmap.cli import main
 
-from conftest import REPO, heavy_imports_after
+from conftest import REPO, expect_error, heavy_imports_after
 
 SMALL = "data.window=[2795000,824000,2805000,834000]"  # 10 km x 10 km in Mexico City
 
@@ -32,17 +32,6 @@ def test_grid_stage_does_not_import_torch(tmp_path, shared_data):
     assert (tmp_path / "valle_de_mexico" / "grid.parquet").is_file()
 
 
-def expect_error(capsys, tmp_path, args, *fragments):
-    """Run in-process; assert exit 2, one stderr line with the fragments, no output."""
-    before = set(tmp_path.rglob("*"))
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    for fragment in fragments:
-        assert fragment in err, err
-    written = {p for p in set(tmp_path.rglob("*")) - before if p.is_file() and p.suffix != ".gpkg"}
-    assert not written, written
-    return err
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from urbanmap import config, estimate, io, paths, validate
 from urbanmap.cli import main
 from urbanmap.errors import InputError
 
-from conftest import REPO, heavy_imports_after
+from conftest import REPO, expect_error, heavy_imports_after
 from synthetic import CELL, CRS, labelled_cells, write_mosaic
 
 # --- Olofsson, Foody, Herold, Stehman, Woodcock & Wulder (2014), Good practices for
@@ -118,14 +118,6 @@ def test_undefined_accuracies_are_null_with_a_note():
     assert list(r0["strata"]) == ["a"]
 
 
-def expect_error(capsys, tmp_path, args, *fragments):
-    before = set(tmp_path.rglob("*"))
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    for fragment in fragments:
-        assert fragment in err, err
-    assert set(tmp_path.rglob("*")) == before
 
 
 @pytest.mark.parametrize(

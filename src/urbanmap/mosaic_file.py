@@ -245,7 +245,6 @@ def run(cfg) -> None:
     """Stage `mosaic` for `source: file`: the year's file -> mosaic_<year>.tif (COG), .json."""
     import os
 
-    import rasterio
     from tqdm import tqdm
 
     from urbanmap import cog, io, paths

@@ -307,16 +307,22 @@ def extract(
         return patches, valid_patches(patches, nodata)
 
     index, patches, dropped = balanced_sample(labels["label"].to_numpy(str), n_per_class, seed, read)
+    return selection(labels, index, patches, lattice, year, bands, dropped)
+
+
+def selection(labels: pd.DataFrame, index: np.ndarray, patches: np.ndarray, lattice, year: int, bands, dropped: int) -> PatchSet:
+    """The PatchSet of the sampled rows `index` of `labels` (cell_id, col, row, label) and
+    their (k, b, p, p) patches; x, y are the cells' centres in the lattice CRS (m)."""
     sel = labels.iloc[index]
-    s = lattice.cell_size
+    cols, rows, s = sel["col"].to_numpy(), sel["row"].to_numpy(), lattice.cell_size
     return PatchSet(
         patches=patches,
         label=(sel["label"].to_numpy(str) == "urban").astype(np.uint8),
         cell_id=sel["cell_id"].to_numpy(str),
-        col=cols[index].astype(np.int64),
-        row=rows[index].astype(np.int64),
-        x=(cols[index] + 0.5) * s,
-        y=(rows[index] + 0.5) * s,
+        col=cols.astype(np.int64),
+        row=rows.astype(np.int64),
+        x=(cols + 0.5) * s,
+        y=(rows + 0.5) * s,
         year=int(year),
         bands=tuple(bands),
         crs=lattice.crs.to_string(),
@@ -402,22 +408,7 @@ def extract_tiled(cfg, labels: pd.DataFrame, lattice: PixelLattice, path, bands,
             cube[at] = np.load(Path(parts[k]) / "patches.npy", mmap_mode="r")[row_in[index[at]]]
         cube.flush()
         del cube
-        sel = labels.iloc[index]
-        s = lattice.cell_size
-        ps = PatchSet(
-            patches=np.empty((len(index), 0, p, p), np.float32),
-            label=(sel["label"].to_numpy(str) == "urban").astype(np.uint8),
-            cell_id=sel["cell_id"].to_numpy(str),
-            col=cols[index].astype(np.int64),
-            row=rows[index].astype(np.int64),
-            x=(cols[index] + 0.5) * s,
-            y=(rows[index] + 0.5) * s,
-            year=int(year),
-            bands=tuple(bands),
-            crs=lattice.crs.to_string(),
-            cell_size=s,
-            nodata_dropped=dropped,
-        )
+        ps = selection(labels, index, np.empty((len(index), 0, p, p), np.float32), lattice, year, bands, dropped)
         save_patches(out, ps, patches_npy=npy)
     return ps
 
