@@ -584,8 +584,8 @@ def merge_result(total: Result, part: Result) -> None:
 
 
 def build_tiled(cfg, products, lattice, cols, rows, opts: Options, writer, folder) -> Result:
-    """The mosaic tile by tile (compute.run_tiles: in-process or one Dask task per tile);
-    each finished tile's blocks are copied into `writer` and its part deleted, so the
+    """The mosaic tile by tile on compute=dask (one Dask task per tile; compute=local runs
+    one build() over every block instead); each finished tile's blocks are copied into `writer` and its part deleted, so the
     client holds one block of pixels at a time. Same blocks, same values, same bytes
     as one untiled build()."""
     import functools
@@ -595,6 +595,12 @@ def build_tiled(cfg, products, lattice, cols, rows, opts: Options, writer, folde
     from urbanmap import compute
 
     tile_size = compute.stage_tile_size(cfg)  # a multiple of opts.block_cells
+    if str(cfg.compute.name) == "local":
+        # In-process, tiles would only add work: each part's blocks are saved and read back,
+        # and each tile closes its scenes, so GDAL decodes the source tiles along tile
+        # borders again. One build() over all blocks, with one reader and its prefetch
+        # thread, writes the same blocks (the same bytes) straight into `writer`.
+        return build(products, lattice, cols, rows, opts, writer)
     jobs = tile_jobs(plan(products, lattice, cols, rows, opts), lattice, tile_size, Path(folder))
     task = functools.partial(build_tile, products=products, lattice=lattice, opts=opts)
     total = Result(per_scene={p.product_id: 0 for p in products})
@@ -610,7 +616,7 @@ def build_tiled(cfg, products, lattice, cols, rows, opts: Options, writer, folde
 
 def run(cfg) -> None:
     """The stage: scenes of `year` -> mosaic_<year>.tif (COG) and mosaic_<year>.json,
-    tile by tile on compute=local or compute=dask (the same bytes)."""
+    block by block in-process (compute=local) or tile by tile on Dask (the same bytes)."""
     if str((cfg.data.get("imagery") or {}).get("source")) == "file":  # an existing composite (issue 8)
         from urbanmap import mosaic_file
 
