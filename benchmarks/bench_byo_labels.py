@@ -1,4 +1,4 @@
-"""Benchmark: labels from a 10,000 x 10,000 land-cover raster into 300 m cells (issue 8).
+"""Benchmark: labels from a 10,000 x 10,000 land-cover raster into 300 m cells.
 
     python benchmarks/bench_byo_labels.py [--size 10000] [--sample 300] [--crs EPSG:4326]
 

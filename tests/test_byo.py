@@ -1,4 +1,4 @@
-"""Bring your own data (issue 8): any projected CRS and cell size, an existing composite
+"""Bring your own data: any projected CRS and cell size, an existing composite
 (`data.imagery.source: file`), labels from a land-cover raster, and the worked example
 of conf/data/byo_example.yaml run end to end through the CLI."""
 

@@ -173,7 +173,7 @@ def run(cfg) -> dict:
     """
     from urbanmap import io, paths
 
-    if cfg.data.get("landcover"):  # labels from a land-cover raster instead (issue 8)
+    if cfg.data.get("landcover"):  # labels from a land-cover raster instead (labels_raster.py)
         from urbanmap import labels_raster
 
         return labels_raster.run(cfg)

@@ -617,7 +617,7 @@ def build_tiled(cfg, products, lattice, cols, rows, opts: Options, writer, folde
 def run(cfg) -> None:
     """The stage: scenes of `year` -> mosaic_<year>.tif (COG) and mosaic_<year>.json,
     block by block in-process (compute=local) or tile by tile on Dask (the same bytes)."""
-    if str((cfg.data.get("imagery") or {}).get("source")) == "file":  # an existing composite (issue 8)
+    if str((cfg.data.get("imagery") or {}).get("source")) == "file":  # an existing composite (mosaic_file.py)
         from urbanmap import mosaic_file
 
         return mosaic_file.run(cfg)
