@@ -36,21 +36,11 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
+from timing import best_of  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REGION = "valle_de_mexico"
 MEXICO_CELLS = 1_960_862
-
-
-def best_of(repeats: int, *fns):
-    """Run each fn `repeats` times, alternating; return each one's shortest time (s)."""
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best
 
 
 def link_inputs(work: Path, name: str, year: int) -> Path:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -36,17 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the synthetic scene generator
 
 import synthetic  # noqa: E402
-
-
-def best_of(repeats: int, *fns):
-    """Run each fn `repeats` times, alternating; return each one's shortest time (s)."""
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best
+from timing import best_of  # noqa: E402
 
 
 def bench_patches(folder: Path, cells_side: int, repeats: int):
