@@ -68,7 +68,8 @@ def test_killed_repro_leaves_no_output_and_a_rerun_finishes_it(tmp_path, shared_
         os.killpg(repro.pid, signal.SIGKILL)
         repro.wait()
     assert not (scenes / "2010").exists()
-    assert "changed" in sh("dvc", "status", cwd=clone).stdout or "deleted" in sh("dvc", "status", cwd=clone).stdout
+    status = sh("dvc", "status", cwd=clone).stdout
+    assert "changed" in status or "deleted" in status, status
 
     sh("dvc", "repro", cwd=clone)
     assert lock_outs(clone) == reference
