@@ -1,6 +1,6 @@
 """Benchmark: cost of the heavy stages against area, local and on a 2-worker Dask cluster.
 
-    python benchmarks/bench_scaling.py [--sizes 1,4] [--with-16x] [--workdir DIR]
+    python benchmarks/bench_scaling.py [--sizes 1,4] [--with-16x] [--modes local,dask,dask-address] [--workdir DIR]
 
 For the default region (valle_de_mexico, a 60 km window on Mexico City: 3,600 cells) and
 windows of 4x (120 km) and, with --with-16x, 16x (240 km) its area around the same
@@ -28,7 +28,8 @@ and on a 32-worker cluster (busy seconds per cell of one worker / 32: a lower bo
 Writes benchmarks/cost_per_cell.json (what `urbanmap plan` reads: per-cell figures of
 the largest size measured) and <workdir>/bench_scaling.json (every figure). 16x is
 benchmark-only: it takes about 16x the default region's time in each mode (tens of
-minutes on a 2-core machine). On a shared machine timings are noisy: run it twice.
+minutes on a 2-core machine); `--sizes 1,16 --modes dask` runs only what the 16x memory
+figure needs. On a shared machine timings are noisy: run it twice.
 """
 
 from __future__ import annotations
@@ -111,6 +112,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,4", help="area factors, comma-separated (default 1,4)")
     parser.add_argument("--with-16x", action="store_true", help="add the 16x region (benchmark-only, long)")
     parser.add_argument("--workdir", default="/tmp/bench_scaling")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"modes of mosaic, patches and predict, comma-separated (default {','.join(MODES)}; "
+                             "the 16x region's memory per worker needs only dask)")
     parser.add_argument("--side", type=float, default=SIDE, help="side (m) of the 1x window (a smaller one: a smoke test)")
     parser.add_argument("--centre", default=",".join(map(str, CENTRE)), help="x,y of the windows' centre (EPSG:6372)")
     parser.add_argument("--tiles", default="compute.tile_size=16 predict.block_cells=16",
@@ -121,6 +125,7 @@ def main() -> None:
     work = Path(args.workdir)
     centre = tuple(float(v) for v in args.centre.split(","))
     tiles = args.tiles.split()
+    modes = [m for m in MODES if m in args.modes.split(",")]
     work.mkdir(parents=True, exist_ok=True)
     model = ROOT / "data" / "valle_de_mexico" / "model"
     if not (model / "model_card.json").is_file():
@@ -150,6 +155,8 @@ def main() -> None:
                                  ("predict", [], cells)):
             written = {}
             for mode, opts in (("local", LOCAL), ("dask", DASK), ("dask-address", address)):
+                if mode not in modes:
+                    continue
                 stats = work / "stats.jsonl"
                 seconds = stage([st, *common, *opts, *tiles, *extra], stats)
                 row = {"size": f, "cells": cells, "stage": st, "mode": mode, "units": units, "wall_s": seconds,
@@ -160,9 +167,9 @@ def main() -> None:
                 written[mode] = sha256(region / OUTPUTS[st])
                 print(f"  {st:7s} {mode:5s} {seconds:7.1f} s  {1e3 * seconds / units:7.2f} ms/unit  "
                       f"peak {row['peak_mb'] or 0:6.0f} MB/process  ({row['tasks']} tasks)", flush=True)
-            same = written["local"] == written["dask"] == written["dask-address"]
+            same = len(set(written.values())) == 1
             rows[-1]["same_bytes_as_local"] = same
-            print(f"  {st:7s} dask outputs {'==' if same else '!='} local output", flush=True)
+            print(f"  {st:7s} outputs of {', '.join(written)}: {'the same bytes' if same else 'DIFFERENT'}", flush=True)
 
     persistent.close()
 
@@ -185,7 +192,7 @@ def main() -> None:
                 memory[st] = {r["size"]: r["peak_mb"] for r in sel}
         pair = {r["mode"]: r for r in rows if r["stage"] == st and r["size"] == (4 if 4 in factors else factors[-1])}
         for mode in MODES[1:]:
-            if mode in pair:
+            if mode in pair and "local" in pair:
                 ratios[f"{st}/{mode}"] = pair[mode]["wall_s"] / pair["local"]["wall_s"]
     print("\ngrowth exponent of wall time with area (target 1.0 +/- 0.1):")
     for key, e in exps.items():
@@ -200,13 +207,19 @@ def main() -> None:
     tiled = ("mosaic", "patches", "predict")
     local_big = sum(r["wall_s"] for r in rows if r["size"] == big and r["mode"] == "local" and r["stage"] in tiled)
     total = {m: sum(r["wall_s"] for r in rows if r["size"] == big and r["mode"] == m and r["stage"] in tiled) / local_big
-             for m in MODES[1:]}
+             for m in MODES[1:] if local_big and m in modes}
     for m, t in total.items():
         print(f"  {'all three/' + m:22s} {t:.2f}")
     print("\npeak memory per Dask worker (MB) by size, and against the default region's:")
     for st, m in memory.items():
         base = m.get(factors[0])
         print(f"  {st:8s} " + ", ".join(f"{f}x {v:.0f} ({v / base:.2f})" for f, v in m.items()))
+
+    if not {"local", "dask"} <= set(modes):
+        out.update({"exponents": exps, "exponents_busy": busy, "dask_over_local": ratios, "peak_mb_per_worker": memory})
+        (work / "bench_scaling.json").write_text(json.dumps(out, indent=2) + "\n")
+        print(f"\n(per-cell costs and the Mexico extrapolation need the local and dask modes) -> {work / 'bench_scaling.json'}")
+        return
 
     # Per-cell figures of the largest size, for `urbanmap plan`.
     costs = {"machine": out["machine"], "date": out["date"], "command": out["command"], "size": f"{factors[-1]}x",
