@@ -98,6 +98,23 @@ def test_bad_compute_config_exits_2(monkeypatch, region, capsys):
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
 
 
+def test_release_shuts_the_stages_cluster_down_in_the_background():
+    """After release() no task can be submitted; the LocalCluster the executor started is
+    closed by the time its context is left (its shutdown overlaps the stage's writing)."""
+    from distributed.core import Status
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"compute": {"name": "dask", "n_workers": 1, "threads_per_worker": 1,
+                                        "memory_limit": "1GiB", "connect_timeout_s": 30}})
+    with compute.Executor(cfg) as ex:
+        cluster = ex.cluster
+        assert sorted(r for _, r in ex.map(abs, [-1, -2], ["a", "b"], desc="t")) == [1, 2]
+        ex.release()
+        with pytest.raises(RuntimeError, match="after release"):
+            list(ex.map(abs, [-3], ["c"], desc="t"))
+    assert cluster.status == Status.closed
+
+
 # --- the same bytes on both executors --------------------------------------------------------
 
 

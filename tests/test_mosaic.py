@@ -55,8 +55,9 @@ def test_bands_are_found_by_sensor_in_folders(tmp_path):
         datasets = scenes.open_files(product)
         warped = scenes.read_warped([(product, datasets)], LATTICE.crs, LATTICE.transform, (8, 8))
         [ds.close() for ds in datasets]
-        assert warped[0, :6, 0, 0].tolist() == [1000, 2000, 3000, 4000, 5000, 6000]  # blue .. swir2
-        assert warped[0, 6, 0, 0] == CLEAR_QA
+        assert warped.shape == (8, 8, 7, 1)  # (rows, cols, files, scenes)
+        assert warped[0, 0, :6, 0].tolist() == [1000, 2000, 3000, 4000, 5000, 6000]  # blue .. swir2
+        assert warped[0, 0, 6, 0] == CLEAR_QA
 
 
 def test_stac_assets_are_matched_by_common_name_not_key(tmp_path):
@@ -87,8 +88,8 @@ def test_year_and_month_filters(tmp_path):
 
 
 def test_scale_to_reflectance_and_fill():
-    dn = np.array([[[[0, 7273, 18182]]]], np.uint16).repeat(6, axis=1)  # (obs 1, 6 bands, 1 row, 3 cols)
-    clear = np.array([[[True, True, False]]])
+    dn = np.array([0, 7273, 18182], np.uint16)[None, :, None, None].repeat(6, axis=2)  # (1 row, 3 cols, 6 bands, obs 1)
+    clear = np.array([[[True], [True], [False]]])  # (1 row, 3 cols, obs 1)
     x = mosaic.to_stack(dn, clear, np.full((1, 6), landsat.SR_SCALE), np.full((1, 6), landsat.SR_OFFSET))
     assert x.shape == (1, 3, 6, 1) and x.dtype == np.float32
     np.testing.assert_allclose(x[0, :, :, 0], [[-0.2] * 6, [7273 * 2.75e-5 - 0.2] * 6, [np.nan] * 6], atol=1e-7)
@@ -104,29 +105,44 @@ def test_qa_bits_make_the_mask():
         "snow": (1 << QA.SNOW) | CLEAR_QA, "fill": 1,
     }
     qa = np.array([list(values.values())], np.uint16)
-    dn = np.full((6, 1, qa.shape[1]), 9000, np.uint16)
+    dn = np.full((1, qa.shape[1], 6), 9000, np.uint16)  # (rows, cols, bands)
     default = mosaic.flag_bits(["dilated_cloud", "cirrus", "cloud", "cloud_shadow"])
     got = dict(zip(values, mosaic.clear_mask(qa, dn, default)[0]))
     assert got == {"clear": True, "water": True, "cloud": False, "dilated": False, "cirrus": False,
                    "shadow": False, "snow": True, "fill": False}
     with_snow = mosaic.clear_mask(qa, dn, default | mosaic.flag_bits(["snow"]))[0]
     assert not with_snow[list(values).index("snow")]
-    dn[2, 0, 0] = 0  # a DN of 0 in any band is fill too
+    dn[0, 0, 2] = 0  # a DN of 0 in any band is fill too
     assert not mosaic.clear_mask(qa, dn, default)[0, 0]
     with pytest.raises(InputError, match="mosaic.mask: unknown QA flag 'haze'"):
         mosaic.flag_bits(["haze"])
 
 
 def test_buffer_grows_the_flagged_pixels_by_a_square():
-    qa = np.full((2, 9, 9), CLEAR_QA, np.uint16)
-    qa[0, 4, 4] = CLOUD
-    qa[1, 0, 8] = SHADOW
-    dn = np.full((2, 6, 9, 9), 9000, np.uint16)
-    clear = mosaic.clear_mask(qa, dn, mosaic.flag_bits(["cloud", "cloud_shadow"]), buffer_px=2)
-    expected = np.ones((2, 9, 9), bool)
-    expected[0, 2:7, 2:7] = False
-    expected[1, 0:3, 6:9] = False
+    qa = np.full((9, 9, 2), CLEAR_QA, np.uint16)  # (rows, cols, obs)
+    qa[4, 4, 0] = CLOUD
+    qa[0, 8, 1] = SHADOW
+    dn = np.full((9, 9, 6, 2), 9000, np.uint16)
+    bits = mosaic.flag_bits(["cloud", "cloud_shadow"])
+    clear = mosaic.clear_mask(qa, dn, bits, buffer_px=2)
+    expected = np.ones((9, 9, 2), bool)
+    expected[2:7, 2:7, 0] = False
+    expected[0:3, 6:9, 1] = False
     np.testing.assert_array_equal(clear, expected)
+    # From QA alone, cropped as a block's halo is: the same buffer inside
+    np.testing.assert_array_equal(mosaic.qa_clear(qa, bits, buffer_px=2, crop=2), expected[2:7, 2:7])
+
+
+def test_qa_clear_skips_no_observation_that_the_bands_would_keep():
+    """qa_clear (which decides whose bands are read) holds every observation that
+    clear_mask, with the bands, finds clear."""
+    rng = np.random.default_rng(3)
+    qa = rng.choice(np.array([CLEAR_QA, CLOUD, SHADOW, 1, CLEAR_QA | (1 << QA.SNOW)], np.uint16), (20, 20, 5),
+                    p=[0.7, 0.1, 0.1, 0.05, 0.05])
+    dn = rng.integers(0, 3, (20, 20, 6, 5)).astype(np.uint16)  # many fill DN
+    bits = mosaic.flag_bits(["dilated_cloud", "cirrus", "cloud", "cloud_shadow"])
+    full, from_qa = mosaic.clear_mask(qa, dn, bits, buffer_px=1), mosaic.qa_clear(qa, bits, buffer_px=1)
+    assert full.any() and not (full & ~from_qa).any() and (from_qa & ~full).any()
 
 
 def test_buffer_in_metres_rounds_up_to_pixels(in_repo):
@@ -156,7 +172,7 @@ def test_warp_puts_each_source_pixel_where_it_belongs(tmp_path, epsg):
     product = scenes.Product(landsat.scene_from_folder(
         write_product(tmp_path, pid("LC08", dt.date(2019, 2, 1)), dn, np.full((n, n), CLEAR_QA, np.uint16), f"EPSG:{epsg}", src_tr)))
     datasets = scenes.open_files(product)
-    warped = scenes.read_warped([(product, datasets)], LATTICE.crs, LATTICE.transform, (H, W))
+    warped = scenes.read_warped([(product, datasets)], LATTICE.crs, LATTICE.transform, (H, W)).transpose(3, 2, 0, 1)
     [ds.close() for ds in datasets]
     got = warped[0, 0].astype(np.int64) - 1
     assert (got >= 0).all() and (warped[0, :6] == warped[0, :1]).all()
@@ -186,7 +202,11 @@ def test_gathered_warp_equals_gdal_warping_every_band(tmp_path):
         folder = write_product(tmp_path, pid("LC08", dt.date(2019, 3 + k, 1), path=26 + k), dn, qa, f"EPSG:{epsg}", src_tr)
         product = scenes.Product(landsat.scene_from_folder(folder))
         chosen.append((product, scenes.open_files(product)))
-    got = scenes.read_warped(chosen, LATTICE.crs, LATTICE.transform, (H, W))
+    got = scenes.read_warped(chosen, LATTICE.crs, LATTICE.transform, (H, W)).transpose(3, 2, 0, 1)  # (scene, file, ...)
+    # Some files of some scenes, without a margin: the same pixels
+    groups = scenes.warp_groups(chosen, LATTICE.crs, LATTICE.transform, (H, W))
+    part = scenes.gather(chosen, groups, ["red", "qa_pixel"], (H, W), which=[0, 2], crop=3)
+    np.testing.assert_array_equal(part, got[[0, 2]][:, [2, 6], 3:H - 3, 3:W - 3].transpose(2, 3, 1, 0))
     for i, (product, datasets) in enumerate(chosen):
         grid = scenes.grid_of(datasets)
         win = scenes.source_window(grid, LATTICE.crs, LATTICE.bounds)
@@ -207,6 +227,9 @@ def test_square_buffer_equals_a_maximum_filter():
         for radius in (1, 2, 4):
             size = (1,) * (len(shape) - 2) + (2 * radius + 1,) * 2
             np.testing.assert_array_equal(mosaic.dilate_square(flagged, radius), ndimage.maximum_filter(flagged, size=size))
+            last = np.moveaxis(flagged, (-2, -1), (0, 1))  # (rows, cols, ...): the pixel-major layout
+            np.testing.assert_array_equal(mosaic.dilate_square(last, radius, axes=(0, 1)),
+                                          np.moveaxis(ndimage.maximum_filter(flagged, size=size), (-2, -1), (0, 1)))
 
 
 def test_overviews_summed_level_by_level_equal_direct_means():

@@ -10,14 +10,14 @@ import rasterio
 from affine import Affine
 from rasterio.transform import rowcol
 
-from urbanmap import config, io, models, paths
+from urbanmap import config, io, models, paths, predict_tiles
 from urbanmap.cli import main
 from urbanmap.lattice import PixelLattice
 from urbanmap.patches import load_patches
 from urbanmap.predict import classes, predict_cells
 
 import synthetic
-from conftest import REPO
+from conftest import REPO, heavy_imports_after
 
 OUTPUTS = ("predictions_{}.parquet", "p_urban_{}.tif", "predictions_{}.png", "predictions_{}.json")
 
@@ -187,3 +187,66 @@ def test_a_mosaic_of_another_patch_size_is_refused(trained, tmp_path, monkeypatc
 def test_config_has_the_predict_section():
     cfg = config.load(REPO)
     assert cfg.predict.threshold == 0.5 and cfg.predict.block_cells >= 1
+
+
+# --- start-up: what a process (the stage's, a Dask worker) loads ----------------------------
+
+
+def test_predict_with_extra_trees_imports_no_torch(trained, tmp_path):
+    """skops lists scikit-learn's estimators by importing every package of it, torch's
+    array-API wrapper included; models.extra_trees.skops_io keeps torch out."""
+    root, _ = copy_region(trained, tmp_path)
+    assert heavy_imports_after(["predict", *overrides(root, "year=2010")]) == (0, [])
+    assert (root / "tiny" / "predictions_2010.parquet").is_file()
+
+
+def test_skops_trusts_the_same_types_when_imported_without_torch():
+    """skops' default trusted types do not depend on the wrappers left out, and a later
+    import of the torch wrapper still works (nothing is left half-imported)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from urbanmap.models.extra_trees import skops_io; sio = skops_io(); "
+        "without_torch = 'torch' not in sys.modules; "
+        "from skops.io._trusted_types import SKLEARN_ESTIMATOR_TYPE_NAMES as names; "
+        "import sklearn.externals.array_api_compat.torch as xp; "
+        "from sklearn.utils import all_estimators; from skops.io._utils import get_type_name; "
+        "full = [get_type_name(c) for _, c in all_estimators() if get_type_name(c).startswith('sklearn.')]; "
+        "print(without_torch, 'torch' in sys.modules, hasattr(xp, 'asarray'), sorted(names) == sorted(full), len(names))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    without_torch, torch_later, wrapper_works, same, n = out.stdout.split()
+    assert (without_torch, torch_later, wrapper_works, same) == ("True", "True", "True", "True") and int(n) > 100
+
+
+def test_the_model_is_loaded_once_per_process_and_again_when_its_files_change(trained, tmp_path):
+    """A process (a persistent Dask worker) keeps the model between tasks and stages, and
+    loads it again when the model is retrained in the same folder."""
+    root, _ = copy_region(trained, tmp_path)
+    _, cfg, _ = trained
+    folder = root / "tiny" / "model"
+    first = predict_tiles.model(folder, 1)
+    assert predict_tiles.model(folder, 1) is first
+    ps = load_patches(paths.patches(cfg))
+    retrained, card = models.load(folder)
+    retrained.estimator.set_params(n_estimators=3, random_state=7)
+    retrained.fit(ps.patches[::3], ps.label[::3])
+    models.save(retrained, folder, {k: v for k, v in card.items() if k != "files"})
+    second = predict_tiles.model(folder, 1)
+    assert second is not first
+    np.testing.assert_array_equal(second.predict_proba(ps.patches), retrained.predict_proba(ps.patches))
+    assert not np.array_equal(second.predict_proba(ps.patches), first.predict_proba(ps.patches))
+
+
+def test_dask_predictions_are_the_same_bytes_as_local(trained, tmp_path, monkeypatch):
+    """compute=dask on a LocalCluster the stage starts (2 process workers, each loading
+    the model once; the cluster shut down while the outputs are written) writes the same
+    table and COG as compute=local."""
+    root, _ = copy_region(trained, tmp_path)
+    tiles = ["year=2010", "compute.tile_size=8", "predict.block_cells=4"]  # 3 x 3 tiles of 4 blocks
+    assert run_cli(monkeypatch, root, *tiles) == 0
+    local = [(root / "tiny" / name).read_bytes() for name in ("predictions_2010.parquet", "p_urban_2010.tif")]
+    assert run_cli(monkeypatch, root, *tiles, "compute=dask", "compute.n_workers=2", "compute.threads_per_worker=1",
+                   "compute.memory_limit=1GiB") == 0
+    assert [(root / "tiny" / name).read_bytes() for name in ("predictions_2010.parquet", "p_urban_2010.tif")] == local

@@ -47,7 +47,8 @@ from urbanmap.errors import InputError
 
 MODES = ("local", "dask")
 #: Environment variable naming a file where each Executor appends one JSON line per task
-#: (mode, desc, host, pid, seconds, peak_rss_mb): what benchmarks/bench_scaling.py reads.
+#: (mode, desc, host, pid, start, end (Unix time, s), seconds, peak_rss_mb): what
+#: benchmarks/bench_scaling.py and bench_startup.py read.
 STATS_ENV = "URBANMAP_TASK_STATS"
 
 
@@ -209,20 +210,22 @@ def _measured(fn: Callable, item):
     import resource
     import socket
 
-    start = time.perf_counter()
+    began, start = time.time(), time.perf_counter()
     result = fn(item)
+    seconds = time.perf_counter() - start
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return result, {"host": socket.gethostname(), "pid": os.getpid(), "seconds": time.perf_counter() - start,
-                    "peak_rss_mb": peak_kb / 1024}
+    return result, {"host": socket.gethostname(), "pid": os.getpid(), "start": began, "end": began + seconds,
+                    "seconds": seconds, "peak_rss_mb": peak_kb / 1024}
 
 
 class Executor:
     """Runs tasks in-process (compute=local) or on a Dask cluster (compute=dask).
 
-    Use as a context manager; `map` may be called several times (one cluster).
-    `stats`: one dict per finished task (desc, host, pid, seconds, peak_rss_mb: the peak
-    resident memory of the process that ran it so far), also appended as JSON lines to
-    the file named by $URBANMAP_TASK_STATS when the executor closes.
+    Use as a context manager; `map` may be called several times (one cluster), until
+    `release`. `stats`: one dict per finished task (desc, host, pid, start and end (Unix
+    time, s), seconds, peak_rss_mb: the peak resident memory of the process that ran it so
+    far), also appended as JSON lines to the file named by $URBANMAP_TASK_STATS when the
+    executor closes.
     """
 
     def __init__(self, cfg, local_workers: int | None = None):
@@ -232,11 +235,27 @@ class Executor:
         self.client = None
         self.cluster = None
         self.stats: list[dict] = []
+        self._closing = None  # the thread shutting down the LocalCluster after release()
 
     def __enter__(self) -> "Executor":
         if self.mode == "dask":
             self._connect()
         return self
+
+    def release(self) -> None:
+        """The stage submits no more tasks: close the Dask client now and shut down the
+        LocalCluster this executor started (if any) in a background thread, so that its
+        worker processes exit (1 to 2 s with scikit-learn loaded) while the stage writes
+        its outputs; leaving the context waits for it. A no-op with compute=local."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self.cluster is not None:
+            import threading
+
+            self._closing = threading.Thread(target=self.cluster.close, name="urbanmap-close-cluster")
+            self.cluster = None
+            self._closing.start()
 
     def __exit__(self, *exc) -> None:
         stats_file = os.environ.get(STATS_ENV)
@@ -247,11 +266,10 @@ class Executor:
                 for stat in self.stats:
                     fh.write(json.dumps({"mode": self.mode, **stat}) + "\n")
             self.stats = []
-        if self.client is not None:
-            self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
-        self.client = self.cluster = None
+        self.release()
+        if self._closing is not None:
+            self._closing.join()
+            self._closing = None
 
     def _connect(self) -> None:
         from distributed import Client, LocalCluster
@@ -307,6 +325,8 @@ class Executor:
 
         from tqdm import tqdm
 
+        if self.mode == "dask" and self.client is None:
+            raise RuntimeError("Executor.map after release() or outside its context")
         items, keys = list(items), list(keys)
         task = functools.partial(_measured, fn)
         bar = tqdm(total=len(items), desc=desc, unit="tile", disable=None)

@@ -43,12 +43,15 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from urbanmap.errors import InputError
 from urbanmap.lattice import PixelLattice
+
+if TYPE_CHECKING:  # pandas only in annotations: a Dask worker cutting tiles never imports it
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -401,6 +404,7 @@ def extract_tiled(cfg, labels: pd.DataFrame, lattice: PixelLattice, path, bands,
             return np.empty((len(batch), 0, p, p), np.float32), valid
 
         index, _, dropped = balanced_sample(labels["label"].to_numpy(str), n_per_class, seed, read)
+        ex.release()  # every part is written: a LocalCluster shuts down while they are assembled
         npy = folder / "patches.npy"
         cube = np.lib.format.open_memmap(npy, "w+", np.float32, (len(index), len(bands), p, p))
         for k in np.unique(part_of[index]):  # one part in memory at a time

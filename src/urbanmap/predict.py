@@ -34,7 +34,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pandas as pd
 
 from urbanmap.errors import InputError
 from urbanmap.lattice import PixelLattice
@@ -164,11 +163,9 @@ def _map(path, lattice: PixelLattice, p_grid: np.ndarray, cls_grid: np.ndarray, 
 def run(cfg) -> None:
     """The stage: grid.parquet + mosaic_<year>.tif + model/ -> predictions_<year>.parquet,
     p_urban_<year>.tif, predictions_<year>.png, predictions_<year>.json."""
-    import contextlib
-
     import rasterio
 
-    from urbanmap import cellmap, io, models, paths, predict_tiles
+    from urbanmap import compute, io, models, paths, predict_tiles
     from urbanmap.lattice import patch_size
     from urbanmap.patches import check_mosaic
 
@@ -192,16 +189,26 @@ def run(cfg) -> None:
     with src:
         check_model(card, card_name, src, cell_size, str(mosaic_path))
         indexes = check_mosaic(src, lattice, str(mosaic_path), card["bands"])
-        clf, card = models.load(model_dir)
-        if card.get("kind") == "torch":
-            import torch
-
-            torch.set_num_threads(max(1, int(cfg.compute.get("threads", 1) or 1)))
-        start = time.perf_counter()
-        # Tile by tile, in-process or on Dask (compute=): predict_tiles.py.
+        if compute.mode(cfg) == "local":  # loaded here (errors before any tile), once: the tasks reuse it
+            predict_tiles.model(model_dir, compute.task_threads(cfg))
+    # Tile by tile, in-process or on Dask (compute=): predict_tiles.py. The executor is
+    # released once the tiles are in, so a LocalCluster shuts down while the outputs are written.
+    start = time.perf_counter()
+    with compute.Executor(cfg, local_workers=1) as executor:
         p = predict_tiles.predict_tiled(cfg, lattice, mosaic_path, indexes, model_dir, grid["col"].to_numpy(),
-                                        grid["row"].to_numpy(), block_cells)
+                                        grid["row"].to_numpy(), block_cells, executor)
         seconds = time.perf_counter() - start
+        executor.release()
+        _write(cfg, year, grid, p, card, float(threshold), int(block_cells), seconds, cell_size, crs)
+
+
+def _write(cfg, year, grid, p, card, threshold: float, block_cells: int, seconds: float, cell_size, crs) -> None:
+    """The stage's four outputs from the grid table and its (n,) p_urban."""
+    import contextlib
+
+    import pandas as pd
+
+    from urbanmap import cellmap, io, paths
 
     cls = classes(p, float(threshold))
     table = pd.DataFrame({"cell_id": grid["cell_id"].to_numpy(str), "col": grid["col"].to_numpy(np.int64),

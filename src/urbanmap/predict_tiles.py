@@ -1,11 +1,13 @@
 """The `predict` stage tile by tile: one task per tile of `compute.tile_size` cells
 (compute.stage_tile_size: whole blocks of `predict.block_cells`), in-process or on Dask (compute.py).
 
-A task opens the mosaic, loads the model once per worker process, and classifies its
+A task opens the mosaic, takes the model from its process's cache (`model`: loaded on
+the process's first task, again only if the model's files change), and classifies its
 tile's cells with predict.predict_cells (the same blocks as one untiled pass, since a
 tile is a whole number of blocks); it returns only the tile's (k,) float32 p_urban
 (4 bytes per cell), which the client places in the region's table. Same values on every
-executor and tile size.
+executor and tile size. With compute=dask the client never loads the model (nor imports
+scikit-learn or torch): each worker loads it once, the workers in parallel.
 """
 
 from __future__ import annotations
@@ -26,9 +28,20 @@ class PredictJob:
     rows: np.ndarray
 
 
+def model(model_dir, threads: int):
+    """The fitted classifier of `model_dir` (models.load), loaded once per process and
+    kept while its files are unchanged (a persistent Dask worker reloads a retrained
+    model); `threads`: the threads one task may use (scikit-learn's n_jobs, torch's)."""
+    from pathlib import Path
+
+    folder = Path(model_dir)
+    files = tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir() if p.is_file()))
+    return _load(str(folder.resolve()), int(threads), files)
+
+
 @functools.lru_cache(maxsize=2)
-def _model(model_dir: str, threads: int):
-    """The model of `model_dir`, loaded once per process (worker)."""
+def _load(model_dir: str, threads: int, files: tuple):
+    """models.load, cached by folder, threads and the folder's (name, mtime, size) files."""
     from urbanmap import models
 
     clf, card = models.load(model_dir)
@@ -49,14 +62,15 @@ def predict_tile(job: PredictJob, mosaic: str, lattice, indexes, model_dir: str,
 
     from urbanmap.predict import predict_cells
 
-    clf = _model(model_dir, threads)
+    clf = model(model_dir, threads)
     with rasterio.open(mosaic) as src:
         return predict_cells(clf, src, lattice, job.cols, job.rows, indexes, block_cells, progress=False)
 
 
-def predict_tiled(cfg, lattice, mosaic, indexes, model_dir, cols, rows, block_cells: int) -> np.ndarray:
+def predict_tiled(cfg, lattice, mosaic, indexes, model_dir, cols, rows, block_cells: int,
+                  executor=None) -> np.ndarray:
     """(n,) float32 p_urban of the cells `cols`, `rows` (lattice indices), tile by tile
-    with compute.run_tiles."""
+    with compute.run_tiles (on `executor`, an open compute.Executor, if given)."""
     from urbanmap import compute
 
     cols, rows = np.asarray(cols), np.asarray(rows)
@@ -69,7 +83,7 @@ def predict_tiled(cfg, lattice, mosaic, indexes, model_dir, cols, rows, block_ce
     task = functools.partial(predict_tile, mosaic=str(mosaic), lattice=lattice, indexes=list(indexes),
                              model_dir=str(model_dir), block_cells=int(block_cells), threads=compute.task_threads(cfg))
     p = np.full(len(cols), np.nan, np.float32)
-    # Locally one tile at a time: the model uses compute.threads itself.
-    for k, values in compute.run_tiles(cfg, task, jobs, desc="predict", local_workers=1):
+    # Locally one tile at a time (an executor of local_workers=1): the model uses compute.threads itself.
+    for k, values in compute.run_tiles(cfg, task, jobs, desc="predict", local_workers=1, executor=executor):
         p[jobs[k].index] = values
     return p

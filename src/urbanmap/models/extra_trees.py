@@ -7,10 +7,15 @@ The estimator is built with ``hydra.utils.instantiate`` from ``model.estimator``
 
 Saved as ``model.skops`` (skops.io: no pickle). Loading lists the file's types and
 refuses any outside `TRUSTED`, so a crafted file cannot run code.
+
+skops.io is imported through `skops_io`, which keeps it from importing torch (see there).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.abc
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +36,47 @@ TRUSTED = frozenset(
         "sklearn.tree._classes.DecisionTreeClassifier",
     }
 )
+
+
+#: scikit-learn's vendored array-API wrappers of optional array libraries: importing one
+#: imports its library (torch: about 3 s and 300 MB; dask.array), and nothing here uses them.
+_ARRAY_API_WRAPPERS = tuple(f"sklearn.externals.array_api_compat.{lib}" for lib in ("torch", "cupy", "dask"))
+
+
+class _SkipArrayApiWrappers(importlib.abc.MetaPathFinder):
+    """Import finder that refuses `_ARRAY_API_WRAPPERS` (and their submodules)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if any(name == w or name.startswith(w + ".") for w in _ARRAY_API_WRAPPERS):
+            raise ModuleNotFoundError(f"{name}: not imported while skops lists scikit-learn's estimators", name=name)
+        return None
+
+
+def skops_io():
+    """The `skops.io` module, imported without torch.
+
+    skops.io builds its default list of trusted types when imported, with
+    `sklearn.utils.all_estimators()`, which walks every package of scikit-learn with
+    `pkgutil.walk_packages`. To descend into a package the walk imports it, even the
+    `sklearn.externals` it then skips, so it imports the vendored array-API wrapper
+    `sklearn.externals.array_api_compat.torch`, which imports torch (and the dask one,
+    dask.array): 2.5 to 3 s of a 4 to 5 s import, in every process that loads a model
+    (each Dask worker too). No setting of scikit-learn or skops turns this off, so the
+    wrappers are refused for the duration of the import: `walk_packages` ignores a
+    package that raises ImportError, the estimators (which `all_estimators` never takes
+    from `externals`) and hence skops' trusted types are the same, and neither torch
+    nor the wrappers are left half-imported (a later import of them works as usual).
+    Refusing torch itself (``sys.modules["torch"] = None``) would not do: SciPy's
+    array-API helpers look torch up in sys.modules and fail on None.
+    """
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    finder = _SkipArrayApiWrappers()
+    sys.meta_path.insert(0, finder)
+    try:
+        return importlib.import_module("skops.io")
+    finally:
+        sys.meta_path.remove(finder)
 
 
 class ExtraTreesPatchClassifier:
@@ -72,8 +118,7 @@ class ExtraTreesPatchClassifier:
         return self.feature_names, self.feature_groups, np.asarray(values, np.float64)
 
     def save(self, folder: Path) -> list[str]:
-        import skops.io as sio
-
+        sio = skops_io()
         sio.dump(self.estimator, Path(folder) / FILE)
         return [FILE]
 
@@ -85,8 +130,7 @@ class ExtraTreesPatchClassifier:
 
     @classmethod
     def load(cls, folder: Path, card: dict) -> "ExtraTreesPatchClassifier":
-        import skops.io as sio
-
+        sio = skops_io()
         path = Path(folder) / FILE
         if not path.is_file():
             raise InputError(f"{path}: model file not found")
