@@ -100,7 +100,7 @@ def warp_block(src, lattice, block, nodata) -> np.ndarray:
     i0, j0, ni, nj = block
     p = lattice.patch_size
     out = np.full((src.count, ni * p, nj * p), nodata, src.dtypes[0])
-    transform = lattice.transform * rasterio.Affine.translation(j0 * p, i0 * p)
+    transform = lattice.transform @ rasterio.Affine.translation(j0 * p, i0 * p)
     reproject(rasterio.band(src, list(range(1, src.count + 1))), out, dst_transform=transform, dst_crs=lattice.crs,
               resampling=Resampling.nearest, src_nodata=src.nodata, dst_nodata=nodata)
     return out

@@ -89,44 +89,47 @@ def pixel_uniform(key, win: Win) -> np.ndarray:
     return chunked(key, win.r0, win.c0, win.h, win.w, PIXEL_CHUNK, lambda rng, shape: rng.random(shape, dtype=np.float32))
 
 
-def _axis_weights(start: int, n: int, step: float, k0: int) -> tuple[np.ndarray, np.ndarray]:
-    """For pixels start..start+n-1: the coarse index (relative to k0) left of each pixel
-    and the linear weight of the next one."""
-    pos = np.arange(start, start + n, dtype=np.float64) / step
+def _axis_weights(start: int, n: int, step: float, k0: int, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """For pixels start, start + stride, ... (n of them): the coarse index (relative to
+    k0) left of each pixel and the linear weight of the next one."""
+    pos = (start + stride * np.arange(n, dtype=np.int64)).astype(np.float64) / step
     k = np.floor(pos)
     return (k - k0).astype(np.int64), (pos - k).astype(np.float32)
 
 
-def field(key, win: Win, scale_px: float) -> np.ndarray:
+def field(key, win: Win, scale_px: float, stride: int = 1) -> np.ndarray:
     """A Gaussian random field of correlation length about `scale_px` pixels.
 
     Args:
         key: integers naming the field (seed, stream tag, ...): the only randomness.
         win: the window of the global pixel grid to compute.
         scale_px: correlation length in pixels (> 0).
+        stride: sample every `stride`-th pixel: win.h x win.w samples from (r0, c0)
+            (a cheap preview of a large window; the same values at the same pixels).
     Returns:
         float32 (win.h, win.w), mean 0 and standard deviation about 1 (analytic, see the
         module docstring), the same values for a pixel whatever the window.
     """
     step = max(float(scale_px) / _PER_SCALE, 1.0)
     pad = _RADIUS + 1
-    kr0, kr1 = int(np.floor(win.r0 / step)) - pad, int(np.floor((win.r0 + win.h - 1) / step)) + 1 + pad
-    kc0, kc1 = int(np.floor(win.c0 / step)) - pad, int(np.floor((win.c0 + win.w - 1) / step)) + 1 + pad
+    last_r, last_c = win.r0 + stride * (win.h - 1), win.c0 + stride * (win.w - 1)
+    kr0, kr1 = int(np.floor(win.r0 / step)) - pad, int(np.floor(last_r / step)) + 1 + pad
+    kc0, kc1 = int(np.floor(win.c0 / step)) - pad, int(np.floor(last_c / step)) + 1 + pad
     white = chunked(key, kr0, kc0, kr1 - kr0 + 1, kc1 - kc0 + 1, CHUNK, lambda rng, shape: rng.standard_normal(shape))
     coarse = ndimage.correlate1d(ndimage.correlate1d(white, _KERNEL, axis=0), _KERNEL, axis=1)
     coarse = (coarse / _SMOOTH_STD).astype(np.float32)
-    ri, rf = _axis_weights(win.r0, win.h, step, kr0)
-    ci, cf = _axis_weights(win.c0, win.w, step, kc0)
+    ri, rf = _axis_weights(win.r0, win.h, step, kr0, stride)
+    ci, cf = _axis_weights(win.c0, win.w, step, kc0, stride)
     rows = coarse[ri] * (1 - rf)[:, None] + coarse[ri + 1] * rf[:, None]  # (h, coarse cols)
     return rows[:, ci] * (1 - cf)[None, :] + rows[:, ci + 1] * cf[None, :]
 
 
-def field_octaves(key, win: Win, scales_px, weights) -> np.ndarray:
+def field_octaves(key, win: Win, scales_px, weights, stride: int = 1) -> np.ndarray:
     """Weighted sum of independent fields of several correlation lengths (field k keyed
     by (*key, k)), divided by the root of the summed squared weights (float32)."""
     total = np.zeros((win.h, win.w), np.float32)
     for k, (scale, weight) in enumerate(zip(scales_px, weights)):
-        total += np.float32(weight) * field((*key, k), win, scale)
+        total += np.float32(weight) * field((*key, k), win, scale, stride)
     return total / np.float32(np.sqrt(np.sum(np.square(weights))))
 
 

@@ -151,10 +151,10 @@ def _in_grid(lattice, cells) -> np.ndarray:
     return mask
 
 
-def _settlements(cfg, world: World, lattice, path: Path) -> None:
+def _settlements(cfg, world: World, lattice):
     """The census localities over the world, with their target impervious fraction, in
-    painting order (landcover.settlement_targets), as GeoParquet in the scene CRS: what
-    every task rasterises over its tile."""
+    painting order (landcover.settlement_targets): a GeoDataFrame in the scene CRS (the
+    stage writes it as GeoParquet for every task to rasterise over its tile)."""
     import geopandas as gpd
 
     from urbanmap import labels
@@ -168,7 +168,7 @@ def _settlements(cfg, world: World, lattice, path: Path) -> None:
         polygons, population, kind, at_density=float(u.at_density), value=float(u.value),
         per_decade=float(u.per_decade), low=float(u.low), high=float(u.high), rural_factor=float(u.rural_factor),
     )
-    gpd.GeoDataFrame({"target": targets}, geometry=list(ordered), crs=world.crs).to_parquet(path)
+    return gpd.GeoDataFrame({"target": targets}, geometry=list(ordered), crs=world.crs)
 
 
 def _landscape_params(cfg) -> dict:
@@ -179,13 +179,17 @@ def _landscape_params(cfg) -> dict:
 
 
 def scene_specs(cfg_s, seed: int, year: int, acqs, states, world: World) -> tuple[list, list]:
-    """Per acquisition: its tiles.SceneSpec (window, scalar draws of its sky) and its sun
+    """Per acquisition: its tiles.SceneSpec (window, scalar draws of its sky, the cloud
+    field's cut at its cover measured on a sample of the product's pixels) and its sun
     (azimuth, elevation, UTC datetime). InputError if a footprint misses the region."""
+    import dataclasses
+
     from urbanmap.landsat import CIRRUS_SENSORS, SLC_OFF_SINCE
     from urbanmap.synth import scenes, schedule
-    from urbanmap.synth.tiles import SCENE, SceneSpec
+    from urbanmap.synth.tiles import SCENE, SceneSpec, scene_valid
 
     pixel, cl, specs, suns = world.transform.a, cfg_s.clouds, [], []
+    scales_px = [float(v) / pixel for v in cl.scales_m]
     wet_months = {int(m) for m in cl.wet_months}
     for k, (acq, state) in enumerate(zip(acqs, states)):
         fp = acq.footprint
@@ -202,10 +206,12 @@ def scene_specs(cfg_s, seed: int, year: int, acqs, states, world: World) -> tupl
         cirrus_band = acq.sensor in CIRRUS_SENSORS
         cirrus = float(rng.uniform(*cl.cirrus)) if cirrus_band else 0.0
         noise = cfg_s.noise.get(acq.sensor, cfg_s.noise.default)
-        specs.append(SceneSpec(
+        spec = SceneSpec(
             k, key, world.to_win(*win), fp, acq.sensor == "LE07" and bool(cfg_s.slc_off) and acq.acquired >= SLC_OFF_SINCE,
-            gap_phase, cover, offset, cirrus, cirrus_band, tuple(state), tuple(float(v) for v in noise),
-        ))
+            gap_phase, cover, float("inf"), offset, cirrus, cirrus_band, tuple(state), tuple(float(v) for v in noise),
+        )
+        cut = scenes.cloud_cut(key, spec.win, scene_valid(spec, pixel), cover, scales_px)
+        specs.append(dataclasses.replace(spec, cloud_cut=cut))
         suns.append(sun)
     return specs, suns
 
@@ -303,11 +309,12 @@ def run(cfg) -> dict:
     specs, suns = scene_specs(s, seed, year, acqs, states, world)
     median_state = tuple(float(np.median([st[k] for st in states])) for k in (0, 1))
     later = year > int(cfg.years.train)
+    settlements = _settlements(cfg, world, lattice)  # before any output folder: bad input leaves nothing
 
     with io.atomic_directory(paths.scenes_dir(cfg, year)) as scenes_tmp, \
             io.atomic_directory(paths.truth_dir(cfg, year)) as truth_tmp, \
             compute.parts_folder(paths.scenes_dir(cfg, year)) as folder, compute.Executor(cfg) as ex:
-        _settlements(cfg, world, lattice, folder / "settlements.parquet")
+        settlements.to_parquet(folder / "settlements.parquet")
         job = tasks.Job(seed, pixel, _landscape_params(cfg), em, str(folder / "settlements.parquet"), pixel_min,
                         tuple(specs), tuple(float(v) / pixel for v in s.clouds.scales_m), int(s.clouds.dilate_px),
                         median_state, None, tuple(float(v) for v in s.growth.impervious), str(folder))

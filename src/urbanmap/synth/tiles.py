@@ -44,6 +44,7 @@ class SceneSpec:
     slc_gaps: bool
     gap_phase: float
     cover: float
+    cloud_cut: float  # the cloud field's value at the scene's cover (scenes.cloud_cut)
     shadow_rc: tuple[int, int]
     cirrus: float
     cirrus_band: bool
@@ -134,13 +135,13 @@ def base_task(tile: dict, job: Job) -> str:
 
 
 def scene_valid(spec: SceneSpec, pixel: float):
-    """Function Win -> bool (h, w): the scene's pixels with data (inside the footprint,
-    outside Landsat 7's SLC-off gaps)."""
+    """Function (Win, stride=1) -> bool (h, w): the scene's pixels with data (inside the
+    footprint, outside Landsat 7's SLC-off gaps), every `stride`-th from (r0, c0)."""
     from urbanmap.synth.scenes import slc_off_gaps
 
-    def valid(win: Win) -> np.ndarray:
-        xs = np.arange(win.c0, win.c0 + win.w) * pixel
-        ys = -np.arange(win.r0, win.r0 + win.h) * pixel
+    def valid(win: Win, stride: int = 1) -> np.ndarray:
+        xs = (win.c0 + stride * np.arange(win.w)) * pixel
+        ys = -(win.r0 + stride * np.arange(win.h)) * pixel
         along, across = spec.footprint.coordinates(xs, ys)
         inside = spec.footprint.inside(along, across)
         if spec.slc_gaps:
@@ -176,7 +177,8 @@ def scene_task(tile: dict, job: Job) -> dict:
             valid_fn = scene_valid(spec, job.pixel)
             valid = valid_fn(sub)
             sky = scenes.draw_sky(spec.key, sub, valid_fn, spec.cover, scales_px=list(job.scales_px),
-                                  dilate_px=job.dilate_px, shadow_rc=spec.shadow_rc, cirrus=spec.cirrus)
+                                  dilate_px=job.dilate_px, shadow_rc=spec.shadow_rc, cirrus=spec.cirrus,
+                                  cut=spec.cloud_cut)
             rows, cols = sub.crop(win)
             clean = landcover.reflectance(land.window(rows, cols), job.em, *spec.state)
             out = np.empty((7, sub.h, sub.w), np.uint16)
