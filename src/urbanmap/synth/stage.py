@@ -15,6 +15,21 @@
 
 The landscape of the census year (years.train) is the same for every year (seeded by
 `seed` alone); a later year adds fringe growth, and its truth flags `new_urban` cells.
+
+Tiles (issue 6): the world (the scenes' 30 m grid over the region plus the margin) is cut
+into tiles of compute.tile_size cells (compute.stage_tile_size) in whole 30 m pixels, and
+one task per tile (compute.run_tiles: threads in this process, or Dask) computes its part
+of every scene and of the truth (tiles.py); every value is a pure function of (seed,
+stream, global pixel coordinates), so the files are the same bytes whatever the tile size
+and the executor. A later year runs two passes: the census year's classes per tile, then,
+once the client has grown the fringe cells (a per-cell table), the scenes. The client
+assembles the products block by block and samples the truth onto the lattice in blocks of
+whole cells (assemble.py); it never holds a world-sized array. What is decided from the
+whole region is small: the localities' target impervious fractions, the per-cell growth,
+and each scene's cloud cut (the cloud field's quantile at the drawn cover, measured on a
+sample of the product's pixels, so that every scene's measured cover is the drawn one to
+within ~0.1%). Land-cover shares, park and cirrus shares are cut at the normal quantiles
+of the fields' analytic distribution, so they are approximate.
 """
 
 from __future__ import annotations
