@@ -90,16 +90,6 @@ class World:
         r0, r1 = int(np.floor((t.f - ymax) / -t.e)), int(np.ceil((t.f - ymin) / -t.e))
         return slice(max(r0, 0), min(r1, self.height)), slice(max(c0, 0), min(c1, self.width))
 
-    def centres(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
-        """x of the pixel centres of `cols` and y of those of `rows` (metres)."""
-        t = self.transform
-        xs = t.c + (np.arange(cols.start, cols.stop) + 0.5) * t.a
-        ys = t.f + (np.arange(rows.start, rows.stop) + 0.5) * t.e
-        return xs, ys
-
-    def sub_transform(self, rows: slice, cols: slice) -> Affine:
-        return self.transform @ Affine.translation(cols.start, rows.start)
-
     @property
     def win(self) -> Win:
         """The world as a window of the global pixel grid (fields.Win: pixel (r, c) has

@@ -29,16 +29,6 @@ def to_lattice(world: np.ndarray, world_transform, world_crs, lattice: PixelLatt
     return out
 
 
-def from_lattice(values: np.ndarray, lattice: PixelLattice, world_transform, world_crs, world_shape, nodata) -> np.ndarray:
-    """Inverse of `to_lattice`: a lattice raster (rows, cols) sampled onto the world."""
-    out = np.full(world_shape, nodata, values.dtype)
-    reproject(
-        values, out, src_transform=lattice.transform, src_crs=lattice.crs, dst_transform=world_transform,
-        dst_crs=world_crs, resampling=Resampling.nearest, src_nodata=None, dst_nodata=nodata,
-    )
-    return out
-
-
 def cell_means(raster: np.ndarray, lattice: PixelLattice) -> np.ndarray:
     """Mean of a lattice raster (rows, cols) over each cell's window.
 
