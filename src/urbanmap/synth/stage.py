@@ -314,11 +314,15 @@ def run(cfg) -> dict:
     specs, suns = scene_specs(s, seed, year, acqs, states, world)
     median_state = tuple(float(np.median([st[k] for st in states])) for k in (0, 1))
     later = year > int(cfg.years.train)
-    settlements = _settlements(cfg, world, lattice)  # before any output folder: bad input leaves nothing
 
-    with io.atomic_directory(paths.scenes_dir(cfg, year)) as scenes_tmp, \
-            io.atomic_directory(paths.truth_dir(cfg, year)) as truth_tmp, \
-            compute.parts_folder(paths.scenes_dir(cfg, year)) as folder, compute.Executor(cfg) as ex:
+    with contextlib.ExitStack() as stack:
+        # Dask workers start before the census is read, so they do not begin life with
+        # (nor report, in their peak RSS) the client's memory.
+        ex = stack.enter_context(compute.Executor(cfg))
+        settlements = _settlements(cfg, world, lattice)  # before any output folder: bad input leaves nothing
+        scenes_tmp = stack.enter_context(io.atomic_directory(paths.scenes_dir(cfg, year)))
+        truth_tmp = stack.enter_context(io.atomic_directory(paths.truth_dir(cfg, year)))
+        folder = stack.enter_context(compute.parts_folder(paths.scenes_dir(cfg, year)))
         settlements.to_parquet(folder / "settlements.parquet")
         job = tasks.Job(seed, pixel, _landscape_params(cfg), em, str(folder / "settlements.parquet"), pixel_min,
                         tuple(specs), tuple(float(v) / pixel for v in s.clouds.scales_m), int(s.clouds.dilate_px),
