@@ -3,11 +3,12 @@
     python benchmarks/bench_synth.py [year=2019] [other overrides]
 
 Each step runs in its own process so that its peak memory (max RSS) is its own:
-  synth        the stage: landscape, 16 products written as COGs, catalog, truth
+  synth        the stage: one task per tile (compute.run_tiles: landscape, sky, DN, QA
+               and truth parts), 16 products assembled into COGs, catalog, truth
   io-floor     writing the stage's products again (read first, untimed): the floor set
                by deflate and the disk
   field        one cloud field of a scene's size at 4 km correlation (coarse lattice +
-               interpolation, fields.smooth_noise)
+               interpolation, fields.field)
   field-direct the same field by a full-resolution Gaussian filter (what it replaces)
   truth        the cloud-free truth on the scenes' grid: reflectance at the median
                seasonal state (exact, since reflectance is affine in the state)
@@ -33,14 +34,15 @@ SCENE_SHAPE = (2150, 1900)  # about one default-region scene window
 
 
 def _landscape(cfg):
-    """The region's landscape, end-members and seasonal states, as the stage builds them."""
+    """The region's whole world landscape in one piece (the stage builds it tile by tile:
+    the values are the same), end-members and seasonal states."""
     from pyproj import Transformer
 
     from urbanmap import io, paths
     from urbanmap.lattice import PixelLattice, patch_size
-    from urbanmap.synth import landcover, schedule
+    from urbanmap.synth import landcover, schedule, tiles
     from urbanmap.synth.endmembers import read_endmembers
-    from urbanmap.synth.stage import World, _footprints, landscape
+    from urbanmap.synth.stage import World, _footprints, _landscape_params, _settlements
 
     s = cfg.synth
     em = read_endmembers(s.spectra, {k: list(v) for k, v in s.endmembers.items()}, float(s.max_reflectance))
@@ -50,7 +52,10 @@ def _landscape(cfg):
     utm = schedule.utm_crs(*Transformer.from_crs(crs, 4326, always_xy=True).transform((x0 + x1) / 2, (y0 + y1) / 2))
     world = World.around(lattice.bounds, crs, utm, float(s.margin), float(s.pixel_size))
     year = paths.stage_year(cfg)
-    land, _ = landscape(cfg, em, cells, lattice, world, year)
+    settlements = Path(cfg.out_dir) / "settlements.parquet"
+    _settlements(cfg, world, lattice).to_parquet(settlements)
+    job = tiles.Job(int(cfg.seed), float(s.pixel_size), _landscape_params(cfg), em, str(settlements), float(s.urban_min.pixel))
+    land = tiles.landscape(world.win, job, grown=False)
     sensors = schedule.sensors_for_year(year, s.sensors)
     acqs = schedule.acquisitions(year, sensors, _footprints(s, world.bounds), int(s.scenes_per_footprint))
     ph = s.phenology
@@ -93,9 +98,9 @@ def run_step(step: str, overrides: list[str]) -> dict:
             count += 1
         extra = {"scenes": count}
     elif step == "field":
-        from urbanmap.synth.fields import smooth_noise
+        from urbanmap.synth.fields import Win, field
 
-        smooth_noise(np.random.default_rng(0), SCENE_SHAPE, 4000 / 30)
+        field((0, 1), Win(0, 0, *SCENE_SHAPE), 4000 / 30)
     elif step == "field-direct":
         from scipy import ndimage
 

@@ -23,7 +23,8 @@ from rasterio.warp import Resampling, reproject
 from urbanmap import config, grid, paths
 from urbanmap.cli import main
 from urbanmap.landsat import BANDS, QA, SR_SCALE, scene_from_folder, to_dn, to_reflectance
-from urbanmap.synth import landcover, scenes, schedule, truth
+from urbanmap.synth import fields, landcover, scenes, schedule, truth
+from urbanmap.synth.fields import Win
 from urbanmap.synth import run as synth_run
 from urbanmap.synth.endmembers import read_endmembers
 
@@ -104,17 +105,22 @@ def test_dn_scale_round_trip():
 
 
 def test_qa_bits_follow_the_sky_drawn():
-    rng = np.random.default_rng(1)
-    valid = np.ones((300, 300), bool)
-    valid[:, 250:] = False  # outside the footprint
-    sky = scenes.draw_sky(rng, valid, 0.3, scales_px=[60, 20], dilate_px=3, shadow_rc=(25, -40), cirrus=0.05)
-    water = np.zeros_like(valid)
+    win = Win(100, -50, 300, 300)  # global pixel indices: any window, negative ones too
+
+    def valid(w, stride=1):  # pixels of global column >= 200 are outside the footprint
+        cols = w.c0 + stride * np.arange(w.w)
+        return np.broadcast_to(cols < 200, (w.h, w.w)).copy()
+
+    key, scales = (7, 404, 1), [60, 20]
+    cut = scenes.cloud_cut(key, win, valid, 0.3, scales)
+    sky = scenes.draw_sky(key, win, valid, 0.3, scales_px=scales, dilate_px=3, shadow_rc=(25, -40), cirrus=0.05, cut=cut)
+    v = valid(win)
+    water = np.zeros_like(v)
     water[:50, :50] = True
     for cirrus_band in (True, False):
-        qa = scenes.qa_pixel(valid, sky, water, cirrus_band)
+        qa = scenes.qa_pixel(v, sky, water, cirrus_band)
         bit = lambda b: (qa >> b) & 1 == 1  # noqa: E731
-        assert (qa[~valid] == 1).all() and not bit(QA.FILL)[valid].any()
-        v = valid
+        assert (qa[~v] == 1).all() and not bit(QA.FILL)[v].any()
         assert (bit(QA.CLOUD)[v] == sky.cloud[v]).all()
         assert (bit(QA.DILATED_CLOUD)[v] == sky.dilated[v]).all()
         assert (bit(QA.CLOUD_SHADOW)[v] == sky.shadow[v]).all()
@@ -123,15 +129,40 @@ def test_qa_bits_follow_the_sky_drawn():
         assert ((qa[v & sky.cloud] >> QA.CLOUD_CONFIDENCE) & 3 == 3).all()
         assert ((qa[v & ~sky.cloud] >> QA.CLOUD_CONFIDENCE) & 3 == 1).all()
         assert (bit(QA.CIRRUS)[v] == (sky.cirrus[v] if cirrus_band else False)).all()
-    assert abs(sky.cloud[valid].mean() - 0.3) < 1e-3
+    assert abs(sky.cloud[v].mean() - 0.3) < 1e-3  # the cut measured on the scene's pixels
     assert sky.dilated.any() and sky.shadow.any() and sky.cirrus.any()
     assert not (sky.cloud & (sky.dilated | sky.shadow)).any()
-    # the ring is within 3 pixels of a cloud, and the shadow is the cloud displaced
+    # the ring is within 3 pixels of a cloud and the shadow is the cloud displaced, clouds
+    # in the halo around the window included: the sky of a part is that part of the sky
     from scipy import ndimage
 
-    near = ndimage.binary_dilation(sky.cloud, np.ones((3, 3), bool), iterations=3)
+    outer = win.grow(*scenes.sky_halo(3, (25, -40)))
+    big = scenes.draw_sky(key, outer, valid, 0.3, scales_px=scales, dilate_px=3, shadow_rc=(25, -40), cirrus=0.05, cut=cut)
+    inner = win.crop(outer)
+    near = ndimage.binary_dilation(big.cloud, np.ones((3, 3), bool), iterations=3)[inner]
     assert (sky.dilated <= near).all()
-    assert (sky.shadow <= scenes.shift(sky.cloud, 25, -40)).all()
+    assert (sky.shadow <= scenes.shift(big.cloud, 25, -40)[inner]).all()
+    for name in ("cloud", "dilated", "cirrus", "opacity", "cirrus_depth"):
+        np.testing.assert_array_equal(getattr(sky, name), getattr(big, name)[inner])
+
+
+def test_fields_are_pure_functions_of_global_pixel_coordinates():
+    """Any window gives the same values where windows overlap; standardised analytically."""
+    whole = Win(-1000, 2000, 1200, 900)
+    parts = [Win(-1000, 2000, 517, 900), Win(-483, 2000, 683, 311), Win(-483, 2311, 683, 589)]
+    for make in (
+        lambda w: fields.field((1, 2), w, 133.0),
+        lambda w: fields.field_octaves((1, 3), w, [133.0, 50.0, 15.0], [1.0, 0.5, 0.25]),
+        lambda w: fields.pixel_noise((1, 4), w),
+    ):
+        full = make(whole)
+        for part in parts:
+            np.testing.assert_array_equal(make(part), full[part.crop(whole)])
+    big = fields.field((5, 6), Win(0, 0, 3000, 3000), 20.0)
+    assert abs(float(big.mean())) < 0.05 and 0.9 < float(big.std()) < 1.05
+    assert abs((big >= fields.threshold(0.2)).mean() - 0.2) < 0.03  # shares by the normal quantile
+    strided = fields.field((5, 6), Win(0, 0, 750, 750), 20.0, stride=4)
+    np.testing.assert_array_equal(strided, big[::4, ::4])
 
 
 def test_scene_files_agree_with_their_qa(region):
@@ -232,7 +263,7 @@ def test_truth_reflectance_is_the_median_over_the_dates(shared_data):
     settlement[10:40, 20:50] = 0.6
     lc = cfg.synth.landcover
     land = landcover.build_landscape(
-        np.random.default_rng(3), settlement, em, 30.0, water=0.05, soil=0.1, vegetation=0.4, terrain_m=900,
+        (3, 101), Win(-500, 700, 60, 80), settlement, em, 30.0, water=0.05, soil=0.1, vegetation=0.4, terrain_m=900,
         patch_m=300, parcel_m=[240, 360], fallow=float(lc.fallow), texture=0.12, park_fraction=0.08,
     )
     dates = [dt.date(2019, 1, 15) + dt.timedelta(days=23 * k) for k in range(14)]
@@ -404,6 +435,30 @@ def test_same_config_gives_byte_identical_files(region, tmp_path, monkeypatch, s
             assert len(again) == (16 * 8 + 1 if part == "scenes" else 5)  # 7 TIFs + item JSON per product; catalog
     for part in ("scenes", "truth"):  # nothing beside the year folders
         assert sorted(p.name for p in (tmp_path / "out" / "valle_de_mexico" / part).iterdir()) == ["2010", "2019"]
+
+
+def test_same_bytes_whatever_the_tiles_and_executor(region, tmp_path, monkeypatch):
+    """2019 (two passes: the census year's classes, then the growth) on tiles of 2 cells
+    in this process and of 3 cells on a 2-worker Dask LocalCluster: the same files as in
+    one tile. Memory per task is bounded by the tile: the tasks' parts cover the world
+    tile by tile."""
+    from distributed import LocalCluster
+
+    _, region_dir, _ = region
+    monkeypatch.chdir(REPO)
+    small = ["mosaic.block_cells=1", "predict.block_cells=1"]
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                      memory_limit="2GiB") as cluster:
+        runs = {"local": ["compute.tile_size=2", *small],
+                "dask": ["compute=dask", f"compute.address={cluster.scheduler_address}", "compute.tile_size=3", *small]}
+        for name, extra in runs.items():
+            out = tmp_path / name
+            (out / "valle_de_mexico").mkdir(parents=True)
+            (out / "valle_de_mexico" / "grid.parquet").write_bytes((region_dir / "grid.parquet").read_bytes())
+            assert main(["synth", f"out_dir={out}", WINDOW, "year=2019", *extra]) == 0
+            for part in ("scenes", "truth"):
+                assert digest(out / "valle_de_mexico" / part / "2019") == digest(region_dir / part / "2019"), (name, part)
+            assert sorted(p.name for p in (out / "valle_de_mexico" / "scenes").iterdir()) == ["2019"]  # no parts left
 
 
 def test_a_failed_run_leaves_the_previous_outputs(region, tmp_path, monkeypatch, capsys):

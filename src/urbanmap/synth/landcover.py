@@ -2,7 +2,9 @@
 reflectance on any date.
 
 The landscape lives on the "world" raster: the scenes' 30 m UTM pixel grid over the
-region plus a margin (every scene file is a window of it). Each pixel holds:
+region plus a margin (every scene file is a window of it). Every value is a pure
+function of (seed, global pixel coordinates) (fields.py), so any window of the world can
+be built on its own (the stage builds it tile by tile). Each pixel holds:
 
 - `impervious`: fraction of built surface (0..1), from the census: inside localities it
   rises with the locality's population density, with neighbourhood texture and parks;
@@ -36,7 +38,7 @@ import numpy as np
 import rasterio.features
 
 from urbanmap.synth.endmembers import Endmembers
-from urbanmap.synth.fields import octaves, pick, smooth_noise, uniform
+from urbanmap.synth.fields import Win, chunked, field, field_octaves, pick, pixel_noise, threshold, uniform
 
 #: Land-cover class codes of the truth raster (0 is nodata).
 URBAN, VEGETATION, CROPLAND, SOIL, WATER = 1, 2, 3, 4, 5
@@ -80,25 +82,23 @@ def seasonal_state(date: dt.date, peak_doy: float, crop_peak_doy: float, crop_da
     return float(natural), float(crop)
 
 
-def settlement_impervious(
-    polygons, population, kind, transform, shape, *, at_density: float, value: float,
-    per_decade: float, low: float, high: float, rural_factor: float,
-) -> np.ndarray:
-    """Target impervious fraction of each pixel from census localities (0 outside).
+def settlement_targets(polygons, population, kind, *, at_density: float, value: float, per_decade: float,
+                       low: float, high: float, rural_factor: float):
+    """Target impervious fraction of each census locality, in painting order.
 
     A locality of density d (inhabitants per km² of its polygon) gets
     ``clip(value + per_decade * log10(d / at_density), low, high)``, times
     `rural_factor` for rural localities; unclassified ones are ignored and a missing
-    population takes the median density of its kind. Smaller polygons are painted over
-    larger ones.
+    population takes the median density of its kind (over the localities given: the
+    client computes this once for the whole region). Larger polygons come first, so that
+    smaller ones are painted over them (`settlement_raster`).
 
     Args:
-        polygons: shapely polygons (n,) in the world raster's CRS (metres).
+        polygons: shapely polygons (n,) in the scene CRS (metres).
         population: float (n,), NaN where unknown.
         kind: str (n,) "urban" / "rural" / "unclassified" (labels.read_census).
-        transform, shape: the world raster.
     Returns:
-        float32 (rows, cols).
+        (polygons (m,) object array, targets float32 (m,)), m <= n.
     """
     import shapely
 
@@ -114,43 +114,66 @@ def settlement_impervious(
         density[sel & ~np.isfinite(density)] = np.median(known) if known.size else at_density
     target = np.clip(value + per_decade * np.log10(np.maximum(density, 1.0) / at_density), low, high)
     target = np.where(kind == "rural", target * rural_factor, target).astype(np.float32)
+    order = np.argsort(-area_km2, kind="stable")
+    return polygons[order], target[order]
+
+
+def settlement_raster(polygons, targets, transform, shape) -> np.ndarray:
+    """Target impervious fraction of each pixel of a window (float32 (rows, cols), 0
+    outside localities): `polygons` painted in order (later over earlier) by pixel centre
+    (GDAL's rasterizer, on the window's own transform)."""
     if len(polygons) == 0:
         return np.zeros(shape, np.float32)
-    order = np.argsort(-area_km2, kind="stable")
     ids = rasterio.features.rasterize(
-        ((polygons[i], int(i) + 1) for i in order), out_shape=shape, transform=transform, fill=0, dtype="int32"
+        ((g, int(i) + 1) for i, g in enumerate(polygons)), out_shape=shape, transform=transform, fill=0, dtype="int32"
     )
-    return np.concatenate([[np.float32(0)], target])[ids]
+    return np.concatenate([[np.float32(0)], np.asarray(targets, np.float32)])[ids]
+
+
+#: Sub-streams of the landscape's key (seed, tag): one per random field or draw.
+(_TERRAIN, _PATCHES, _GREEN, _GREEN_PX, _DRY, _DRY_PX, _SHIFT, _FALLOW, _CROP_GREEN, _CROP_SOIL, _CROP_PEAK,
+ _HOOD, _GRAIN, _PARK, _IMP, _IMP_PX, _GROW, _ROOF) = range(1, 19)
+#: Parcels per side of a chunk of per-parcel draws.
+_PARCEL_CHUNK = 64
 
 
 def build_landscape(
-    rng: np.random.Generator, settlement: np.ndarray, em: Endmembers, pixel_size: float, *,
+    key, win: Win, settlement: np.ndarray, em: Endmembers, pixel_size: float, *,
     water: float, soil: float, vegetation: float, terrain_m: float, patch_m: float,
     parcel_m, fallow: float, texture: float, park_fraction: float,
 ) -> Landscape:
-    """The base landscape of the census year.
+    """The base landscape of the census year over a window of the global pixel grid.
+
+    Every value is a pure function of (key, global pixel coordinates), so windows can be
+    computed independently and agree where they overlap.
 
     Args:
-        rng: random generator (seeded from the config's seed only, so every year shares
-            the same base landscape).
-        settlement: float32 (rows, cols) target impervious fraction (settlement_impervious).
+        key: integers (seed, stream tag): every year shares the same base landscape.
+        win: the window (global pixel indices, see fields.Win).
+        settlement: float32 (win.h, win.w) target impervious fraction (settlement_raster).
         em: end-member tables.
         pixel_size: metres.
         water, soil, vegetation: shares of the landscape (before settlements) given to
-            each cover by ranking the terrain field; the rest is cropland.
+            each cover by thresholds on the terrain field at its normal quantiles (so the
+            shares are approximate); the rest is cropland.
         terrain_m, patch_m: correlation lengths (m) of the terrain and of land-cover patches.
-        parcel_m: (height, width) of crop parcels, metres.
+        parcel_m: (height, width) of crop parcels, metres; the parcel grid is anchored to
+            the CRS's origin, each row of parcels shifted by its own draw.
         fallow: share of crop parcels left bare all year.
         texture: standard deviation of the impervious fraction around a locality's target.
-        park_fraction: share of settled pixels that are parks and gardens.
+        park_fraction: share (about) of settled pixels that are parks and gardens.
     """
-    shape = settlement.shape
+    key = tuple(int(k) for k in key)
+    shape = (win.h, win.w)
+    if settlement.shape != shape:
+        raise ValueError(f"settlement {settlement.shape} does not match the window {shape}")
     px = float(pixel_size)
-    terrain = octaves(rng, shape, [terrain_m / px, terrain_m / (4 * px)], [1.0, 0.3])
-    patches = smooth_noise(rng, shape, patch_m / px)
-    lay = terrain + 0.6 * patches
-    q_water = np.quantile(terrain, water)
-    q_soil, q_veg = np.quantile(lay, [water + soil, 1.0 - vegetation])
+    f = lambda sub, scale_m: field((*key, sub), win, scale_m / px)  # noqa: E731
+    terrain = field_octaves((*key, _TERRAIN), win, [terrain_m / px, terrain_m / (4 * px)], [1.0, 0.3])
+    lay = terrain + np.float32(0.6) * f(_PATCHES, patch_m)
+    lay_std = float(np.sqrt(1.0 + 0.6**2))
+    q_water = -threshold(water)  # terrain below it: the share `water`
+    q_soil, q_veg = -lay_std * threshold(water + soil), lay_std * threshold(vegetation)
     cover = np.full(shape, CROPLAND, np.uint8)
     cover[lay >= q_veg] = VEGETATION
     cover[(lay < q_soil) & (cover == CROPLAND)] = SOIL
@@ -160,8 +183,8 @@ def build_landscape(
     n_green = len(em.vegetation)
     # Which measured spectrum: a smooth field (neighbours alike) dithered by pixel noise
     # (no contour steps between neighbouring table rows).
-    u_green = uniform(0.9 * smooth_noise(rng, shape, 300 / px) + 0.45 * rng.standard_normal(shape, dtype=np.float32))
-    u_dry = uniform(0.9 * smooth_noise(rng, shape, 500 / px) + 0.45 * rng.standard_normal(shape, dtype=np.float32))
+    u_green = uniform(0.9 * f(_GREEN, 300) + 0.45 * pixel_noise((*key, _GREEN_PX), win))
+    u_dry = uniform(0.9 * f(_DRY, 500) + 0.45 * pixel_noise((*key, _DRY_PX), win))
     i_green = pick(u_green, n_green)
     i_dry = np.empty(shape, np.uint16)
     g_max = np.zeros(shape, np.float32)
@@ -176,17 +199,20 @@ def build_landscape(
 
     # Cropland: parcels with their own crop, soil and calendar amplitude.
     ph, pw = (max(int(round(m / px)), 1) for m in parcel_m)
-    rows = np.arange(shape[0]) // ph
-    shift = rng.integers(0, pw, rows.max() + 1)
-    pcol = (np.arange(shape[1])[None, :] + shift[rows][:, None]) // pw
-    grid_shape = (rows.max() + 1, int(pcol.max()) + 1)
-    parcel_fallow = rng.random(grid_shape) < fallow
-    parcel_green = rng.integers(0, n_green, grid_shape)
-    parcel_soil = rng.integers(0, dry["soil"][1], grid_shape)
-    parcel_peak = rng.uniform(0.80, 0.95, grid_shape)
+    prow = np.arange(win.r0, win.r0 + win.h) // ph  # global parcel rows
+    p0, np_rows = int(prow[0]), int(prow[-1] - prow[0] + 1)
+    c = _PARCEL_CHUNK
+    shift = chunked((*key, _SHIFT), p0, 0, np_rows, 1, c, lambda rng, s: rng.integers(0, pw, s))[:, 0]
+    pcol = (np.arange(win.c0, win.c0 + win.w)[None, :] + shift[prow - p0][:, None]) // pw
+    q0 = int(pcol.min())
+    grid = (p0, q0, np_rows, int(pcol.max()) - q0 + 1)
+    parcel_fallow = chunked((*key, _FALLOW), *grid, c, lambda rng, s: rng.random(s)) < fallow
+    parcel_green = chunked((*key, _CROP_GREEN), *grid, c, lambda rng, s: rng.integers(0, n_green, s))
+    parcel_soil = chunked((*key, _CROP_SOIL), *grid, c, lambda rng, s: rng.integers(0, dry["soil"][1], s))
+    parcel_peak = chunked((*key, _CROP_PEAK), *grid, c, lambda rng, s: rng.uniform(0.80, 0.95, s))
     crop = cover == CROPLAND
-    r_idx = np.broadcast_to(rows[:, None], shape)[crop]
-    c_idx = pcol[crop]
+    r_idx = np.broadcast_to((prow - p0)[:, None], shape)[crop]
+    c_idx = pcol[crop] - q0
     fallow_px = parcel_fallow[r_idx, c_idx]
     g_max[crop] = np.where(fallow_px, 0.10, parcel_peak[r_idx, c_idx])
     g_amp[crop] = g_max[crop]
@@ -202,13 +228,12 @@ def build_landscape(
     # Settlements: built fraction around the locality's target, parks, gardens.
     settled = settlement > 0
     imp = np.zeros(shape, np.float32)
-    hood = smooth_noise(rng, shape, 250 / px)
-    grain = rng.standard_normal(shape, dtype=np.float32)
-    imp[settled] = settlement[settled] + texture * (0.7 * hood[settled] + 0.7 * grain[settled])
-    park = smooth_noise(rng, shape, 200 / px)
     if settled.any():
-        park_cut = np.quantile(park[settled], 1.0 - park_fraction)
-        imp[settled & (park >= park_cut)] *= 0.15
+        hood = f(_HOOD, 250)
+        grain = pixel_noise((*key, _GRAIN), win)
+        imp[settled] = settlement[settled] + texture * (0.7 * hood[settled] + 0.7 * grain[settled])
+        park = f(_PARK, 200)
+        imp[settled & (park >= threshold(park_fraction))] *= 0.15
     np.clip(imp, 0.0, 0.97, out=imp)
     yard_soil = settled & (u_dry < 0.3)
     garden = settled & ~yard_soil
@@ -217,19 +242,23 @@ def build_landscape(
     g_max[yard_soil], g_amp[yard_soil] = 0.10, 0.10
     i_dry[garden] = dry["npv"][0] + pick(u_dry[garden], dry["npv"][1])
     i_dry[yard_soil] = dry["soil"][0] + pick(u_dry[yard_soil], dry["soil"][1])
-    i_imp = pick(uniform(0.7 * smooth_noise(rng, shape, 120 / px) + 0.7 * rng.standard_normal(shape, dtype=np.float32)), len(em.impervious))
+    i_imp = pick(uniform(0.7 * f(_IMP, 120) + 0.7 * pixel_noise((*key, _IMP_PX), win)), len(em.impervious))
     crop_calendar = cover == CROPLAND
     return Landscape(imp, cover, i_imp, i_green, i_dry, g_max, g_amp, crop_calendar)
 
 
-def grow(land: Landscape, where: np.ndarray, rng: np.random.Generator, em: Endmembers, low: float, high: float) -> Landscape:
-    """Build over the pixels `where` (bool, rows x cols), except water: new housing
+def grow(land: Landscape, where: np.ndarray, key, win: Win, em: Endmembers, low: float, high: float,
+         pixel_size: float = 30.0) -> Landscape:
+    """Build over the pixels `where` (bool, win.h x win.w), except water: new housing
     estates with an impervious fraction in [low, high], new (brighter) roofs and bare
-    ground between them. Returns a new Landscape; `land` is unchanged."""
-    shape = where.shape
-    u = uniform(smooth_noise(rng, shape, 150 / 30.0))
-    roof = uniform(rng.standard_normal(shape, dtype=np.float32))
+    ground between them. `key` (seed, tag) and the window's global coordinates are the
+    only randomness. Returns a new Landscape; `land` is unchanged."""
+    key = tuple(int(k) for k in key)
     built = where & (land.cover != WATER)
+    if not built.any():
+        return land
+    u = uniform(field((*key, _GROW), win, 150 / float(pixel_size)))
+    roof = uniform(pixel_noise((*key, _ROOF), win))
     n_imp = len(em.impervious)
     imp, cover, i_imp = land.impervious.copy(), land.cover.copy(), land.i_imp.copy()
     g_max, g_amp, i_dry, crop = land.g_max.copy(), land.g_amp.copy(), land.i_dry.copy(), land.crop.copy()

@@ -1,10 +1,10 @@
 """One acquisition: sky (clouds, dilated-cloud rings, shadows, cirrus), Landsat 7's
 SLC-off gaps, sensor noise, and the product written as USGS distributes it.
 
-Everything here works on one scene window (rows x cols of the scene's 30 m UTM grid):
+Everything here works on a window of one scene (rows x cols of the scene's 30 m UTM\ngrid, global pixel indices: fields.Win), and gives the same pixels whatever the window:
 
-- `draw_sky`: clouds are the top `cover` share of a multi-scale random field over the
-  scene's valid pixels (so every scene has exactly that cloud fraction); their opacity
+- `draw_sky`: clouds are where a multi-scale random field is above its normal quantile
+  for the scene's `cover` (so a scene's cloud fraction is about `cover`); their opacity
   rises from 0.5 at the edge to 1 inside. Pixels within `dilate_px` of a cloud are the
   dilated-cloud ring (thin, hazy cloud edges). The shadow is the cloud mask displaced
   away from the sun by the cloud height over the tangent of the sun's elevation. Thin
@@ -29,7 +29,7 @@ import rasterio
 from scipy import ndimage
 
 from urbanmap.landsat import BANDS, QA, QA_FILL, SR_FILL, band_filename, to_dn
-from urbanmap.synth.fields import octaves
+from urbanmap.synth.fields import Win, field, field_octaves, pixel_noise, threshold
 
 #: Reflectance of an optically thick cloud (blue .. swir2) and the share of surface
 #: reflectance left in cloud shadow (diffuse light; more in the blue).
@@ -71,34 +71,84 @@ def shadow_offset(cloud_height_m: float, sun_azimuth_deg: float, sun_elevation_d
     return int(round(d * np.cos(az))), int(round(-d * np.sin(az)))
 
 
+#: Sub-streams of a scene's key: cloud field, cirrus layer, sensor noise (+ band).
+_CLOUD, _CIRRUS, _NOISE = 1, 2, 10
+
+
+def sky_halo(dilate_px: int, shadow_rc: tuple[int, int]) -> tuple[int, int]:
+    """(rows, cols) of margin around a window that its sky depends on: clouds within
+    `dilate_px` make the ring, clouds `shadow_rc` away cast the shadow."""
+    return int(dilate_px) + abs(int(shadow_rc[0])), int(dilate_px) + abs(int(shadow_rc[1]))
+
+
+def cloud_field(key, win: Win, scales_px, stride: int = 1) -> np.ndarray:
+    """A scene's cloud field over a window (fields.field_octaves, weights 1, 0.5, 0.25)."""
+    return field_octaves((*tuple(int(k) for k in key), _CLOUD), win, scales_px, [1.0, 0.5, 0.25][: len(scales_px)], stride)
+
+
+def cloud_cut(key, scene: Win, valid, cover: float, scales_px, samples: int = 250_000) -> float:
+    """The cloud field's value above which lies the share `cover` of the scene's valid
+    pixels, measured on a regular sample of about `samples` of its pixels (every one
+    in a small scene): the realised cloud cover is then `cover` to within the sample's
+    error (about 1% of the scene), whatever the tiles.
+
+    Args:
+        key, scales_px: the scene's cloud field (cloud_field).
+        scene: the product's window; valid: function (Win, stride) -> bool samples.
+    """
+    if cover <= 0:
+        return float("inf")
+    stride = max(int(np.sqrt(scene.h * scene.w / samples)), 1)
+    sample = Win(scene.r0, scene.c0, -(-scene.h // stride), -(-scene.w // stride))
+    values = cloud_field(key, sample, scales_px, stride)[valid(sample, stride)]
+    return float(np.quantile(values, 1.0 - cover)) if values.size else float("inf")
+
+
 def draw_sky(
-    rng: np.random.Generator, valid: np.ndarray, cover: float, *, scales_px, dilate_px: int,
-    shadow_rc: tuple[int, int], cirrus: float = 0.0, cirrus_scale_px: float = 150.0,
+    key, win: Win, valid, cover: float, *, scales_px, dilate_px: int, shadow_rc: tuple[int, int],
+    cirrus: float = 0.0, cirrus_scale_px: float = 150.0, cut: float | None = None,
 ) -> Sky:
-    """Clouds covering exactly the share `cover` of the `valid` pixels, their dilated
-    ring, their shadow (displaced by `shadow_rc` (rows, cols)) and a cirrus layer
-    covering the share `cirrus` of the valid pixels (0: none)."""
-    shape = valid.shape
-    field = octaves(rng, shape, scales_px, [1.0, 0.5, 0.25][: len(scales_px)])
-    n_valid = int(valid.sum())
-    cloud = np.zeros(shape, bool)
-    opacity = np.zeros(shape, np.float32)
-    if n_valid and cover > 0:
-        values = field[valid]
-        k = int(round(cover * n_valid))
-        if k > 0:
-            cut = np.partition(values, n_valid - k)[n_valid - k]
-            cloud = valid & (field >= cut)
-            opacity[cloud] = np.clip(0.5 + 1.5 * (field[cloud] - cut), 0.0, 1.0)
-    ring = ndimage.binary_dilation(cloud, structure=np.ones((3, 3), bool), iterations=int(dilate_px)) & ~cloud & valid
+    """The sky of one scene over a window of the global pixel grid.
+
+    Clouds are where the scene's cloud field (`cloud_field`) is at least `cut`, on valid
+    pixels; by default `cut` is the field's normal quantile for `cover`, which gives
+    about the share `cover` of a large area (the field's statistics over a finite scene
+    vary around the analytic ones: `cloud_cut` measures the cut of a scene on a sample of
+    its pixels instead, as the stage does). The ring and the shadow are
+    computed over the window plus the halo (`sky_halo`) and cropped, so they do not
+    depend on the window. Cirrus covers about the share `cirrus` of valid pixels (0: none).
+
+    Args:
+        key: integers naming the scene (the only randomness).
+        win: the window (fields.Win).
+        valid: function Win -> bool (h, w): pixels with data (footprint, SLC-off gaps).
+    Returns:
+        Sky over `win`.
+    """
+    key = tuple(int(k) for k in key)
+    hr, hc = sky_halo(dilate_px, shadow_rc)
+    outer = win.grow(hr, hc)
+    inner = win.crop(outer)
+    valid_o = valid(outer)
+    cloud_o = np.zeros((outer.h, outer.w), bool)
+    opacity = np.zeros((win.h, win.w), np.float32)
+    if cover > 0:
+        values = cloud_field(key, outer, scales_px)
+        cut = np.float32(threshold(cover) if cut is None else cut)
+        cloud_o = valid_o & (values >= cut)
+        cloud = cloud_o[inner]
+        opacity[cloud] = np.clip(0.5 + 1.5 * (values[inner][cloud] - cut), 0.0, 1.0)
+    cloud = cloud_o[inner]
+    valid_w = valid_o[inner]
+    ring = ndimage.binary_dilation(cloud_o, structure=np.ones((3, 3), bool), iterations=int(dilate_px))[inner] & ~cloud & valid_w
     opacity[ring] = RING_OPACITY
-    shadow = shift(cloud, *shadow_rc) & ~cloud & valid
-    cirrus_mask = np.zeros(shape, bool)
-    depth = np.zeros(shape, np.float32)
-    if cirrus > 0 and n_valid:
-        layer = octaves(rng, shape, [cirrus_scale_px], [1.0])
-        cut = np.quantile(layer[valid], 1.0 - cirrus)
-        cirrus_mask = valid & (layer >= cut)
+    shadow = shift(cloud_o, *shadow_rc)[inner] & ~cloud & valid_w
+    cirrus_mask = np.zeros((win.h, win.w), bool)
+    depth = np.zeros((win.h, win.w), np.float32)
+    if cirrus > 0:
+        layer = field((*key, _CIRRUS), win, cirrus_scale_px)
+        cut = np.float32(threshold(cirrus))
+        cirrus_mask = valid_w & (layer >= cut)
         depth[cirrus_mask] = np.clip(0.3 + (layer[cirrus_mask] - cut), 0.0, 1.0)
     return Sky(cloud, ring, shadow, cirrus_mask, opacity, depth)
 
@@ -119,9 +169,7 @@ def slc_off_gaps(along_m: np.ndarray, across_m: np.ndarray, pixel_size: float, p
     return phase < width
 
 
-def observe(
-    clean: np.ndarray, sky: Sky, valid: np.ndarray, noise_sigma, rng: np.random.Generator
-) -> np.ndarray:
+def observe(clean: np.ndarray, sky: Sky, valid: np.ndarray, noise_sigma, key, win: Win) -> np.ndarray:
     """What the sensor records: surface reflectance through the sky, plus noise.
 
     Args:
@@ -129,6 +177,8 @@ def observe(
         sky: the scene's sky.
         valid: bool (rows, cols), pixels with data (fill elsewhere).
         noise_sigma: (6,) standard deviation of the additive sensor noise, reflectance.
+        key, win: the scene's key and the window (global pixel grid): band b's noise is
+            fields.pixel_noise((*key, 10 + b), win).
     Returns:
         uint16 (6, rows, cols) Collection 2 DN, 0 where not valid.
     """
@@ -139,7 +189,7 @@ def observe(
         r[sky.shadow] *= SHADOW_TRANSMISSION[b]
         r += sky.cirrus_depth * np.float32(CIRRUS_REFLECTANCE)
         r += sky.opacity * (CLOUD_REFLECTANCE[b] - r)
-        r += sigma[b] * rng.standard_normal(r.shape, dtype=np.float32)
+        r += sigma[b] * pixel_noise((*key, _NOISE + b), win)
         r[~valid] = np.nan
         out[b] = to_dn(r)
     return out

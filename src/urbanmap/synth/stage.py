@@ -15,10 +15,26 @@
 
 The landscape of the census year (years.train) is the same for every year (seeded by
 `seed` alone); a later year adds fringe growth, and its truth flags `new_urban` cells.
+
+Tiles (issue 6): the world (the scenes' 30 m grid over the region plus the margin) is cut
+into tiles of compute.tile_size cells (compute.stage_tile_size) in whole 30 m pixels, and
+one task per tile (compute.run_tiles: threads in this process, or Dask) computes its part
+of every scene and of the truth (tiles.py); every value is a pure function of (seed,
+stream, global pixel coordinates), so the files are the same bytes whatever the tile size
+and the executor. A later year runs two passes: the census year's classes per tile, then,
+once the client has grown the fringe cells (a per-cell table), the scenes. The client
+assembles the products block by block and samples the truth onto the lattice in blocks of
+whole cells (assemble.py); it never holds a world-sized array. What is decided from the
+whole region is small: the localities' target impervious fractions, the per-cell growth,
+and each scene's cloud cut (the cloud field's quantile at the drawn cover, measured on a
+sample of the product's pixels, so that every scene's measured cover is the drawn one to
+within ~0.1%). Land-cover shares, park and cirrus shares are cut at the normal quantiles
+of the fields' analytic distribution, so they are approximate.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +44,7 @@ from affine import Affine
 from pyproj import CRS, Transformer
 
 from urbanmap.errors import InputError
-
-#: Tags that separate the random streams derived from the seed.
-_LANDSCAPE, _GROWTH, _GROWTH_PIXELS, _SCENE = 101, 202, 303, 404
+from urbanmap.synth.fields import Win
 
 
 @dataclass(frozen=True)
@@ -76,15 +90,17 @@ class World:
         r0, r1 = int(np.floor((t.f - ymax) / -t.e)), int(np.ceil((t.f - ymin) / -t.e))
         return slice(max(r0, 0), min(r1, self.height)), slice(max(c0, 0), min(c1, self.width))
 
-    def centres(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
-        """x of the pixel centres of `cols` and y of those of `rows` (metres)."""
+    @property
+    def win(self) -> Win:
+        """The world as a window of the global pixel grid (fields.Win: pixel (r, c) has
+        its centre at x = c * pixel, y = -r * pixel)."""
         t = self.transform
-        xs = t.c + (np.arange(cols.start, cols.stop) + 0.5) * t.a
-        ys = t.f + (np.arange(rows.start, rows.stop) + 0.5) * t.e
-        return xs, ys
+        return Win(int(round(-(t.f + t.e / 2) / t.a)), int(round((t.c + t.a / 2) / t.a)), self.height, self.width)
 
-    def sub_transform(self, rows: slice, cols: slice) -> Affine:
-        return self.transform @ Affine.translation(cols.start, rows.start)
+    def to_win(self, rows: slice, cols: slice) -> Win:
+        """World rows and columns as a window of the global pixel grid."""
+        w = self.win
+        return Win(w.r0 + rows.start, w.c0 + cols.start, rows.stop - rows.start, cols.stop - cols.start)
 
 
 def _rng(*key: int) -> np.random.Generator:
@@ -140,100 +156,129 @@ def _in_grid(lattice, cells) -> np.ndarray:
     return mask
 
 
-def landscape(cfg, em, cells, lattice, world: World, year: int):
-    """The landscape of `year` on the world grid, and the census year's land-cover
-    classes on the lattice: (Landscape, uint8 lattice raster).
-
-    Settlements come from the census localities; a year after years.train adds the
-    fringe growth of the share of years elapsed towards years.target.
-    """
+def _settlements(cfg, world: World, lattice):
+    """The census localities over the world, with their target impervious fraction, in
+    painting order (landcover.settlement_targets): a GeoDataFrame in the scene CRS (the
+    stage writes it as GeoParquet for every task to rasterise over its tile)."""
     import geopandas as gpd
 
     from urbanmap import labels
-    from urbanmap.synth import landcover, truth
+    from urbanmap.synth import landcover
 
-    s, seed = cfg.synth, int(cfg.seed)
-    grid_crs, shape = lattice.crs, (world.height, world.width)
+    grid_crs, u = lattice.crs, cfg.synth.urban
     census_bounds = Transformer.from_crs(world.crs, grid_crs, always_xy=True).transform_bounds(*world.bounds, densify_pts=21)
     polygons, kind, population, _ = labels.read_census(cfg.data.census, census_bounds, grid_crs)
     polygons = np.asarray(gpd.GeoSeries(polygons, crs=grid_crs).to_crs(world.crs).values, dtype=object)
-    u, lc = s.urban, s.landcover
-    settlement = landcover.settlement_impervious(
-        polygons, population, kind, world.transform, shape, at_density=float(u.at_density), value=float(u.value),
+    ordered, targets = landcover.settlement_targets(
+        polygons, population, kind, at_density=float(u.at_density), value=float(u.value),
         per_decade=float(u.per_decade), low=float(u.low), high=float(u.high), rural_factor=float(u.rural_factor),
     )
-    base = landcover.build_landscape(
-        _rng(seed, _LANDSCAPE), settlement, em, world.transform.a, water=float(lc.water), soil=float(lc.soil),
-        vegetation=float(lc.vegetation), terrain_m=float(lc.terrain_m), patch_m=float(lc.patch_m),
-        parcel_m=[float(v) for v in lc.parcel_m], fallow=float(lc.fallow), texture=float(u.texture),
-        park_fraction=float(u.parks),
-    )
-    base_classes = truth.to_lattice(base.classes(float(s.urban_min.pixel)), world.transform, world.crs, lattice, 0)
-    train, target = int(cfg.years.train), int(cfg.years.target)
-    if year <= train:
-        return base, base_classes
-    g = s.growth
-    progress = 1.0 if target <= train else min((year - train) / (target - train), 1.0)
-    in_grid = _in_grid(lattice, cells)
-    grown = truth.fringe_growth(
-        truth.cell_means(base_classes == landcover.URBAN, lattice) >= float(s.urban_min.cell), in_grid,
-        truth.cell_means(base_classes == landcover.WATER, lattice),
-        _rng(seed, _GROWTH).random(in_grid.shape), float(g.share) * progress, int(g.min_neighbours),
-    )
-    p = lattice.patch_size
-    grown_px = np.repeat(np.repeat(grown.astype(np.uint8), p, axis=0), p, axis=1)
-    where = truth.from_lattice(grown_px, lattice, world.transform, world.crs, shape, 0).astype(bool)
-    return landcover.grow(base, where, _rng(seed, _GROWTH_PIXELS), em, *(float(v) for v in g.impervious)), base_classes
+    return gpd.GeoDataFrame({"target": targets}, geometry=list(ordered), crs=world.crs)
 
 
-def simulate_scene(cfg_s, seed: int, year: int, acq, state, land, em, water: np.ndarray, world: World):
-    """Draw one acquisition: its window of the world, sky, DN and QA.
+def _landscape_params(cfg) -> dict:
+    lc, u = cfg.synth.landcover, cfg.synth.urban
+    return dict(water=float(lc.water), soil=float(lc.soil), vegetation=float(lc.vegetation), terrain_m=float(lc.terrain_m),
+                patch_m=float(lc.patch_m), parcel_m=[float(v) for v in lc.parcel_m], fallow=float(lc.fallow),
+                texture=float(u.texture), park_fraction=float(u.parks))
 
-    Returns (rows, cols) window slices, valid mask, Sky, DN (6, h, w), QA (h, w),
-    (sun azimuth, sun elevation, UTC datetime).
-    """
+
+def scene_specs(cfg_s, seed: int, year: int, acqs, states, world: World) -> tuple[list, list]:
+    """Per acquisition: its tiles.SceneSpec (window, scalar draws of its sky, the cloud
+    field's cut at its cover measured on a sample of the product's pixels) and its sun
+    (azimuth, elevation, UTC datetime). InputError if a footprint misses the region."""
+    import dataclasses
+
     from urbanmap.landsat import CIRRUS_SENSORS, SLC_OFF_SINCE
-    from urbanmap.synth import landcover, scenes, schedule
+    from urbanmap.synth import scenes, schedule
+    from urbanmap.synth.tiles import SCENE, SceneSpec, scene_valid
 
-    fp, pixel = acq.footprint, world.transform.a
-    win = world.window(fp.polygon())
-    if win is None:
-        raise InputError(f"synth.footprints: path {fp.path} row {fp.row} does not overlap the region")
-    rows, cols = win
-    rng = _rng(seed, _SCENE, year, fp.path, fp.row, acq.acquired.toordinal())
-    along, across = fp.coordinates(*world.centres(rows, cols))
-    valid = fp.inside(along, across)
-    gap_phase = float(rng.uniform(0.0, 32.0))
-    if acq.sensor == "LE07" and bool(cfg_s.slc_off) and acq.acquired >= SLC_OFF_SINCE:
-        valid &= ~scenes.slc_off_gaps(along, across, pixel, gap_phase)
-    del along, across
-    cl = cfg_s.clouds
-    wet = acq.acquired.month in {int(m) for m in cl.wet_months}
-    cover = float(rng.uniform(*(cl.wet_cover if wet else cl.dry_cover)))
-    lon, lat = Transformer.from_crs(world.crs, 4326, always_xy=True).transform(*fp.centre)
-    sun = schedule.solar_angles(acq.acquired, lon, lat)
-    offset = scenes.shadow_offset(float(rng.uniform(*cl.height_m)), sun[0], sun[1], pixel)
-    cirrus_band = acq.sensor in CIRRUS_SENSORS
-    cirrus = float(rng.uniform(*cl.cirrus)) if cirrus_band else 0.0
-    sky = scenes.draw_sky(
-        rng, valid, cover, scales_px=[float(v) / pixel for v in cl.scales_m], dilate_px=int(cl.dilate_px),
-        shadow_rc=offset, cirrus=cirrus,
-    )
-    clean = landcover.reflectance(land.window(rows, cols), em, *state)
-    noise = cfg_s.noise.get(acq.sensor, cfg_s.noise.default)
-    dn = scenes.observe(clean, sky, valid, list(noise), rng)
-    qa = scenes.qa_pixel(valid, sky, water[rows, cols], cirrus_band)
-    return (rows, cols), valid, sky, dn, qa, sun
+    pixel, cl, specs, suns = world.transform.a, cfg_s.clouds, [], []
+    scales_px = [float(v) / pixel for v in cl.scales_m]
+    wet_months = {int(m) for m in cl.wet_months}
+    for k, (acq, state) in enumerate(zip(acqs, states)):
+        fp = acq.footprint
+        win = world.window(fp.polygon())
+        if win is None:
+            raise InputError(f"synth.footprints: path {fp.path} row {fp.row} does not overlap the region")
+        key = (seed, SCENE, year, fp.path, fp.row, acq.acquired.toordinal())
+        rng = _rng(*key)
+        gap_phase = float(rng.uniform(0.0, 32.0))
+        cover = float(rng.uniform(*(cl.wet_cover if acq.acquired.month in wet_months else cl.dry_cover)))
+        lon, lat = Transformer.from_crs(world.crs, 4326, always_xy=True).transform(*fp.centre)
+        sun = schedule.solar_angles(acq.acquired, lon, lat)
+        offset = scenes.shadow_offset(float(rng.uniform(*cl.height_m)), sun[0], sun[1], pixel)
+        cirrus_band = acq.sensor in CIRRUS_SENSORS
+        cirrus = float(rng.uniform(*cl.cirrus)) if cirrus_band else 0.0
+        noise = cfg_s.noise.get(acq.sensor, cfg_s.noise.default)
+        spec = SceneSpec(
+            k, key, world.to_win(*win), fp, acq.sensor == "LE07" and bool(cfg_s.slc_off) and acq.acquired >= SLC_OFF_SINCE,
+            gap_phase, cover, float("inf"), offset, cirrus, cirrus_band, tuple(state), tuple(float(v) for v in noise),
+        )
+        cut = scenes.cloud_cut(key, spec.win, scene_valid(spec, pixel), cover, scales_px)
+        specs.append(dataclasses.replace(spec, cloud_cut=cut))
+        suns.append(sun)
+    return specs, suns
+
+
+def _grown_cells(cfg, ex, job, tiles, world: World, lattice, cells, year: int, folder: Path):
+    """Pass 1 of a later year: the census year's classes per tile, onto the lattice, then
+    the fringe growth per cell (truth.fringe_growth). Writes the grown cells' polygons
+    (scene CRS) to `folder/grown.parquet`. Returns (its path, the census year's urban
+    fraction per cell (nrows, ncols))."""
+    import functools
+
+    import geopandas as gpd
+    import rasterio
+
+    from urbanmap import compute
+    from urbanmap.synth import assemble, fields, landcover, tiles as tasks, truth
+
+    for _ in compute.run_tiles(cfg, functools.partial(tasks.base_task, job=job), tiles, desc=f"synth {year} base",
+                               executor=ex):
+        pass
+    parts = [(folder / t["tile_id"] / "base.npy", t["win"]) for t in tiles]
+    base = assemble.world_raster(folder / "base.tif", parts, world.win, world.transform.a, world.crs, "uint8", 1, 0)
+    urban = np.zeros((lattice.nrows, lattice.ncols))
+    water = np.zeros_like(urban)
+    with rasterio.open(base) as src:
+        for block in assemble.lattice_blocks(lattice):
+            classes = assemble.warp_block(src, lattice, block, 0)[0]
+            i0, j0, ni, nj = block
+            urban[i0:i0 + ni, j0:j0 + nj] = assemble.block_cell_means(classes == landcover.URBAN, lattice.patch_size)
+            water[i0:i0 + ni, j0:j0 + nj] = assemble.block_cell_means(classes == landcover.WATER, lattice.patch_size)
+    base.unlink()
+    s, g = cfg.synth, cfg.synth.growth
+    train, target = int(cfg.years.train), int(cfg.years.target)
+    progress = 1.0 if target <= train else min((year - train) / (target - train), 1.0)
+    # One uniform draw per cell, keyed by the cell's (row, col): nested growth across years.
+    top = lattice.row0 + lattice.nrows - 1
+    priority = fields.chunked((int(cfg.seed), tasks.GROWTH), -top, lattice.col0, lattice.nrows, lattice.ncols, 64,
+                              lambda rng, shape: rng.random(shape))
+    grown = truth.fringe_growth(urban >= float(s.urban_min.cell), _in_grid(lattice, cells), water, priority,
+                                float(g.share) * progress, int(g.min_neighbours))
+    i, j = np.nonzero(grown)
+    size = lattice.cell_size
+    x0, y0 = (lattice.col0 + j) * size, (top - i) * size
+    boxes = shapely.segmentize(shapely.box(x0, y0, x0 + size, y0 + size), size / 10)
+    path = folder / "grown.parquet"
+    gpd.GeoDataFrame(geometry=list(boxes), crs=lattice.crs).to_crs(world.crs).to_parquet(path)
+    return path, urban
 
 
 def run(cfg) -> dict:
     """Stage: write a year of scenes, their catalog and the truth (see module docstring)."""
+    import dataclasses
+    import functools
+
+    import rasterio
     from tqdm import tqdm
 
-    from urbanmap import io, paths
+    from urbanmap import compute, io, paths
     from urbanmap.landsat import BANDS
     from urbanmap.lattice import PixelLattice, patch_size
-    from urbanmap.synth import landcover, scenes, schedule, stac, truth
+    from urbanmap.synth import assemble, landcover, schedule, stac, truth
+    from urbanmap.synth import tiles as tasks
     from urbanmap.synth.endmembers import read_endmembers
 
     s = cfg.synth
@@ -256,44 +301,73 @@ def run(cfg) -> dict:
     lon, lat = Transformer.from_crs(grid_crs, 4326, always_xy=True).transform((xmin + xmax) / 2, (ymin + ymax) / 2)
     scene_crs = CRS.from_user_input(s.crs) if s.crs else schedule.utm_crs(lon, lat)
     world = World.around(lattice.bounds, grid_crs, scene_crs, float(s.margin), pixel)
+    # Tiles: compute.tile_size cells (the stages' common tile size) in whole scene pixels.
+    tile_px = max(int(round(compute.stage_tile_size(cfg) * cell_size / pixel)), 1)
+    tiles = tasks.world_tiles(world.win, tile_px)
 
-    land, base_classes = landscape(cfg, em, cells, lattice, world, year)
     footprints = _footprints(s, world.bounds)
     acqs = schedule.acquisitions(year, sensors, footprints, int(s.scenes_per_footprint))
     if len(acqs) > 254:
         raise InputError(f"synth: {len(acqs)} scenes in a year; at most 254 are supported")
     ph = s.phenology
     states = [landcover.seasonal_state(a.acquired, float(ph.peak_doy), float(ph.crop_peak_doy), float(ph.crop_days)) for a in acqs]
-    classes_world = land.classes(pixel_min)
-    water = classes_world == landcover.WATER
-    clear_world = np.zeros(classes_world.shape, np.uint8)
-    products, scene_stats = [], []
+    specs, suns = scene_specs(s, seed, year, acqs, states, world)
+    median_state = tuple(float(np.median([st[k] for st in states])) for k in (0, 1))
+    later = year > int(cfg.years.train)
 
-    with io.atomic_directory(paths.scenes_dir(cfg, year)) as scenes_tmp, io.atomic_directory(paths.truth_dir(cfg, year)) as truth_tmp:
-        for acq, state in tqdm(list(zip(acqs, states)), desc=f"synth {year}", unit="scene"):
-            (rows, cols), valid, sky, dn, qa, (azimuth, elevation, when) = simulate_scene(
-                s, seed, year, acq, state, land, em, water, world
-            )
-            pid, transform = acq.product_id, world.sub_transform(rows, cols)
-            files = scenes.write_product(scenes_tmp / pid, pid, dn, qa, scene_crs, transform, threads)
-            usable = valid & ~(sky.cloud | sky.dilated | sky.shadow | sky.cirrus)
-            clear_world[rows, cols] += usable.astype(np.uint8)
-            n_valid = max(int(valid.sum()), 1)
-            share = lambda mask: float(mask.sum() / n_valid)  # noqa: E731
+    with contextlib.ExitStack() as stack:
+        # Dask workers start before the census is read, so they do not begin life with
+        # (nor report, in their peak RSS) the client's memory.
+        ex = stack.enter_context(compute.Executor(cfg))
+        settlements = _settlements(cfg, world, lattice)  # before any output folder: bad input leaves nothing
+        scenes_tmp = stack.enter_context(io.atomic_directory(paths.scenes_dir(cfg, year)))
+        truth_tmp = stack.enter_context(io.atomic_directory(paths.truth_dir(cfg, year)))
+        folder = stack.enter_context(compute.parts_folder(paths.scenes_dir(cfg, year)))
+        settlements.to_parquet(folder / "settlements.parquet")
+        job = tasks.Job(seed, pixel, _landscape_params(cfg), em, str(folder / "settlements.parquet"), pixel_min,
+                        tuple(specs), tuple(float(v) / pixel for v in s.clouds.scales_m), int(s.clouds.dilate_px),
+                        median_state, None, tuple(float(v) for v in s.growth.impervious), str(folder))
+        base_urban = None
+        if later:
+            (folder / "base").mkdir()
+            grown, base_urban = _grown_cells(cfg, ex, dataclasses.replace(job, parts=str(folder / "base")), tiles, world,
+                                             lattice, cells, year, folder / "base")
+            job = dataclasses.replace(job, grown=str(grown))
+
+        # Pass 2: every tile's parts of the scenes and of the truth.
+        scene_parts = {k: [] for k in range(len(specs))}
+        counts = {k: dict.fromkeys(("valid", "cloud", "dilated", "shadow", "cirrus", "usable"), 0) for k in range(len(specs))}
+        task = functools.partial(tasks.scene_task, job=job)
+        for _, result in compute.run_tiles(cfg, task, tiles, desc=f"synth {year}", executor=ex):
+            for k, (sub, n) in result["scenes"].items():
+                scene_parts[k].append((folder / result["tile_id"] / f"scene{k}.npy", sub))
+                counts[k] = {name: counts[k][name] + v for name, v in n.items()}
+
+        products, scene_stats = [], []
+        for spec, acq, state, (azimuth, elevation, when) in tqdm(
+            list(zip(specs, acqs, states, suns)), desc=f"synth {year} scenes", unit="scene", disable=None
+        ):
+            pid, transform, shape = acq.product_id, tasks.window_transform(spec.win, pixel), (spec.win.h, spec.win.w)
+            parts = sorted(scene_parts[spec.index], key=lambda part: (part[1].r0, part[1].c0))
+            files = assemble.assemble_scene(scenes_tmp / pid, folder, pid, parts, spec.win, pixel, scene_crs, threads)
+            n = counts[spec.index]
+            n_valid = max(n["valid"], 1)
             stats = {
                 "id": pid, "sensor": acq.sensor, "date": acq.acquired.isoformat(), "path": acq.footprint.path,
-                "row": acq.footprint.row, "cloud_cover": share(sky.cloud), "dilated": share(sky.dilated),
-                "shadow": share(sky.shadow), "cirrus": share(sky.cirrus), "clear": share(usable),
-                "fill": float(1.0 - valid.sum() / valid.size),
+                "row": acq.footprint.row, "cloud_cover": n["cloud"] / n_valid, "dilated": n["dilated"] / n_valid,
+                "shadow": n["shadow"] / n_valid, "cirrus": n["cirrus"] / n_valid, "clear": n["usable"] / n_valid,
+                "fill": float(1.0 - n["valid"] / (shape[0] * shape[1])),
                 "seasonal_state": {"natural": round(state[0], 4), "cropland": round(state[1], 4)},
             }
             scene_stats.append(stats)
-            footprint = shapely.intersection(acq.footprint.polygon(), shapely.box(*_bounds(transform, valid.shape)))
+            footprint = shapely.intersection(acq.footprint.polygon(), shapely.box(*_bounds(transform, shape)))
             products.append(stac.Product(
-                pid, acq.sensor, when, _lonlat(footprint, scene_crs), scene_crs.to_epsg(), valid.shape,
+                pid, acq.sensor, when, _lonlat(footprint, scene_crs), scene_crs.to_epsg(), shape,
                 tuple(transform)[:6], 100.0 * stats["cloud_cover"], azimuth, elevation, acq.footprint.path,
                 acq.footprint.row, {k: str(v) for k, v in files.items()},
             ))
+            for path, _ in parts:  # assembled: free the disk early
+                path.unlink()
         region = str(cfg.data.name)
         stac.write_catalog(
             scenes_tmp, f"{region}-landsat-c2-l2-{year}",
@@ -301,33 +375,61 @@ def run(cfg) -> dict:
             products,
         )
 
-        # The truth, on the region's pixel lattice.
-        median_state = tuple(float(np.median([st[k] for st in states])) for k in (0, 1))
-        refl = truth.to_lattice(landcover.reflectance(land, em, *median_state), world.transform, scene_crs, lattice, np.float32(np.nan))
-        classes = truth.to_lattice(classes_world, world.transform, scene_crs, lattice, 0)
-        impervious = truth.to_lattice(land.impervious, world.transform, scene_crs, lattice, np.float32(np.nan))
-        clear = truth.to_lattice(clear_world, world.transform, scene_crs, lattice, 0)
+        # The truth: world rasters from the tiles' parts, onto the lattice block by block.
+        def world_file(name, dtype, count, nodata):
+            parts = [(folder / t["tile_id"] / f"{name}.npy", t["win"]) for t in tiles]
+            return assemble.world_raster(folder / f"{name}.tif", parts, world.win, pixel, scene_crs, dtype, count, nodata)
+
+        nan = float("nan")
+        sources = {"classes": (world_file("classes", "uint8", 1, 0), 0),
+                   "impervious": (world_file("impervious", "float32", 1, nan), nan),
+                   "reflectance": (world_file("reflectance", "float32", len(BANDS), nan), nan),
+                   "clear": (world_file("clear", "uint8", 1, 0), 0)}
         definition = "per-pixel median over the year's acquisition dates of the noise-free, cloud-free surface reflectance"
-        _write_raster(truth_tmp / paths.truth_reflectance(cfg, year).name, refl, lattice, float("nan"), list(BANDS), {"definition": definition}, threads)
-        _write_raster(truth_tmp / paths.truth_landcover(cfg, year).name, classes, lattice, 0, ["land_cover"],
-                      {str(k): v for k, v in landcover.CLASS_NAMES.items()}, threads)
-        _write_raster(truth_tmp / paths.truth_clear_count(cfg, year).name, clear, lattice, None, ["clear_observations"], None, threads)
-        later = year > int(cfg.years.train)
-        table = truth.cell_table(cells, lattice, classes, impervious, cell_min, base_classes if later else None)
+        writers = {
+            "reflectance": assemble.LatticeWriter(folder / "lat_refl.tif", lattice, "float32", len(BANDS), nan, list(BANDS),
+                                                  {"definition": definition}),
+            "classes": assemble.LatticeWriter(folder / "lat_classes.tif", lattice, "uint8", 1, 0, ["land_cover"],
+                                              {str(k): v for k, v in landcover.CLASS_NAMES.items()}),
+            "clear": assemble.LatticeWriter(folder / "lat_clear.tif", lattice, "uint8", 1, None, ["clear_observations"]),
+        }
+        in_grid = _in_grid(lattice, cells)
+        p = lattice.patch_size
+        fractions = {code: np.zeros((lattice.nrows, lattice.ncols)) for code in landcover.CLASS_NAMES}
+        impervious = np.zeros((lattice.nrows, lattice.ncols))
+        clear_hist = np.zeros(256, np.int64)
+        class_hist = np.zeros(256, np.int64)
+        with contextlib.ExitStack() as stack:
+            srcs = {name: stack.enter_context(rasterio.open(path)) for name, (path, _) in sources.items()}
+            for block in assemble.lattice_blocks(lattice):
+                i0, j0, ni, nj = block
+                got = {name: assemble.warp_block(srcs[name], lattice, block, nodata) for name, (_, nodata) in sources.items()}
+                for name, writer in writers.items():
+                    writer.write(got[name], block)
+                classes, clear = got["classes"][0], got["clear"][0]
+                for code in fractions:
+                    fractions[code][i0:i0 + ni, j0:j0 + nj] = assemble.block_cell_means(classes == code, p)
+                impervious[i0:i0 + ni, j0:j0 + nj] = assemble.block_cell_means(got["impervious"][0], p)
+                region_px = np.repeat(np.repeat(in_grid[i0:i0 + ni, j0:j0 + nj], p, 0), p, 1)
+                clear_hist += np.bincount(clear[region_px], minlength=256)
+                class_hist += np.bincount(classes[region_px], minlength=256)
+        writers["reflectance"].close_to(truth_tmp / paths.truth_reflectance(cfg, year).name, threads)
+        writers["classes"].close_to(truth_tmp / paths.truth_landcover(cfg, year).name, threads)
+        writers["clear"].close_to(truth_tmp / paths.truth_clear_count(cfg, year).name, threads)
+        table = truth.cell_table(cells, lattice, fractions, impervious, cell_min, base_urban)
         io.write_cells(truth_tmp / paths.truth_cells(cfg, year).name, table, cell_size, grid_crs)
 
-        p = lattice.patch_size
-        region_px = np.repeat(np.repeat(_in_grid(lattice, cells), p, 0), p, 1)
-        counts = clear[region_px]
+        n_px = int(clear_hist.sum())
         summary = {
             "year": year, "sensors": sensors, "scene_crs": scene_crs.to_string(), "scenes": len(acqs),
             "median_seasonal_state": {"natural": median_state[0], "cropland": median_state[1]},
-            "region_pixels": int(counts.size),
+            "region_pixels": n_px,
             "clear_observations": {
-                "min": int(counts.min()), "median": float(np.median(counts)), "mean": float(counts.mean()),
-                "share_at_least_1": float((counts >= 1).mean()), "share_at_least_3": float((counts >= 3).mean()),
+                "min": int(np.flatnonzero(clear_hist)[0]), "median": _hist_median(clear_hist),
+                "mean": float((np.arange(256) * clear_hist).sum() / n_px),
+                "share_at_least_1": float(clear_hist[1:].sum() / n_px), "share_at_least_3": float(clear_hist[3:].sum() / n_px),
             },
-            "landcover_share": {name: float((classes[region_px] == code).mean()) for code, name in landcover.CLASS_NAMES.items()},
+            "landcover_share": {name: float(class_hist[code] / n_px) for code, name in landcover.CLASS_NAMES.items()},
             "cells": {
                 "urban": int((table["true_class"] == "urban").sum()),
                 "non_urban": int((table["true_class"] == "non_urban").sum()),
@@ -346,6 +448,14 @@ def run(cfg) -> dict:
         f"{paths.truth_dir(cfg, year)}"
     )
     return summary
+
+
+def _hist_median(hist: np.ndarray) -> float:
+    """Median of the values whose counts are `hist` (hist[v]: how many equal v)."""
+    cum = np.cumsum(hist)
+    n = int(cum[-1])
+    lo, hi = np.searchsorted(cum, (n - 1) // 2, side="right"), np.searchsorted(cum, n // 2, side="right")
+    return float((lo + hi) / 2)
 
 
 def _bounds(transform: Affine, shape) -> tuple[float, float, float, float]:

@@ -2,8 +2,9 @@
 
 World rasters (the scenes' UTM grid) are sampled onto the lattice (the grid's CRS,
 cell_size / patch_size pixels) by nearest neighbour, so each lattice pixel carries the
-class and reflectance of the one world pixel under its centre. Per cell, fractions are
-means over the cell's patch_size x patch_size window.
+class and reflectance of the one world pixel under its centre (the stage does it block
+by block: assemble.py). Per cell, fractions are means over the cell's patch_size x
+patch_size window.
 """
 
 from __future__ import annotations
@@ -28,16 +29,6 @@ def to_lattice(world: np.ndarray, world_transform, world_crs, lattice: PixelLatt
     return out
 
 
-def from_lattice(values: np.ndarray, lattice: PixelLattice, world_transform, world_crs, world_shape, nodata) -> np.ndarray:
-    """Inverse of `to_lattice`: a lattice raster (rows, cols) sampled onto the world."""
-    out = np.full(world_shape, nodata, values.dtype)
-    reproject(
-        values, out, src_transform=lattice.transform, src_crs=lattice.crs, dst_transform=world_transform,
-        dst_crs=world_crs, resampling=Resampling.nearest, src_nodata=None, dst_nodata=nodata,
-    )
-    return out
-
-
 def cell_means(raster: np.ndarray, lattice: PixelLattice) -> np.ndarray:
     """Mean of a lattice raster (rows, cols) over each cell's window.
 
@@ -53,33 +44,33 @@ def cell_index(lattice: PixelLattice, cols, rows) -> tuple[np.ndarray, np.ndarra
     return (lattice.row0 + lattice.nrows - 1 - np.asarray(rows)).astype(np.int64), (np.asarray(cols) - lattice.col0).astype(np.int64)
 
 
-def cell_table(cells: pd.DataFrame, lattice: PixelLattice, classes: np.ndarray, impervious: np.ndarray,
-               urban_min: float, base_classes: np.ndarray | None = None) -> pd.DataFrame:
-    """Per-cell truth.
+def cell_table(cells: pd.DataFrame, lattice: PixelLattice, fractions: dict, impervious: np.ndarray,
+               urban_min: float, base_urban: np.ndarray | None = None) -> pd.DataFrame:
+    """Per-cell truth from per-cell means (arrays (nrows, ncols) in cell_means order).
 
     Args:
         cells: the grid (cell_id, col, row).
-        classes: uint8 lattice raster of land-cover classes (landcover codes).
-        impervious: float32 lattice raster of impervious fractions.
+        fractions: class code (landcover codes) -> share of the cell's lattice pixels of
+            that class.
+        impervious: mean impervious fraction of the cell's lattice pixels.
         urban_min: a cell is "urban" when its urban fraction is at least this.
-        base_classes: the census year's classes, for a later year: adds `new_urban`.
+        base_urban: the census year's urban fraction, for a later year: adds `new_urban`.
     Returns:
         cell_id, col, row, urban_fraction (share of urban pixels), impervious_fraction
         (mean), <class>_fraction for the other classes, true_class ("urban" /
-        "non_urban") and, with base_classes, new_urban (bool: urban now, not then).
+        "non_urban") and, with base_urban, new_urban (bool: urban now, not then).
     """
     i, j = cell_index(lattice, cells["col"], cells["row"])
     out = cells[["cell_id", "col", "row"]].copy()
-    out["urban_fraction"] = cell_means(classes == URBAN, lattice)[i, j]
-    out["impervious_fraction"] = cell_means(impervious, lattice)[i, j]
+    out["urban_fraction"] = fractions[URBAN][i, j]
+    out["impervious_fraction"] = impervious[i, j]
     for code, name in CLASS_NAMES.items():
         if code != URBAN:
-            out[f"{name}_fraction"] = cell_means(classes == code, lattice)[i, j]
+            out[f"{name}_fraction"] = fractions[code][i, j]
     urban = out["urban_fraction"].to_numpy() >= urban_min
     out["true_class"] = np.where(urban, "urban", "non_urban")
-    if base_classes is not None:
-        was = cell_means(base_classes == URBAN, lattice)[i, j] >= urban_min
-        out["new_urban"] = urban & ~was
+    if base_urban is not None:
+        out["new_urban"] = urban & ~(base_urban[i, j] >= urban_min)
     return out
 
 
