@@ -7,7 +7,7 @@ windows of 4x (120 km) and, with --with-16x, 16x (240 km) its area around the sa
 centre, in a temporary out_dir: builds the grid and labels (untimed), then times, each
 in its own process,
 
-  synth    year=2010 (the embedded default's generator: not tiled; compute=local)
+  synth    year=2010 (the embedded default's scenes and truth), compute=local, then dask
   mosaic   year=2010, compute=local (2 threads), then compute=dask on a LocalCluster of 2
            process workers of 1 thread each: started by the stage ("dask": its start
            counted), and kept running by the benchmark ("dask-address":
@@ -59,7 +59,8 @@ LOCAL = ["compute=local", "compute.threads=2"]
 #: compute=dask with compute.address of a LocalCluster that the benchmark keeps running
 #: (a persistent cluster: warm workers, no start).
 MODES = ("local", "dask", "dask-address")
-OUTPUTS = {"mosaic": "mosaic_2010.tif", "patches": "patches.npz", "predict": "predictions_2010.parquet"}
+OUTPUTS = {"synth": ("scenes/2010", "truth/2010"), "mosaic": ("mosaic_2010.tif",), "patches": ("patches.npz",),
+           "predict": ("predictions_2010.parquet",)}
 
 
 def window(factor: int, side: float = SIDE, centre=CENTRE) -> list[int]:
@@ -81,14 +82,20 @@ def stage(args: list[str], stats: Path | None = None) -> float:
     return seconds
 
 
-def sha256(path: Path) -> str:
+def digest(region: Path, st: str) -> str:
+    """sha256 of a stage's outputs: its file, or every file (relative path and bytes)
+    under its folders (synth: the scenes and the truth of 2010)."""
     import hashlib
 
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(2**20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    h = hashlib.sha256()
+    for out in OUTPUTS[st]:
+        path = region / out
+        for f in sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file()):
+            h.update(str(f.relative_to(region)).encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(2**20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
 
 
 def task_stats(path: Path) -> dict:
@@ -113,7 +120,7 @@ def main() -> None:
     parser.add_argument("--with-16x", action="store_true", help="add the 16x region (benchmark-only, long)")
     parser.add_argument("--workdir", default="/tmp/bench_scaling")
     parser.add_argument("--modes", default=",".join(MODES),
-                        help=f"modes of mosaic, patches and predict, comma-separated (default {','.join(MODES)}; "
+                        help=f"modes of the timed stages, comma-separated (default {','.join(MODES)}; "
                              "the 16x region's memory per worker needs only dask)")
     parser.add_argument("--side", type=float, default=SIDE, help="side (m) of the 1x window (a smaller one: a smoke test)")
     parser.add_argument("--centre", default=",".join(map(str, CENTRE)), help="x,y of the windows' centre (EPSG:6372)")
@@ -147,12 +154,8 @@ def main() -> None:
         shutil.copytree(model, region / "model", dirs_exist_ok=True)
         per_class = 1000 * f
         print(f"{name}: {cells:,} cells, window {window(f, args.side, centre)}", flush=True)
-        seconds = stage(["synth", *common, *LOCAL, *tiles], work / "stats.jsonl")
-        rows.append({"size": f, "cells": cells, "stage": "synth", "mode": "local", "units": cells, "wall_s": seconds,
-                     **task_stats(work / "stats.jsonl")})
-        print(f"  synth   local {seconds:7.1f} s", flush=True)
-        for st, extra, units in (("mosaic", [], cells), ("patches", [f"patches.n_per_class={per_class}"], 2 * per_class),
-                                 ("predict", [], cells)):
+        for st, extra, units in (("synth", [], cells), ("mosaic", [], cells),
+                                 ("patches", [f"patches.n_per_class={per_class}"], 2 * per_class), ("predict", [], cells)):
             written = {}
             for mode, opts in (("local", LOCAL), ("dask", DASK), ("dask-address", address)):
                 if mode not in modes:
@@ -164,7 +167,7 @@ def main() -> None:
                 rows.append(row)
                 # A digest, not the bytes: this process's memory would count in the next
                 # stage's peak (Linux carries the parent's peak RSS across fork + exec).
-                written[mode] = sha256(region / OUTPUTS[st])
+                written[mode] = digest(region, st)
                 print(f"  {st:7s} {mode:5s} {seconds:7.1f} s  {1e3 * seconds / units:7.2f} ms/unit  "
                       f"peak {row['peak_mb'] or 0:6.0f} MB/process  ({row['tasks']} tasks)", flush=True)
             same = len(set(written.values())) == 1
@@ -204,12 +207,12 @@ def main() -> None:
     print(f"\nDask (2 workers x 1 thread) / local (2 threads) wall time on the {big}x region (target <= 1.15):")
     for key, r in ratios.items():
         print(f"  {key:22s} {r:.2f}")
-    tiled = ("mosaic", "patches", "predict")
+    tiled = ("synth", "mosaic", "patches", "predict")
     local_big = sum(r["wall_s"] for r in rows if r["size"] == big and r["mode"] == "local" and r["stage"] in tiled)
     total = {m: sum(r["wall_s"] for r in rows if r["size"] == big and r["mode"] == m and r["stage"] in tiled) / local_big
              for m in MODES[1:] if local_big and m in modes}
     for m, t in total.items():
-        print(f"  {'all three/' + m:22s} {t:.2f}")
+        print(f"  {'all four/' + m:22s} {t:.2f}")
     print("\npeak memory per Dask worker (MB) by size, and against the default region's:")
     for st, m in memory.items():
         base = m.get(factors[0])
