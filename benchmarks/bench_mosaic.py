@@ -28,6 +28,7 @@ observations per second, agreement, and the quality against synth's truth.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -260,8 +261,11 @@ def main(args: list[str]) -> None:
     steps = ["read", "stage", "kernel", "stage-gm", "quality"] + (["stage-big"] if big else [])
     r = {}
     for step in steps:
+        # Every step with the stage's OpenMP wait policy (mosaic.OMP_WAIT_POLICY), the bare
+        # kernel too: the same conditions for both sides of the ratio.
+        env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
         proc = subprocess.run([sys.executable, __file__, "--step", step, str(work), *args], cwd=ROOT,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             sys.exit(f"step {step} failed:\n{proc.stderr[-3000:]}")
         r[step] = json.loads(proc.stdout.strip().splitlines()[-1])
