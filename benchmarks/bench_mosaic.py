@@ -261,8 +261,9 @@ def main(args: list[str]) -> None:
     steps = ["read", "stage", "kernel", "stage-gm", "quality"] + (["stage-big"] if big else [])
     r = {}
     for step in steps:
-        # Every step with the stage's OpenMP wait policy (mosaic.OMP_WAIT_POLICY), the bare
-        # kernel too: the same conditions for both sides of the ratio.
+        # Every step with the stage's OpenMP wait policy (urbanmap/__init__.py), the bare
+        # kernel too, which imports geomad before urbanmap: the same conditions for both
+        # sides of the ratio.
         env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
         proc = subprocess.run([sys.executable, __file__, "--step", step, str(work), *args], cwd=ROOT,
                               capture_output=True, text=True, env=env)

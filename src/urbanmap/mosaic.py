@@ -52,12 +52,6 @@ import numpy as np
 from urbanmap import landsat
 from urbanmap.errors import InputError
 
-#: OpenMP's wait policy for geomad's kernels, set before geomad (and its libgomp) loads
-#: unless the user set one: the kernels' OpenMP threads share the cores with the reader
-#: thread, and libgomp's default of spinning while idle takes CPU from it (measured on
-#: the default region: 2 CPU-s and 0.5-0.7 s of the stage's 15 s; PASSIVE threads sleep).
-OMP_WAIT_POLICY = os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 #: Names of the geomedian bands in the output, in landsat.BANDS order.
 GM_BANDS = landsat.BANDS
 SPREAD_BANDS = ("smad", "emad", "bcmad")

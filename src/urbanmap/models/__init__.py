@@ -18,7 +18,6 @@ executing code from the files (skops with an allow-list of types; safetensors + 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Protocol
 
@@ -27,13 +26,6 @@ import numpy as np
 from urbanmap.errors import InputError
 
 CARD = "model_card.json"
-
-# OpenMP threads that spin while waiting (libgomp's default) make torch 2 to 8 times
-# slower as soon as another process uses a core, as on a shared 2-core machine; passive
-# waiting costs little when the machine is idle. Set before torch loads OpenMP (torch is
-# only imported by this package's submodules); an explicit OMP_WAIT_POLICY wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 
 class PatchClassifier(Protocol):
     """What train, evaluate and predict need from a model."""
