@@ -1,7 +1,7 @@
 """Benchmark: the `mosaic` stage on synth's scenes of the default region, against the
 bare costs of its two unavoidable parts, all measured in one run.
 
-    python benchmarks/bench_mosaic.py [--work DIR] [--no-big] [key=value ...]
+    python benchmarks/bench_mosaic.py [--work DIR] [--no-big] [--repeat N] [key=value ...]
 
 key=value: config overrides passed to every step (e.g. compute.tile_size=64).
 
@@ -23,6 +23,11 @@ Steps, each in its own process so that its peak memory (max RSS) is its own:
   stage-big  the stage on the region four times larger (memory)
 Prints seconds, peak RSS, the overhead ratios stage / (read + kernel), pixel x
 observations per second, agreement, and the quality against synth's truth.
+
+--repeat N (default 3): read, stage and stage-gm run N times each, in turns (read,
+stage, stage-gm, read, ...), each time in a fresh process; the kernels are timed N
+times on the same stacks. Each figure is the median run's (a single run of the stage
+varies by about +-0.3 s on this machine).
 """
 
 from __future__ import annotations
@@ -90,7 +95,7 @@ def step_read(cfg) -> dict:
     return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "files": len(files), "pixels_read": pixels}
 
 
-def step_kernel(cfg, cog_path: str) -> dict:
+def step_kernel(cfg, cog_path: str, repeat: int = 1) -> dict:
     import geomad
     import rasterio
 
@@ -113,10 +118,14 @@ def step_kernel(cfg, cog_path: str) -> dict:
         return out
 
     def timed(fn, stacks):
-        start, cpu = time.perf_counter(), time.process_time()
-        for x, calibration, _ in stacks:
-            fn(x, calibration)
-        return time.perf_counter() - start, time.process_time() - cpu
+        """(seconds, CPU seconds) of fn over all the stacks: the median of `repeat` runs."""
+        runs = []
+        for _ in range(repeat):
+            start, cpu = time.perf_counter(), time.process_time()
+            for x, calibration, _ in stacks:
+                fn(x, calibration)
+            runs.append((time.perf_counter() - start, time.process_time() - cpu))
+        return sorted(runs)[len(runs) // 2]
 
     def gm_only(x, calibration):
         """The geomedian as the stage calls it (per-pixel rows; DN stacks with nodata 0)."""
@@ -221,7 +230,7 @@ def quality(cfg) -> dict:
             "scene_cloud_cover_max_pct": max(clouds), "per_class": per_class}
 
 
-def run_step(step: str, work: Path, extra: list[str]) -> dict:
+def run_step(step: str, work: Path, extra: list[str], repeat: int = 1) -> dict:
     name, window = ("big", BIG_WINDOW) if step == "stage-big" else ("valle_de_mexico", DEFAULT_WINDOW)
     more = ["mosaic.spread=[]"] if step == "stage-gm" else []
     out = work / ("gm-only" if step == "stage-gm" else "")
@@ -235,7 +244,7 @@ def run_step(step: str, work: Path, extra: list[str]) -> dict:
     if step == "read":
         result = step_read(cfg)
     elif step == "kernel":
-        result = step_kernel(cfg, str(work / name / f"mosaic_{YEAR}.tif"))
+        result = step_kernel(cfg, str(work / name / f"mosaic_{YEAR}.tif"), repeat)
     elif step == "quality":
         result = quality(cfg)
     else:
@@ -255,26 +264,45 @@ def main(args: list[str]) -> None:
         i = args.index("--work")
         work = Path(args[i + 1])
         args = args[:i] + args[i + 2:]
+    repeat = 3
+    if "--repeat" in args:
+        i = args.index("--repeat")
+        repeat = max(1, int(args[i + 1]))
+        args = args[:i] + args[i + 2:]
     ensure_scenes(work, "valle_de_mexico", DEFAULT_WINDOW)
     if big:
         ensure_scenes(work, "big", BIG_WINDOW)
     steps = ["read", "stage", "kernel", "stage-gm", "quality"] + (["stage-big"] if big else [])
-    r = {}
-    for step in steps:
-        # Every step with the stage's OpenMP wait policy (urbanmap/__init__.py), the bare
-        # kernel too, which imports geomad before urbanmap: the same conditions for both
-        # sides of the ratio.
-        env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-        proc = subprocess.run([sys.executable, __file__, "--step", step, str(work), *args], cwd=ROOT,
+    repeated = ["read", "stage", "stage-gm"]
+    # Every step with the stage's OpenMP wait policy (urbanmap/__init__.py), the bare
+    # kernel too, which imports geomad before urbanmap: the same conditions for both
+    # sides of the ratio.
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+
+    def run(step: str) -> dict:
+        more = ["--repeat", str(repeat)] if step == "kernel" else []
+        proc = subprocess.run([sys.executable, __file__, "--step", step, str(work), *more, *args], cwd=ROOT,
                               capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             sys.exit(f"step {step} failed:\n{proc.stderr[-3000:]}")
-        r[step] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"[{step}] {r[step]['seconds'] if 'seconds' in r[step] else '':>} done", flush=True)
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"[{step}] {result['seconds'] if 'seconds' in result else '':>} done", flush=True)
+        return result
+
+    runs: dict[str, list] = {step: [] for step in repeated}
+    for _ in range(repeat):
+        for step in repeated:
+            runs[step].append(run(step))
+    r = {step: sorted(rs, key=lambda x: x["seconds"])[len(rs) // 2] for step, rs in runs.items()}
+    for step in steps:
+        if step not in r:
+            r[step] = run(step)
 
     s = r["stage"]["summary"]
     print(f"\nregion valle_de_mexico {YEAR}: {s['pixels']:,} pixels, {s['scenes_found']} scenes, "
           f"{s['mean_clear_per_pixel']:.2f} clear observations per pixel; threads = compute.threads")
+    for step in repeated:
+        print(f"{step} runs: {', '.join('%.2f' % x['seconds'] for x in runs[step])} s (median used)")
     print(f"\n{'step':<10} {'seconds':>8} {'CPU s':>8} {'peak MB':>8}")
     for step in steps:
         if "seconds" in r[step]:
@@ -314,6 +342,9 @@ def main(args: list[str]) -> None:
 if __name__ == "__main__":
     argv = sys.argv[1:]
     if argv[:1] == ["--step"]:
-        print(json.dumps(run_step(argv[1], Path(argv[2]), argv[3:])))
+        n = 1
+        if argv[3:4] == ["--repeat"]:
+            n, argv = int(argv[4]), argv[:3] + argv[5:]
+        print(json.dumps(run_step(argv[1], Path(argv[2]), argv[3:], n)))
     else:
         main(argv)

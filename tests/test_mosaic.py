@@ -95,6 +95,23 @@ def test_scale_to_reflectance_and_fill():
     np.testing.assert_allclose(x[0, :, :, 0], [[-0.2] * 6, [7273 * 2.75e-5 - 0.2] * 6, [np.nan] * 6], atol=1e-7)
 
 
+def test_scale_per_band_and_observation():
+    """Each observation's band is scaled by its own (scale, offset), float32 as numpy
+    computes it: the same values whether all calibrations are equal (one fused pass) or
+    not."""
+    rng = np.random.default_rng(3)
+    dn = rng.integers(1, 40000, (5, 4, 6, 3), dtype=np.uint16)
+    clear = rng.random((5, 4, 3)) > 0.3
+    scale = np.full((3, 6), landsat.SR_SCALE, np.float32)
+    offset = np.full((3, 6), landsat.SR_OFFSET, np.float32)
+    varied_scale, varied_offset = scale * np.linspace(1, 2, 18, dtype=np.float32).reshape(3, 6), offset + 0.01
+    for s, o in ((scale, offset), (varied_scale, varied_offset)):
+        expected = dn.astype(np.float32) * s.T[None, None] + o.T[None, None]
+        expected[~np.broadcast_to(clear[:, :, None, :], dn.shape)] = np.nan
+        got = mosaic.to_stack(dn, clear, s, o)
+        assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+
+
 # --- masking ----------------------------------------------------------------------------------
 
 
