@@ -1,6 +1,7 @@
 """Benchmark: cost of the heavy stages against area, local and on a 2-worker Dask cluster.
 
-    python benchmarks/bench_scaling.py [--sizes 1,4] [--with-16x] [--modes local,dask,dask-address] [--workdir DIR]
+    python benchmarks/bench_scaling.py [--sizes 1,4] [--with-16x] [--modes local,dask,dask-address]
+                                       [--stages synth,mosaic,patches,predict] [--no-startup] [--workdir DIR]
 
 For the default region (valle_de_mexico, a 60 km window on Mexico City: 3,600 cells) and
 windows of 4x (120 km) and, with --with-16x, 16x (240 km) its area around the same
@@ -16,14 +17,21 @@ in its own process,
   predict  year=2010 with the default region's model (data/valle_de_mexico/model), local
            then dask
 
-and checks that each Dask output is the same bytes as the local one. Prints, per stage,
-mode and size: wall seconds, cost per cell (patches: per sampled cell), peak memory (local:
-the stage's process; Dask: the largest worker's, from the tasks' getrusage), then the
-growth exponent of cost with area (slope of log wall time against log cells: 1.0 is
-linear), the Dask/local wall time ratio on the 4x region, the peak memory per worker of
-each size against the default's, and the extrapolated wall time for Mexico's 1,960,862
-cells (one year of imagery, 20,000 patches per class as in the pilot) on this machine
-and on a 32-worker cluster (busy seconds per cell of one worker / 32: a lower bound).
+and checks that each Dask output is the same bytes as the local one. Unless --no-startup,
+each stage and mode first runs on a region of one tile (a 4 km window: 16 cells;
+patches.n_per_class=10): its start-up cost, paid once per run whatever the area
+(interpreter, imports, config, inputs read whole such as the census, the model, the
+cluster's start).
+
+Prints, per stage, mode and size: wall seconds, cost per cell (patches: per sampled
+cell), peak memory (local: the stage's process; Dask: the largest worker's, from the
+tasks' getrusage), then the growth exponent of cost with area (slope of log cost
+against log cells: 1.0 is linear) of the wall time, of the wall time less the start-up
+cost, and of the tasks' busy time; the Dask/local wall time ratio on the 4x region, the
+peak memory per worker of each size against the default's, and the extrapolated wall
+time for Mexico's 1,960,862 cells (one year of imagery, 20,000 patches per class as in
+the pilot) on this machine and on a 32-worker cluster (busy seconds per cell of one
+worker / 32: a lower bound).
 
 Writes benchmarks/cost_per_cell.json (what `urbanmap plan` reads: per-cell figures of
 the largest size measured) and <workdir>/bench_scaling.json (every figure). 16x is
@@ -122,6 +130,10 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES),
                         help=f"modes of the timed stages, comma-separated (default {','.join(MODES)}; "
                              "the 16x region's memory per worker needs only dask)")
+    parser.add_argument("--stages", default="synth,mosaic,patches,predict",
+                        help="stages to time, comma-separated (each needs the ones before it to have run once "
+                             "in the workdir)")
+    parser.add_argument("--no-startup", action="store_true", help="skip the one-tile region (start-up costs)")
     parser.add_argument("--side", type=float, default=SIDE, help="side (m) of the 1x window (a smaller one: a smoke test)")
     parser.add_argument("--centre", default=",".join(map(str, CENTRE)), help="x,y of the windows' centre (EPSG:6372)")
     parser.add_argument("--tiles", default="compute.tile_size=16 predict.block_cells=16",
@@ -133,6 +145,7 @@ def main() -> None:
     centre = tuple(float(v) for v in args.centre.split(","))
     tiles = args.tiles.split()
     modes = [m for m in MODES if m in args.modes.split(",")]
+    stages = [st for st in OUTPUTS if st in args.stages.split(",")]
     work.mkdir(parents=True, exist_ok=True)
     model = ROOT / "data" / "valle_de_mexico" / "model"
     if not (model / "model_card.json").is_file():
@@ -144,18 +157,22 @@ def main() -> None:
                               dashboard_address=None, memory_limit="4GiB")
     address = ["compute=dask", f"compute.address={persistent.scheduler_address}", "compute.threads_per_worker=1"]
     rows = []
-    for f in factors:
-        name = f"scale{f}"
-        common = [f"out_dir={work}", f"data.name={name}", f"data.window=[{','.join(map(str, window(f, args.side, centre)))}]", "year=2010"]
+    # size 0: the start-up region, one tile of 16 cells (a 4 km window)
+    regions = ([] if args.no_startup else [(0, "startup", window(1, 4000, centre))])
+    regions += [(f, f"scale{f}", window(f, args.side, centre)) for f in factors]
+    for f, name, win in regions:
+        common = [f"out_dir={work}", f"data.name={name}", f"data.window=[{','.join(map(str, win))}]", "year=2010"]
         region = work / name
         stage(["grid", *common])
         stage(["labels", *common])
         cells = int(__import__("pyarrow.parquet", fromlist=["x"]).read_metadata(region / "grid.parquet").num_rows)
         shutil.copytree(model, region / "model", dirs_exist_ok=True)
-        per_class = 1000 * f
-        print(f"{name}: {cells:,} cells, window {window(f, args.side, centre)}", flush=True)
+        per_class = 1000 * f if f else 10
+        print(f"{name}: {cells:,} cells, window {win}", flush=True)
         for st, extra, units in (("synth", [], cells), ("mosaic", [], cells),
                                  ("patches", [f"patches.n_per_class={per_class}"], 2 * per_class), ("predict", [], cells)):
+            if st not in stages:
+                continue
             written = {}
             for mode, opts in (("local", LOCAL), ("dask", DASK), ("dask-address", address)):
                 if mode not in modes:
@@ -180,15 +197,22 @@ def main() -> None:
     out = {"machine": f"{platform.node()} ({os.cpu_count()} cores, shared with other jobs: noisy)",
            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
            "command": "python benchmarks/bench_scaling.py " + " ".join(sys.argv[1:]), "rows": rows}
-    print("\nstage    mode         " + "".join(f"{f:>4d}x: s/unit (ms)   " for f in factors))
-    exps, busy, ratios, memory = {}, {}, {}, {}
+    print("\nstage    mode         start-up s " + "".join(f"{f:>4d}x: s/unit (ms)   " for f in factors))
+    exps, net, busy, ratios, memory, startup = {}, {}, {}, {}, {}, {}
     for st in ("synth", "mosaic", "patches", "predict"):
         for mode in MODES:
-            sel = [r for r in rows if r["stage"] == st and r["mode"] == mode]
+            first = [r for r in rows if r["stage"] == st and r["mode"] == mode and r["size"] == 0]
+            sel = [r for r in rows if r["stage"] == st and r["mode"] == mode and r["size"] > 0]
             if not sel:
                 continue
-            print(f"{st:8s} {mode:12s} " + "".join(f"{1e3 * r['wall_s'] / r['units']:>18.2f}   " for r in sel))
+            fixed = first[0]["wall_s"] if first else None
+            print(f"{st:8s} {mode:12s} " + (f"{fixed:10.1f} " if first else f"{'-':>10s} ")
+                  + "".join(f"{1e3 * r['wall_s'] / r['units']:>18.2f}   " for r in sel))
             exps[f"{st}/{mode}"] = exponent([r["units"] for r in sel], [r["wall_s"] for r in sel])
+            if fixed is not None:
+                startup[f"{st}/{mode}"] = fixed
+                if all(r["wall_s"] > fixed for r in sel):
+                    net[f"{st}/{mode}"] = exponent([r["units"] for r in sel], [r["wall_s"] - fixed for r in sel])
             if all(r["busy_s"] for r in sel):  # the tasks alone: no process start, imports, cluster start
                 busy[f"{st}/{mode}"] = exponent([r["units"] for r in sel], [r["busy_s"] for r in sel])
             if mode == "dask" and sel[0]["peak_mb"]:
@@ -199,6 +223,9 @@ def main() -> None:
                 ratios[f"{st}/{mode}"] = pair[mode]["wall_s"] / pair["local"]["wall_s"]
     print("\ngrowth exponent of wall time with area (target 1.0 +/- 0.1):")
     for key, e in exps.items():
+        print(f"  {key:20s} {e:.2f}" if e is not None else f"  {key:20s} (one size)")
+    print("growth exponent of wall time less the start-up cost (the one-tile region's wall time):")
+    for key, e in net.items():
         print(f"  {key:20s} {e:.2f}" if e is not None else f"  {key:20s} (one size)")
     print("growth exponent of the tasks' busy seconds (fixed start-up costs left out):")
     for key, e in busy.items():
@@ -219,7 +246,8 @@ def main() -> None:
         print(f"  {st:8s} " + ", ".join(f"{f}x {v:.0f} ({v / base:.2f})" for f, v in m.items()))
 
     if not {"local", "dask"} <= set(modes):
-        out.update({"exponents": exps, "exponents_busy": busy, "dask_over_local": ratios, "peak_mb_per_worker": memory})
+        out.update({"exponents": exps, "exponents_less_startup": net, "startup_s": startup, "exponents_busy": busy,
+                    "dask_over_local": ratios, "peak_mb_per_worker": memory})
         (work / "bench_scaling.json").write_text(json.dumps(out, indent=2) + "\n")
         print(f"\n(per-cell costs and the Mexico extrapolation need the local and dask modes) -> {work / 'bench_scaling.json'}")
         return
@@ -256,7 +284,8 @@ def main() -> None:
             line += "; not tiled (one process, as on this machine)"
         print(line)
     print(f"  total    this machine {local_total / 3600:8.1f} h; 32 workers {cluster_total / 3600:6.2f} h")
-    out.update({"exponents": exps, "exponents_busy": busy, "dask_over_local": ratios, "dask_over_local_all": total,
+    out.update({"exponents": exps, "exponents_less_startup": net, "startup_s": startup, "exponents_busy": busy,
+                "dask_over_local": ratios, "dask_over_local_all": total,
                 "peak_mb_per_worker": memory, "costs": costs,
                 "mexico_hours": {"this_machine": local_total / 3600, "workers_32": cluster_total / 3600}})
     (work / "bench_scaling.json").write_text(json.dumps(out, indent=2) + "\n")

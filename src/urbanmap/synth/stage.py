@@ -262,7 +262,7 @@ def _grown_cells(cfg, ex, job, tiles, world: World, lattice, cells, year: int, f
     x0, y0 = (lattice.col0 + j) * size, (top - i) * size
     boxes = shapely.segmentize(shapely.box(x0, y0, x0 + size, y0 + size), size / 10)
     path = folder / "grown.parquet"
-    gpd.GeoDataFrame(geometry=list(boxes), crs=lattice.crs).to_crs(world.crs).to_parquet(path)
+    tasks.write_polygons(gpd.GeoDataFrame(geometry=list(boxes), crs=lattice.crs).to_crs(world.crs), path)
     return path, urban
 
 
@@ -323,7 +323,7 @@ def run(cfg) -> dict:
         scenes_tmp = stack.enter_context(io.atomic_directory(paths.scenes_dir(cfg, year)))
         truth_tmp = stack.enter_context(io.atomic_directory(paths.truth_dir(cfg, year)))
         folder = stack.enter_context(compute.parts_folder(paths.scenes_dir(cfg, year)))
-        settlements.to_parquet(folder / "settlements.parquet")
+        tasks.write_polygons(settlements, folder / "settlements.parquet")
         job = tasks.Job(seed, pixel, _landscape_params(cfg), em, str(folder / "settlements.parquet"), pixel_min,
                         tuple(specs), tuple(float(v) / pixel for v in s.clouds.scales_m), int(s.clouds.dilate_px),
                         median_state, None, tuple(float(v) for v in s.growth.impervious), str(folder))

@@ -92,13 +92,22 @@ def world_tiles(world: Win, tile_px: int) -> list[dict]:
     ]
 
 
+def write_polygons(frame, path) -> None:
+    """Write the polygons the tasks share (the settlements, the grown cells) as GeoParquet
+    with a bbox covering column (GeoParquet 1.1), so that each task decodes only the
+    polygons that meet its tile (_polygons_in): a task's memory is then bounded by its
+    tile, not by the region's number of polygons."""
+    frame.to_parquet(path, write_covering_bbox=True)
+
+
 def _polygons_in(path: str, bounds, columns=()) -> tuple[np.ndarray, dict]:
     """Polygons of a GeoParquet part (in file order) whose bounds meet `bounds`, and
-    the requested columns."""
+    the requested columns. Only those rows are decoded (the file's bbox covering, see
+    write_polygons); their exact bounds are then checked here."""
     import geopandas as gpd
     import shapely
 
-    frame = gpd.read_parquet(path)
+    frame = gpd.read_parquet(path, bbox=tuple(float(v) for v in bounds))
     b = shapely.bounds(frame.geometry.values)
     keep = (b[:, 0] <= bounds[2]) & (b[:, 2] >= bounds[0]) & (b[:, 1] <= bounds[3]) & (b[:, 3] >= bounds[1])
     return np.asarray(frame.geometry.values[keep], dtype=object), {c: frame[c].to_numpy()[keep] for c in columns}
