@@ -10,24 +10,26 @@ Scenes: `urbanmap grid` + `urbanmap synth year=2019` into DIR (default
 --no-big, for a region four times larger (120 km x 120 km, same centre).
 
 Steps, each in its own process so that its peak memory (max RSS) is its own:
+  stacks     untimed: the stage's own per-block masked, warped stacks (mosaic.prepare_block),
+             for mosaic.spread=[] (uint16 DN) and for the configured spread bands
+             (float32), saved under DIR/kernel-stacks
   read       bare read: every band and QA file of the year's scenes into memory with
              rasterio (whole files), with compute.threads threads
-  kernel     bare kernel: the stage's own per-block masked, warped stacks, built first
-             (untimed) and held in memory; then geomad's kernels on them as the stage
-             calls them, timed: the geomedian + count on the stacks of mosaic.spread=[]
-             (uint16 DN), and the geomedian + the configured spread bands + count.
-             Also geomad once on the whole region's stack (all scenes, every pixel) to
-             check agreement with the stage's COG.
   stage      `urbanmap mosaic` end to end (read + mask + warp + geomedian + write COG)
-  stage-gm   the same with mosaic.spread=[] (geomedian + count only)
+  kernel     bare kernel: the saved stacks loaded (untimed), then geomad's kernels on
+             them as the stage calls them, timed: the geomedian + count on the DN
+             stacks, and the geomedian + the configured spread bands + count
+  stage-gm   the stage with mosaic.spread=[] (geomedian + count only)
+  agreement  geomad once on the whole region's stack (all scenes, every pixel) against
+             the stage's COG
   stage-big  the stage on the region four times larger (memory)
 Prints seconds, peak RSS, the overhead ratios stage / (read + kernel), pixel x
 observations per second, agreement, and the quality against synth's truth.
 
---repeat N (default 3): read, stage and stage-gm run N times each, in turns (read,
-stage, stage-gm, read, ...), each time in a fresh process; the kernels are timed N
-times on the same stacks. Each figure is the median run's (a single run of the stage
-varies by about +-0.3 s on this machine).
+--repeat N (default 3): read, stage, kernel and stage-gm run N times each, in turns
+(read, stage, kernel, stage-gm, read, ...), each time in a fresh process, so that a
+slow spell of a shared machine falls on both sides of the ratio. Each figure is the
+median run's (a single run of the stage varies by up to +-0.5 s on this machine).
 """
 
 from __future__ import annotations
@@ -95,84 +97,110 @@ def step_read(cfg) -> dict:
     return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "files": len(files), "pixels_read": pixels}
 
 
-def step_kernel(cfg, cog_path: str, repeat: int = 1) -> dict:
-    import geomad
+def _stacks_dir(work: Path) -> Path:
+    return work / "kernel-stacks"
+
+
+def step_stacks(cfg, work: Path) -> dict:
+    """Untimed: the stage's own per-block stacks (read, warped, masked by
+    mosaic.prepare_block), for mosaic.spread=[] (uint16 DN) and for the configured spread
+    bands (float32), saved under <work>/kernel-stacks for the kernel and agreement steps."""
+    import dataclasses
+    import shutil
+
     import rasterio
 
     from urbanmap import mosaic
 
-    import dataclasses
-
     _, cells, lattice, opts, products, _ = mosaic.load(cfg)
     blocks = mosaic.plan(products, lattice, cells["col"].to_numpy(), cells["row"].to_numpy(), opts)
-
-    def stacks_for(o):
-        """The stage's own per-block stacks (read, warped, masked) for options `o`."""
+    folder = _stacks_dir(work)
+    shutil.rmtree(folder, ignore_errors=True)
+    meta = {"blocks": [[b.row_off, b.col_off, b.height, b.width] for b in blocks], "shape": [lattice.height, lattice.width],
+            "n_products": len(products), "threads": opts.threads, "eps": opts.eps, "max_iters": opts.max_iters,
+            "spread": list(opts.spread)}
+    for kind, o in (("gm", dataclasses.replace(opts, spread=())), ("full", opts)):
+        (folder / kind).mkdir(parents=True)
         reader = mosaic._Reader(products, blocks)
-        out = []
         with rasterio.Env(GDAL_CACHEMAX=o.gdal_cache_mb * 2**20):
             for b, block in enumerate(blocks):
                 x, calibration, used, _ = mosaic.prepare_block(b, block, reader, lattice, o)
-                out.append((x, calibration, used))
+                np.save(folder / kind / f"{b}.npy", x)
+                meta[f"{kind}-{b}"] = {"calibration": calibration, "used": list(map(int, used))}
         reader.close()
-        return out
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return {"blocks": len(blocks)}
 
-    def timed(fn, stacks):
-        """(seconds, CPU seconds) of fn over all the stacks: the median of `repeat` runs."""
-        runs = []
-        for _ in range(repeat):
-            start, cpu = time.perf_counter(), time.process_time()
-            for x, calibration, _ in stacks:
-                fn(x, calibration)
-            runs.append((time.perf_counter() - start, time.process_time() - cpu))
-        return sorted(runs)[len(runs) // 2]
 
-    def gm_only(x, calibration):
+def _load_stacks(work: Path, kind: str):
+    folder = _stacks_dir(work)
+    meta = json.loads((folder / "meta.json").read_text())
+    stacks = [(np.load(folder / kind / f"{b}.npy"), meta[f"{kind}-{b}"]["calibration"], meta[f"{kind}-{b}"]["used"])
+              for b in range(len(meta["blocks"]))]
+    return meta, stacks
+
+
+def step_kernel(work: Path) -> dict:
+    """Timed: geomad's kernels on the saved stacks, as the stage calls them: the
+    geomedian + count on the DN stacks of mosaic.spread=[], and the geomedian + the
+    configured spread bands + count on the float32 stacks."""
+    import geomad
+
+    def gm_only(x, calibration, meta):
         """The geomedian as the stage calls it (per-pixel rows; DN stacks with nodata 0)."""
         h, w, b, n = x.shape
         kw = dict(nodata=0, scale=calibration[0], offset=calibration[1]) if calibration else {}
-        gm = geomad.nangeomedian_pcm(x.reshape(h * w, 1, b, n), num_threads=opts.threads, eps=opts.eps,
-                                     maxiters=opts.max_iters, **kw)
+        gm = geomad.nangeomedian_pcm(x.reshape(h * w, 1, b, n), num_threads=meta["threads"], eps=meta["eps"],
+                                     maxiters=meta["max_iters"], **kw)
         np.count_nonzero(x[:, :, 0, :] if calibration else ~np.isnan(x[:, :, 0, :]), axis=-1)
         return gm.reshape(h, w, b)
 
-    def full(x, calibration):
-        gm = gm_only(x, calibration)
+    def full(x, calibration, meta):
+        gm = gm_only(x, calibration, meta)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            for name in opts.spread:
-                getattr(geomad, f"{name}_pcm")(x, gm, num_threads=opts.threads)
+            for name in meta["spread"]:
+                getattr(geomad, f"{name}_pcm")(x, gm, num_threads=meta["threads"])
 
-    gm_stacks = stacks_for(dataclasses.replace(opts, spread=()))
-    seconds_gm, cpu_gm = timed(gm_only, gm_stacks)
-    del gm_stacks
-    stacks = stacks_for(opts)
-    stacked = sum(x.shape[0] * x.shape[1] * x.shape[3] for x, _, _ in stacks)
-    seconds_full, cpu_full = timed(full, stacks)
+    result = {}
+    for kind, fn in (("gm", gm_only), ("full", full)):
+        meta, stacks = _load_stacks(work, kind)
+        start, cpu = time.perf_counter(), time.process_time()
+        for x, calibration, _ in stacks:
+            fn(x, calibration, meta)
+        result[kind] = (time.perf_counter() - start, time.process_time() - cpu)
+        if kind == "full":
+            result["stacked"] = sum(x.shape[0] * x.shape[1] * x.shape[3] for x, _, _ in stacks)
+        del stacks
+    return {"seconds": result["full"][0], "cpu": result["full"][1], "seconds_gm": result["gm"][0],
+            "cpu_gm": result["gm"][1], "stacked": result["stacked"]}
 
-    # Agreement: geomad once on the whole region's stack (every scene an observation).
-    n = len(products)
-    whole = np.full((lattice.height, lattice.width, 6, n), np.nan, np.float32)
-    for block, (x, _, used) in zip(blocks, stacks):
-        whole[block.row_off:block.row_off + block.height, block.col_off:block.col_off + block.width][..., used] = x
+
+def step_agreement(work: Path, cog_path: str) -> dict:
+    """geomad once on the whole region's stack (every scene an observation) against the
+    stage's COG."""
+    import rasterio
+
+    from urbanmap import mosaic
+
+    meta, stacks = _load_stacks(work, "full")
+    height, width = meta["shape"]
+    whole = np.full((height, width, 6, meta["n_products"]), np.nan, np.float32)
+    inside = np.zeros((height, width), bool)
+    for (row, col, h, w), (x, _, used) in zip(meta["blocks"], stacks):
+        whole[row:row + h, col:col + w][..., used] = x
+        inside[row:row + h, col:col + w] = True
     del stacks
     start = time.perf_counter()
-    ref = mosaic.composite(whole, opts.spread, True, opts.threads, opts.eps, opts.max_iters)
+    ref = mosaic.composite(whole, meta["spread"], True, meta["threads"], meta["eps"], meta["max_iters"])
     seconds_whole = time.perf_counter() - start
     del whole
     with rasterio.open(cog_path) as src:
         got = src.read()
-    inside = np.zeros((lattice.height, lattice.width), bool)
-    for block in blocks:
-        inside[block.row_off:block.row_off + block.height, block.col_off:block.col_off + block.width] = True
     diff = np.abs(got[:, inside] - ref[: got.shape[0], inside])
     same_nan = bool((np.isnan(got[:, inside]) == np.isnan(ref[: got.shape[0], inside])).all())
-    return {
-        "seconds": seconds_full, "seconds_gm": seconds_gm, "seconds_whole_region": seconds_whole,
-        "cpu": cpu_full, "cpu_gm": cpu_gm,
-        "stacked": stacked, "max_abs_diff_gm": float(np.nanmax(diff[:6])),
-        "max_abs_diff_all": float(np.nanmax(diff)), "same_nodata": same_nan,
-    }
+    return {"seconds_whole_region": seconds_whole, "max_abs_diff_gm": float(np.nanmax(diff[:6])),
+            "max_abs_diff_all": float(np.nanmax(diff)), "same_nodata": same_nan}
 
 
 #: What `urbanmap mosaic` imports; imported before the stage's clock starts, as the bare
@@ -230,7 +258,7 @@ def quality(cfg) -> dict:
             "scene_cloud_cover_max_pct": max(clouds), "per_class": per_class}
 
 
-def run_step(step: str, work: Path, extra: list[str], repeat: int = 1) -> dict:
+def run_step(step: str, work: Path, extra: list[str]) -> dict:
     name, window = ("big", BIG_WINDOW) if step == "stage-big" else ("valle_de_mexico", DEFAULT_WINDOW)
     more = ["mosaic.spread=[]"] if step == "stage-gm" else []
     out = work / ("gm-only" if step == "stage-gm" else "")
@@ -243,8 +271,12 @@ def run_step(step: str, work: Path, extra: list[str], repeat: int = 1) -> dict:
     cfg = _cfg(out if step == "stage-gm" else work, name, window, [*more, *extra])
     if step == "read":
         result = step_read(cfg)
+    elif step == "stacks":
+        result = step_stacks(cfg, work)
     elif step == "kernel":
-        result = step_kernel(cfg, str(work / name / f"mosaic_{YEAR}.tif"), repeat)
+        result = step_kernel(work)
+    elif step == "agreement":
+        result = step_agreement(work, str(work / name / f"mosaic_{YEAR}.tif"))
     elif step == "quality":
         result = quality(cfg)
     else:
@@ -272,16 +304,15 @@ def main(args: list[str]) -> None:
     ensure_scenes(work, "valle_de_mexico", DEFAULT_WINDOW)
     if big:
         ensure_scenes(work, "big", BIG_WINDOW)
-    steps = ["read", "stage", "kernel", "stage-gm", "quality"] + (["stage-big"] if big else [])
-    repeated = ["read", "stage", "stage-gm"]
+    steps = ["stacks", "read", "stage", "kernel", "stage-gm", "agreement", "quality"] + (["stage-big"] if big else [])
+    repeated = ["read", "stage", "kernel", "stage-gm"]
     # Every step with the stage's OpenMP wait policy (urbanmap/__init__.py), the bare
     # kernel too, which imports geomad before urbanmap: the same conditions for both
     # sides of the ratio.
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 
     def run(step: str) -> dict:
-        more = ["--repeat", str(repeat)] if step == "kernel" else []
-        proc = subprocess.run([sys.executable, __file__, "--step", step, str(work), *more, *args], cwd=ROOT,
+        proc = subprocess.run([sys.executable, __file__, "--step", step, str(work), *args], cwd=ROOT,
                               capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             sys.exit(f"step {step} failed:\n{proc.stderr[-3000:]}")
@@ -289,11 +320,12 @@ def main(args: list[str]) -> None:
         print(f"[{step}] {result['seconds'] if 'seconds' in result else '':>} done", flush=True)
         return result
 
+    r = {"stacks": run("stacks")}
     runs: dict[str, list] = {step: [] for step in repeated}
     for _ in range(repeat):
         for step in repeated:
             runs[step].append(run(step))
-    r = {step: sorted(rs, key=lambda x: x["seconds"])[len(rs) // 2] for step, rs in runs.items()}
+    r.update({step: sorted(rs, key=lambda x: x["seconds"])[len(rs) // 2] for step, rs in runs.items()})
     for step in steps:
         if step not in r:
             r[step] = run(step)
@@ -309,7 +341,7 @@ def main(args: list[str]) -> None:
             print(f"{step:<10} {r[step]['seconds']:8.2f} {r[step].get('cpu', float('nan')):8.2f} {r[step]['peak_mb']:8.0f}")
     read, kern = r["read"]["seconds"], r["kernel"]
     print(f"kernel gm  {kern['seconds_gm']:8.2f} {kern['cpu_gm']:8.2f}            (geomedian only, same stacks)")
-    print(f"kernel 1x  {kern['seconds_whole_region']:8.2f}            (whole-region stack at once, for agreement)")
+    print(f"kernel 1x  {r['agreement']['seconds_whole_region']:8.2f}            (whole-region stack at once, for agreement)")
     print(f"imports    {r['stage']['imports']:8.2f}            (the stage's libraries, imported before its clock)")
     full = read + kern["seconds"]
     gm = read + kern["seconds_gm"]
@@ -323,8 +355,9 @@ def main(args: list[str]) -> None:
     print(f"throughput: {r['stage']['stacked'] / r['stage']['seconds'] / 1e6:.2f} M pixel x observations / s "
           f"(stage), {r['stage']['stacked'] / kern['seconds'] / 1e6:.2f} M (bare kernel); "
           f"{s['pixels'] * s['mean_clear_per_pixel'] / r['stage']['seconds'] / 1e6:.2f} M clear observations / s")
-    print(f"\nagreement: max |stage - geomad(whole stack)| = {kern['max_abs_diff_gm']:.2e} (geomedian), "
-          f"{kern['max_abs_diff_all']:.2e} (all bands); same nodata: {kern['same_nodata']}  (target <= 1e-4)")
+    a = r["agreement"]
+    print(f"\nagreement: max |stage - geomad(whole stack)| = {a['max_abs_diff_gm']:.2e} (geomedian), "
+          f"{a['max_abs_diff_all']:.2e} (all bands); same nodata: {a['same_nodata']}  (target <= 1e-4)")
     if big:
         ratio = r["stage-big"]["peak_mb"] / r["stage"]["peak_mb"]
         print(f"memory: peak RSS {r['stage']['peak_mb']:.0f} MB (default), {r['stage-big']['peak_mb']:.0f} MB "
@@ -342,9 +375,6 @@ def main(args: list[str]) -> None:
 if __name__ == "__main__":
     argv = sys.argv[1:]
     if argv[:1] == ["--step"]:
-        n = 1
-        if argv[3:4] == ["--repeat"]:
-            n, argv = int(argv[4]), argv[:3] + argv[5:]
-        print(json.dumps(run_step(argv[1], Path(argv[2]), argv[3:], n)))
+        print(json.dumps(run_step(argv[1], Path(argv[2]), argv[3:])))
     else:
         main(argv)
