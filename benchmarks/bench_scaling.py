@@ -18,8 +18,8 @@ in its own process,
            then dask
 
 and checks that each Dask output is the same bytes as the local one. Unless --no-startup,
-each stage and mode first runs on a region of one tile (a 4 km window: 16 cells;
-patches.n_per_class=10): its start-up cost, paid once per run whatever the area
+each stage and mode first runs on a region of one tile (a 4 km window: 16 cells, 10 km
+east of the default centre; patches.n_per_class=5): its start-up cost, paid once per run whatever the area
 (interpreter, imports, config, inputs read whole such as the census, the model, the
 cluster's start).
 
@@ -59,6 +59,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 CENTRE = (2800000, 829000)  # the default window's centre, EPSG:6372
 SIDE = 60000  # the default window's side, m
+STARTUP_OFFSET = (10000, 2000)  # m from the centre to the start-up region's centre
 MEXICO_CELLS = 1_960_862
 PILOT_PER_CLASS = 20_000
 DASK = ["compute=dask", "compute.n_workers=2", "compute.threads_per_worker=1", "compute.memory_limit=4GiB"]
@@ -157,8 +158,10 @@ def main() -> None:
                               dashboard_address=None, memory_limit="4GiB")
     address = ["compute=dask", f"compute.address={persistent.scheduler_address}", "compute.threads_per_worker=1"]
     rows = []
-    # size 0: the start-up region, one tile of 16 cells (a 4 km window)
-    regions = ([] if args.no_startup else [(0, "startup", window(1, 4000, centre))])
+    # size 0: the start-up region, one tile of 16 cells (a 4 km window) 10 km east of the
+    # default centre, where both labels occur (7 urban, 6 non-urban cells) for patches
+    startup_centre = (centre[0] + STARTUP_OFFSET[0], centre[1] + STARTUP_OFFSET[1])
+    regions = ([] if args.no_startup else [(0, "startup", window(1, 4000, startup_centre))])
     regions += [(f, f"scale{f}", window(f, args.side, centre)) for f in factors]
     for f, name, win in regions:
         common = [f"out_dir={work}", f"data.name={name}", f"data.window=[{','.join(map(str, win))}]", "year=2010"]
@@ -167,7 +170,7 @@ def main() -> None:
         stage(["labels", *common])
         cells = int(__import__("pyarrow.parquet", fromlist=["x"]).read_metadata(region / "grid.parquet").num_rows)
         shutil.copytree(model, region / "model", dirs_exist_ok=True)
-        per_class = 1000 * f if f else 10
+        per_class = 1000 * f if f else 5
         print(f"{name}: {cells:,} cells, window {win}", flush=True)
         for st, extra, units in (("synth", [], cells), ("mosaic", [], cells),
                                  ("patches", [f"patches.n_per_class={per_class}"], 2 * per_class), ("predict", [], cells)):
