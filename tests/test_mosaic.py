@@ -110,6 +110,8 @@ def test_scale_per_band_and_observation():
         expected[~np.broadcast_to(clear[:, :, None, :], dn.shape)] = np.nan
         got = mosaic.to_stack(dn, clear, s, o)
         assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+    # A block that no scene covers: no observation at all.
+    assert mosaic.to_stack(dn[..., :0], clear[..., :0], scale[:0], offset[:0]).shape == (5, 4, 6, 0)
 
 
 # --- masking ----------------------------------------------------------------------------------

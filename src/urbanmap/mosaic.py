@@ -167,7 +167,7 @@ def to_stack(dn: np.ndarray, clear: np.ndarray, scale: np.ndarray, offset: np.nd
     h, w, b, n = dn.shape
     x = np.empty((h, w, b, n), np.float32) if out is None else out
     scale, offset = np.asarray(scale, np.float32), np.asarray(offset, np.float32)
-    if (scale == scale.flat[0]).all() and (offset == offset.flat[0]).all():
+    if n and (scale == scale.flat[0]).all() and (offset == offset.flat[0]).all():
         # One calibration (Collection 2's for every band): DN x scale in one pass (uint16
         # is cast to float32 exactly, in the ufunc's buffer), then + offset where clear,
         # + NaN where masked, broadcast over the bands (measured: 5.0 ms against 7.8 ms
