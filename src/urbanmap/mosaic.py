@@ -466,25 +466,6 @@ def prepare_block(b: int, block: Block, reader: _Reader, lattice, opts: Options,
     return x, calibration, obs, clear_px
 
 
-def _release_freed_memory():
-    """A function returning freed heap memory to the OS (glibc's malloc_trim), or a no-op.
-
-    After a large array is freed, glibc raises its mmap threshold, so the next blocks'
-    arrays come from the heap, whose freed space stays in RSS and fragments: without
-    trimming, peak memory grows with the number of blocks (measured: +15% for a region
-    four times larger); a fixed threshold instead costs ~5 s of page faults per run.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return lambda: None
-    return lambda: trim(0)
-
-
 @dataclass
 class Result:
     """What a mosaic run measured (the summary JSON)."""
@@ -531,14 +512,13 @@ def build(products, lattice, cols, rows, opts: Options, writer, progress: bool =
     import rasterio
     from tqdm import tqdm
 
-    from urbanmap import scenes
+    from urbanmap import compute, scenes
 
     if blocks is None:
         blocks = plan(products, lattice, cols, rows, opts)
     result = Result(per_scene={p.product_id: 0 for p in products})
     reader = _Reader(products, blocks)
     scratch = scenes.Scratch()  # the reader thread's arrays, reused from block to block
-    release = _release_freed_memory()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mosaic-read")
     # Blocks are written (and their overviews pooled) in a thread of their own, so that
     # geomad starts on the next block at once; one block is written at a time, into
@@ -574,14 +554,13 @@ def build(products, lattice, cols, rows, opts: Options, writer, progress: bool =
                     result.per_scene[products[i].product_id] += n
                 del x, out
                 if b % 8 == 7:  # every few blocks: each trim costs page faults later
-                    release()
+                    compute.release_freed_memory()
             if writing is not None:
                 writing.result()
         finally:
             pool.submit(reader.close).result()
             pool.shutdown(cancel_futures=True)
             write_pool.shutdown(wait=True)
-            release()  # a Dask worker runs many builds: what one freed must not stay in its RSS
     return result
 
 

@@ -190,11 +190,11 @@ def run(cfg) -> None:
         check_model(card, card_name, src, cell_size, str(mosaic_path))
         indexes = check_mosaic(src, lattice, str(mosaic_path), card["bands"])
         if compute.mode(cfg) == "local":  # loaded here (errors before any tile), once: the tasks reuse it
-            predict_tiles.model(model_dir, compute.task_threads(cfg))
+            predict_tiles.model(model_dir, predict_tiles.tile_threads(cfg))
     # Tile by tile, in-process or on Dask (compute=): predict_tiles.py. The executor is
     # released once the tiles are in, so a LocalCluster shuts down while the outputs are written.
     start = time.perf_counter()
-    with compute.Executor(cfg, local_workers=1) as executor:
+    with compute.Executor(cfg) as executor:
         p = predict_tiles.predict_tiled(cfg, lattice, mosaic_path, indexes, model_dir, grid["col"].to_numpy(),
                                         grid["row"].to_numpy(), block_cells, executor)
         seconds = time.perf_counter() - start
