@@ -180,7 +180,7 @@ def main() -> None:
             for mode, opts in (("local", LOCAL), ("dask", DASK), ("dask-address", address)):
                 if mode not in modes:
                     continue
-                stats = work / "stats.jsonl"
+                stats = work / f"stats-{name}-{st}-{mode}.jsonl"  # kept: every task's seconds and peak
                 seconds = stage([st, *common, *opts, *tiles, *extra], stats)
                 row = {"size": f, "cells": cells, "stage": st, "mode": mode, "units": units, "wall_s": seconds,
                        **task_stats(stats)}
