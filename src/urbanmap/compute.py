@@ -48,7 +48,7 @@ from urbanmap.errors import InputError
 
 MODES = ("local", "dask")
 #: Environment variable naming a file where each Executor appends one JSON line per task
-#: (mode, desc, host, pid, start, end (Unix time, s), seconds, peak_rss_mb): what
+#: (mode, desc, host, pid, start, end (Unix time, s), seconds, peak_rss_mb, rss_after_mb): what
 #: benchmarks/bench_scaling.py and bench_startup.py read.
 STATS_ENV = "URBANMAP_TASK_STATS"
 
@@ -249,7 +249,17 @@ def _measured(fn: Callable, item):
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     release_freed_memory()  # a worker runs many tasks: what one freed must not stay in its RSS
     return result, {"host": socket.gethostname(), "pid": os.getpid(), "start": began, "end": began + seconds,
-                    "seconds": seconds, "peak_rss_mb": peak_kb / 1024}
+                    "seconds": seconds, "peak_rss_mb": peak_kb / 1024, "rss_after_mb": _rss_mb()}
+
+
+def _rss_mb() -> float | None:
+    """This process's resident memory now, MB (Linux /proc), or None elsewhere: what a
+    task left behind, against peak_rss_mb, what it needed."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class Executor:
@@ -258,7 +268,7 @@ class Executor:
     Use as a context manager; `map` may be called several times (one cluster), until
     `release`. `stats`: one dict per finished task (desc, host, pid, start and end (Unix
     time, s), seconds, peak_rss_mb: the peak resident memory of the process that ran it so
-    far), also appended as JSON lines to the file named by $URBANMAP_TASK_STATS when the
+    far, rss_after_mb: its resident memory after the task), also appended as JSON lines to the file named by $URBANMAP_TASK_STATS when the
     executor closes.
     """
 

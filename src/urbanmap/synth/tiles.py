@@ -92,22 +92,34 @@ def world_tiles(world: Win, tile_px: int) -> list[dict]:
     ]
 
 
+#: Rows per row group of the polygon files the tasks share (write_polygons).
+_ROWS_PER_GROUP = 256
+
+
 def write_polygons(frame, path) -> None:
-    """Write the polygons the tasks share (the settlements, the grown cells) as GeoParquet
-    with a bbox covering column (GeoParquet 1.1), so that each task decodes only the
-    polygons that meet its tile (_polygons_in): a task's memory is then bounded by its
-    tile, not by the region's number of polygons."""
-    frame.to_parquet(path, write_covering_bbox=True)
+    """Write the polygons the tasks share (the settlements, the grown cells) so that each
+    task reads and decodes only those that meet its tile (_polygons_in): rows sorted along
+    a Hilbert curve in row groups of _ROWS_PER_GROUP, with a bbox covering column
+    (GeoParquet 1.1) whose per-group statistics let the reader skip the groups away from
+    the tile, and the rows' original order kept in `file_order`. A task's memory is then
+    bounded by its tile, not by the region's number of polygons (measured on the national
+    localities, a 16 km tile: +57 MB read, against +316 MB from one row group in file
+    order)."""
+    frame = frame.assign(file_order=np.arange(len(frame)))
+    order = np.argsort(frame.hilbert_distance().to_numpy(), kind="stable") if len(frame) else np.arange(0)
+    frame.iloc[order].to_parquet(path, write_covering_bbox=True, row_group_size=_ROWS_PER_GROUP)
 
 
 def _polygons_in(path: str, bounds, columns=()) -> tuple[np.ndarray, dict]:
-    """Polygons of a GeoParquet part (in file order) whose bounds meet `bounds`, and
-    the requested columns. Only those rows are decoded (the file's bbox covering, see
-    write_polygons); their exact bounds are then checked here."""
+    """Polygons of a file written by write_polygons whose bounds meet `bounds`, in the
+    order they were given to it (painting order), and the requested columns. Only the
+    row groups near `bounds` are read (the bbox covering's statistics); each row's exact
+    bounds are then checked here."""
     import geopandas as gpd
     import shapely
 
     frame = gpd.read_parquet(path, bbox=tuple(float(v) for v in bounds))
+    frame = frame.sort_values("file_order", kind="stable")
     b = shapely.bounds(frame.geometry.values)
     keep = (b[:, 0] <= bounds[2]) & (b[:, 2] >= bounds[0]) & (b[:, 1] <= bounds[3]) & (b[:, 3] >= bounds[1])
     return np.asarray(frame.geometry.values[keep], dtype=object), {c: frame[c].to_numpy()[keep] for c in columns}
