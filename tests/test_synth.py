@@ -518,3 +518,23 @@ def test_synth_is_a_stage_of_the_cli(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "synth" in capsys.readouterr().out
+
+
+def test_tasks_read_their_tiles_polygons_in_painting_order(tmp_path):
+    """write_polygons reorders rows for spatial reads; _polygons_in gives back exactly the
+    polygons meeting a tile, in the order they were written (the painting order)."""
+    import shapely
+
+    from urbanmap.synth import tiles
+
+    rng = np.random.default_rng(5)
+    centres = rng.uniform(0, 100_000, (2000, 2))
+    polygons = shapely.buffer(shapely.points(centres), rng.uniform(50, 2000, 2000))
+    frame = gpd.GeoDataFrame({"target": np.arange(2000.0)}, geometry=polygons, crs="EPSG:32614")
+    tiles.write_polygons(frame, tmp_path / "p.parquet")
+    for bounds in ((0, 0, 16_000, 16_000), (40_000, 52_000, 56_000, 68_000), (200_000, 0, 216_000, 16_000)):
+        got, cols = tiles._polygons_in(str(tmp_path / "p.parquet"), bounds, ["target"])
+        b = shapely.bounds(polygons)
+        meets = (b[:, 0] <= bounds[2]) & (b[:, 2] >= bounds[0]) & (b[:, 1] <= bounds[3]) & (b[:, 3] >= bounds[1])
+        np.testing.assert_array_equal(cols["target"], np.flatnonzero(meets).astype(float))
+        assert all(shapely.equals(g, polygons[i]) for g, i in zip(got, np.flatnonzero(meets)))

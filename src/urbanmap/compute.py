@@ -268,8 +268,8 @@ class Executor:
     Use as a context manager; `map` may be called several times (one cluster), until
     `release`. `stats`: one dict per finished task (desc, host, pid, start and end (Unix
     time, s), seconds, peak_rss_mb: the peak resident memory of the process that ran it so
-    far, rss_after_mb: its resident memory after the task), also appended as JSON lines to the file named by $URBANMAP_TASK_STATS when the
-    executor closes.
+    far, rss_after_mb: its resident memory after the task), also appended as JSON lines
+    to the file named by $URBANMAP_TASK_STATS when the executor closes.
     """
 
     def __init__(self, cfg, local_workers: int | None = None):

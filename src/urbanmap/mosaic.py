@@ -167,13 +167,14 @@ def to_stack(dn: np.ndarray, clear: np.ndarray, scale: np.ndarray, offset: np.nd
     h, w, b, n = dn.shape
     x = np.empty((h, w, b, n), np.float32) if out is None else out
     scale, offset = np.asarray(scale, np.float32), np.asarray(offset, np.float32)
-    if n and (scale == scale.flat[0]).all() and (offset == offset.flat[0]).all():
+    one = single_calibration(scale, offset)
+    if one is not None:
         # One calibration (Collection 2's for every band): DN x scale in one pass (uint16
         # is cast to float32 exactly, in the ufunc's buffer), then + offset where clear,
         # + NaN where masked, broadcast over the bands (measured: 5.0 ms against 7.8 ms
         # for 264 x 264 pixels x 6 bands x 10 observations).
-        np.multiply(dn, scale.flat[0], out=x)
-        x += np.take(np.array([np.nan, offset.flat[0]], np.float32), clear.view(np.uint8))[:, :, None, :]
+        np.multiply(dn, np.float32(one[0]), out=x)
+        x += np.take(np.array([np.nan, one[1]], np.float32), clear.view(np.uint8))[:, :, None, :]
         return x
     np.copyto(x, dn, casting="unsafe")  # exact: uint16 fits float32
     flat = x.reshape(h * w, b * n)  # (band, obs) contiguous in each pixel: long inner loops
@@ -182,6 +183,14 @@ def to_stack(dn: np.ndarray, clear: np.ndarray, scale: np.ndarray, offset: np.nd
     # + NaN where masked, + 0 where clear (x + 0 == x: no -0.0 arises from DN x scale + offset)
     x += np.take(_NAN_IF_MASKED, clear.view(np.uint8))[:, :, None, :]
     return x
+
+
+def single_calibration(scale: np.ndarray, offset: np.ndarray) -> tuple[float, float] | None:
+    """(scale, offset) when every band of every observation has that same calibration
+    (float32 (obs, 6) each), else None (also with no observation)."""
+    if not scale.size or (scale != scale.flat[0]).any() or (offset != offset.flat[0]).any():
+        return None
+    return float(scale.flat[0]), float(offset.flat[0])
 
 
 def to_dn_stack(dn: np.ndarray, clear: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -454,13 +463,12 @@ def prepare_block(b: int, block: Block, reader: _Reader, lattice, opts: Options,
     obs = [chosen[k] for k in candidates[keep]]
     scale = np.array([reader.products[i].scale for i in obs], np.float32).reshape(len(obs), 6)
     offset = np.array([reader.products[i].offset for i in obs], np.float32).reshape(len(obs), 6)
-    calibration = None
-    if not opts.spread and len(obs) and (scale == scale.flat[0]).all() and (offset == offset.flat[0]).all():
-        calibration = (float(scale.flat[0]), float(offset.flat[0]))
-        x = to_dn_stack(dn, clear, None if scratch is None else scratch.get(f"stack-{b % (PREFETCH + 1)}", dn.shape, np.uint16))
+    calibration = None if opts.spread else single_calibration(scale, offset)
+    key = f"stack-{b % (PREFETCH + 1)}"
+    if calibration is not None:
+        x = to_dn_stack(dn, clear, scenes.scratch_array(scratch, key, dn.shape, np.uint16))
     else:
-        x = to_stack(dn, clear, scale, offset,
-                     None if scratch is None else scratch.get(f"stack-{b % (PREFETCH + 1)}", dn.shape, np.float32))
+        x = to_stack(dn, clear, scale, offset, scenes.scratch_array(scratch, key, dn.shape, np.float32))
     clear_px = dict.fromkeys(chosen, 0)
     clear_px.update({chosen[k]: int(n) for k, n in zip(candidates, used)})
     return x, calibration, obs, clear_px

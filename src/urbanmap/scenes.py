@@ -285,12 +285,10 @@ def footprint(grid: Grid, crs) -> tuple[float, float, float, float]:
     return transform_bounds(grid.crs, crs, min(left, right), min(top, bottom), max(left, right), max(top, bottom), densify_pts=21)
 
 
-def source_window(grid: Grid, dst_crs, dst_bounds, pad: int = 2, src_bounds=None) -> Window | None:
+def source_window(grid: Grid, dst_crs, dst_bounds, pad: int = 2) -> Window | None:
     """The window of a scene's raster that covers `dst_bounds` (in `dst_crs`), padded by
-    `pad` pixels and clipped to the raster; None if they do not overlap. `src_bounds`:
-    dst_bounds already transformed to the grid's CRS (densified), when known."""
-    if src_bounds is None:
-        src_bounds = transform_bounds(dst_crs, grid.crs, *dst_bounds, densify_pts=21)
+    `pad` pixels and clipped to the raster; None if they do not overlap."""
+    src_bounds = _transformer(str(dst_crs), grid.crs.to_wkt()).transform_bounds(*dst_bounds, densify_pts=21)
     win = from_bounds(*src_bounds, transform=grid.transform)
     col0 = max(int(np.floor(win.col_off)) - pad, 0)
     row0 = max(int(np.floor(win.row_off)) - pad, 0)
@@ -320,7 +318,8 @@ class Scratch:
         return buffer[:size].view(dtype).reshape(shape)
 
 
-def _empty(scratch: Scratch | None, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+def scratch_array(scratch: Scratch | None, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised array: scratch.get(key, ...), or a new one without a Scratch."""
     return np.empty(shape, dtype) if scratch is None else scratch.get(key, shape, dtype)
 
 
@@ -364,13 +363,10 @@ def warp_groups(scenes: Sequence[tuple[Product, list]], dst_crs, dst_transform: 
     members: dict[tuple, list[int]] = {}
     for i, (_, datasets) in enumerate(scenes):
         members.setdefault(grid_of(datasets).key, []).append(i)
-    groups, in_crs = [], {}
+    groups = []
     for idx in members.values():
         grid = grid_of(scenes[idx[0]][1])
-        crs = grid.crs.to_wkt()  # grids of one CRS (a UTM zone's paths and rows) share the bounds
-        if crs not in in_crs:
-            in_crs[crs] = _transformer(str(dst_crs), crs).transform_bounds(*bounds, densify_pts=21)
-        win = source_window(grid, dst_crs, bounds, src_bounds=in_crs[crs])
+        win = source_window(grid, dst_crs, bounds)
         if win is not None:
             groups.append(WarpGroup(tuple(idx), win, nearest_lookup(grid, win, dst_crs, dst_transform, shape)))
     return groups
@@ -403,7 +399,7 @@ def gather(scenes: Sequence[tuple[Product, list]], groups: Sequence[WarpGroup], 
     height, width = shape
     which = list(range(len(scenes))) if which is None else list(which)
     rows, cols = height - 2 * crop, width - 2 * crop
-    out = _empty(scratch, "gather-" + "-".join(names), (rows * cols, len(names), len(which)), np.uint16)
+    out = scratch_array(scratch, "gather-" + "-".join(names), (rows * cols, len(names), len(which)), np.uint16)
     position = {i: k for k, i in enumerate(which)}
     files = [FILES.index(name) for name in names]
     read = {i for group in groups for i in group.members}
@@ -421,7 +417,7 @@ def gather(scenes: Sequence[tuple[Product, list]], groups: Sequence[WarpGroup], 
         # One row per file and scene, the window's pixels then a 0 that lookup's pixels
         # outside the source take: each read is contiguous (GDAL's strided copy into a
         # pixel-major buffer costs ~45% more CPU than decoding, measured).
-        src = _empty(scratch, "source", (len(names), len(chosen), win.height * win.width + 1), np.uint16)
+        src = scratch_array(scratch, "source", (len(names), len(chosen), win.height * win.width + 1), np.uint16)
         src[:, :, -1] = 0
         for j, i in enumerate(chosen):
             product, datasets = scenes[i]
@@ -435,13 +431,13 @@ def gather(scenes: Sequence[tuple[Product, list]], groups: Sequence[WarpGroup], 
         # gather moves all files of all the group's scenes, pixel by pixel, into the
         # layout geomad takes. mode="clip": indices are in range, and numpy does not
         # buffer the output (it does with "raise", at ~2.5x the cost).
-        pixel_major = _empty(scratch, "source-pixels", (src.shape[2], len(names), len(chosen)), np.uint16)
+        pixel_major = scratch_array(scratch, "source-pixels", (src.shape[2], len(names), len(chosen)), np.uint16)
         np.copyto(pixel_major, src.transpose(2, 0, 1))
         at = [position[i] for i in chosen]
         if len(at) == len(which):  # one group: straight into the result
             np.take(pixel_major, lookup, axis=0, out=out, mode="clip")
         else:  # several groups interleave in the result (a strided copy)
-            part = _empty(scratch, "gathered", (len(lookup), len(names), len(chosen)), np.uint16)
+            part = scratch_array(scratch, "gathered", (len(lookup), len(names), len(chosen)), np.uint16)
             np.take(pixel_major, lookup, axis=0, out=part, mode="clip")
             if at == list(range(at[0], at[0] + len(at))):
                 out[:, :, at[0]:at[0] + len(at)] = part
