@@ -137,9 +137,11 @@ def main() -> None:
     parser.add_argument("--no-startup", action="store_true", help="skip the one-tile region (start-up costs)")
     parser.add_argument("--side", type=float, default=SIDE, help="side (m) of the 1x window (a smaller one: a smoke test)")
     parser.add_argument("--centre", default=",".join(map(str, CENTRE)), help="x,y of the windows' centre (EPSG:6372)")
-    parser.add_argument("--tiles", default="compute.tile_size=16 predict.block_cells=16",
-                        help="overrides of every timed stage (default: tiles of 16 cells, so the default region is "
-                             "16 tasks and two workers share them evenly)")
+    parser.add_argument("--tiles", default="",
+                        help="overrides of every timed stage, e.g. 'compute.tile_size=16 predict.block_cells=16' "
+                             "(default: none, the configured tiles of 32 cells: 4 mosaic tasks on the default "
+                             "region, 16 on 4x, 64 on 16x; smaller tiles decode more source tiles twice, along "
+                             "their borders)")
     args = parser.parse_args()
     factors = sorted({int(f) for f in args.sizes.split(",")} | ({16} if args.with_16x else set()))
     work = Path(args.workdir)

@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,6 +97,42 @@ def test_bad_compute_config_exits_2(monkeypatch, region, capsys):
                 "compute.connect_timeout_s=1") == 2
     assert time.perf_counter() - start < 20
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_a_worker_without_the_package_is_refused_with_exit_2(monkeypatch, region, tmp_path, capsys):
+    """A scheduler whose only worker runs in an environment where every package of ours is
+    installed except urbanmap: the stage stops before any task, with one clear line."""
+    import site
+    import subprocess
+    import sys
+
+    from distributed import Client, LocalCluster
+
+    # The worker's environment: this venv's site-packages, less urbanmap (its dist-info and
+    # the editable install's .pth), as symlinks; `python -S` so the real site-packages is
+    # not added.
+    shadow = tmp_path / "site-packages"
+    shadow.mkdir()
+    for entry in Path(site.getsitepackages()[0]).iterdir():
+        if "urbanmap" not in entry.name:
+            (shadow / entry.name).symlink_to(entry)
+    with LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        worker = subprocess.Popen(
+            [sys.executable, "-S", "-m", "distributed.cli.dask_worker", cluster.scheduler_address,
+             "--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"],
+            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(shadow)},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            client.wait_for_workers(1, timeout=60)
+            assert _run(monkeypatch, "mosaic", region, "compute=dask",
+                        f"compute.address={cluster.scheduler_address}") == 2
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("urbanmap mosaic: error: compute: a Dask worker has no urbanmap package; install this "
+                       "project (pip install -e .) in every worker's environment")
 
 
 def test_release_shuts_the_stages_cluster_down_in_the_background():
