@@ -142,7 +142,7 @@ def run(cfg) -> dict:
     else:
         print(f"  no STAC catalog for {year}: scenes per tile not counted")
     if costs:
-        print(f"  estimated wall time from {costs_path} (measured on {costs.get('machine')}; noisy):")
+        print(f"  estimated wall time from {costs_path} (measured on {costs.get('machine')}):")
         for stage, row in result["estimate_s"].items():
             parts = [f"{row['units']:,} x {row['per']}"]
             if "local_s" in row:
