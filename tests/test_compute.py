@@ -100,8 +100,8 @@ def test_bad_compute_config_exits_2(monkeypatch, region, capsys):
 
 
 def test_a_worker_without_the_package_is_refused_with_exit_2(monkeypatch, region, tmp_path, capsys):
-    """A scheduler whose only worker runs in an environment where every package of ours is
-    installed except urbanmap: the stage stops before any task, with one clear line."""
+    """A scheduler whose only worker runs in an environment with every dependency installed
+    but not urbanmap itself: the stage stops before any task, with one clear line."""
     import site
     import subprocess
     import sys
