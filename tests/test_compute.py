@@ -17,7 +17,7 @@ from urbanmap.cli import main
 from urbanmap.errors import InputError
 from urbanmap.lattice import PixelLattice
 
-from conftest import REPO
+from conftest import REPO, expect_error
 
 #: tests/dvcproject.py's 6 km x 6 km window (36 cells, both classes); blocks and tiles of
 #: 2 x 2 cells so that the region is 9 tiles.
@@ -125,14 +125,13 @@ def test_a_worker_without_the_package_is_refused_with_exit_2(monkeypatch, region
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             client.wait_for_workers(1, timeout=60)
-            assert _run(monkeypatch, "mosaic", region, "compute=dask",
-                        f"compute.address={cluster.scheduler_address}") == 2
+            monkeypatch.chdir(REPO)
+            expect_error(capsys, region, ["mosaic", f"out_dir={region}", *SMALL, "compute=dask",
+                                          f"compute.address={cluster.scheduler_address}"],
+                         "compute: a Dask worker has no urbanmap package; install this project (pip install -e .)")
         finally:
             worker.terminate()
             worker.wait(timeout=30)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == ("urbanmap mosaic: error: compute: a Dask worker has no urbanmap package; install this "
-                       "project (pip install -e .) in every worker's environment")
 
 
 def test_release_shuts_the_stages_cluster_down_in_the_background():
