@@ -203,7 +203,7 @@ def main() -> None:
            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
            "command": "python benchmarks/bench_scaling.py " + " ".join(sys.argv[1:]), "rows": rows}
     print("\nstage    mode         start-up s " + "".join(f"{f:>4d}x: s/unit (ms)   " for f in factors))
-    exps, net, busy, ratios, memory, startup = {}, {}, {}, {}, {}, {}
+    exps, net, steps, busy, ratios, by_size, memory, startup = {}, {}, {}, {}, {}, {}, {}, {}
     for st in ("synth", "mosaic", "patches", "predict"):
         for mode in MODES:
             first = [r for r in rows if r["stage"] == st and r["mode"] == mode and r["size"] == 0]
@@ -218,6 +218,8 @@ def main() -> None:
                 startup[f"{st}/{mode}"] = fixed
                 if all(r["wall_s"] > fixed for r in sel):
                     net[f"{st}/{mode}"] = exponent([r["units"] for r in sel], [r["wall_s"] - fixed for r in sel])
+                    steps[f"{st}/{mode}"] = {f"{a['size']}x-{b['size']}x": exponent(
+                        [a["units"], b["units"]], [a["wall_s"] - fixed, b["wall_s"] - fixed]) for a, b in zip(sel, sel[1:])}
             if all(r["busy_s"] for r in sel):  # the tasks alone: no process start, imports, cluster start
                 busy[f"{st}/{mode}"] = exponent([r["units"] for r in sel], [r["busy_s"] for r in sel])
             if mode == "dask" and sel[0]["peak_mb"]:
@@ -226,12 +228,20 @@ def main() -> None:
         for mode in MODES[1:]:
             if mode in pair and "local" in pair:
                 ratios[f"{st}/{mode}"] = pair[mode]["wall_s"] / pair["local"]["wall_s"]
+            for f in factors:
+                at = {r["mode"]: r["wall_s"] for r in rows if r["stage"] == st and r["size"] == f}
+                if mode in at and "local" in at:
+                    by_size.setdefault(f"{st}/{mode}", {})[f] = at[mode] / at["local"]
     print("\ngrowth exponent of wall time with area (target 1.0 +/- 0.1):")
     for key, e in exps.items():
         print(f"  {key:20s} {e:.2f}" if e is not None else f"  {key:20s} (one size)")
     print("growth exponent of wall time less the start-up cost (the one-tile region's wall time):")
     for key, e in net.items():
         print(f"  {key:20s} {e:.2f}" if e is not None else f"  {key:20s} (one size)")
+    if len(factors) > 2:
+        print("the same, from each size to the next:")
+        for key, e in steps.items():
+            print(f"  {key:20s} " + ", ".join(f"{k} {v:.2f}" for k, v in e.items()))
     print("growth exponent of the tasks' busy seconds (fixed start-up costs left out):")
     for key, e in busy.items():
         print(f"  {key:20s} {e:.2f}" if e is not None else f"  {key:20s} (one size)")
@@ -245,6 +255,10 @@ def main() -> None:
              for m in MODES[1:] if local_big and m in modes}
     for m, t in total.items():
         print(f"  {'all four/' + m:22s} {t:.2f}")
+    if len(factors) > 1:
+        print("Dask / local wall time at each size (a fixed start-up cost weighs less as the area grows):")
+        for key, r in by_size.items():
+            print(f"  {key:22s} " + ", ".join(f"{f}x {v:.2f}" for f, v in r.items()))
     print("\npeak memory per Dask worker (MB) by size, and against the default region's:")
     for st, m in memory.items():
         base = m.get(factors[0])
@@ -252,7 +266,8 @@ def main() -> None:
 
     if not {"local", "dask"} <= set(modes):
         out.update({"exponents": exps, "exponents_less_startup": net, "startup_s": startup, "exponents_busy": busy,
-                    "dask_over_local": ratios, "peak_mb_per_worker": memory})
+                    "dask_over_local": ratios, "dask_over_local_by_size": by_size,
+                    "exponents_each_step": steps, "peak_mb_per_worker": memory})
         (work / "bench_scaling.json").write_text(json.dumps(out, indent=2) + "\n")
         print(f"\n(per-cell costs and the Mexico extrapolation need the local and dask modes) -> {work / 'bench_scaling.json'}")
         return
@@ -291,6 +306,7 @@ def main() -> None:
     print(f"  total    this machine {local_total / 3600:8.1f} h; 32 workers {cluster_total / 3600:6.2f} h")
     out.update({"exponents": exps, "exponents_less_startup": net, "startup_s": startup, "exponents_busy": busy,
                 "dask_over_local": ratios, "dask_over_local_all": total,
+                "dask_over_local_by_size": by_size, "exponents_each_step": steps,
                 "peak_mb_per_worker": memory, "costs": costs,
                 "mexico_hours": {"this_machine": local_total / 3600, "workers_32": cluster_total / 3600}})
     (work / "bench_scaling.json").write_text(json.dumps(out, indent=2) + "\n")
