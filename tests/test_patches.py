@@ -11,7 +11,7 @@ from rasterio.windows import from_bounds
 from urbanmap import config, paths
 from urbanmap.cli import main
 from urbanmap.errors import InputError
-from urbanmap.patches import extract, load_patches, read_patches, run
+from urbanmap.patches import CLASSES, balanced_sample, extract, load_patches, read_patches, run
 
 import synthetic
 from conftest import REPO, heavy_imports_after
@@ -140,6 +140,45 @@ def test_a_mosaic_off_the_grid_is_refused(tmp_path, capsys, kind, fragment, in_r
     assert len(err.splitlines()) == 1 and fragment in err and "mosaic_2010.tif" in err, err
     assert not (folder / "patches.npz").exists()
     assert not [p for p in folder.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.mark.parametrize("invalid_share", [0.0, 0.03, 0.2, 0.6, 1.0])
+def test_balanced_sample_is_the_first_valid_cells_of_each_random_order_in_few_rounds(invalid_share):
+    """The sample is, per class, the first n cells of its seeded random order whose patch
+    is valid, and nodata_dropped counts the invalid ones before them, however many rounds
+    the cutting takes; a fifth of the cells invalid (a mosaic the scenes cover in part)
+    costs three rounds at most, not one per replacement of a replacement."""
+    rng = np.random.default_rng(7)
+    label = rng.choice(np.array(["urban", "non_urban", "excluded"]), 5000, p=[0.2, 0.7, 0.1])
+    bad = rng.random(len(label)) < invalid_share
+    rounds, cut = [], []
+
+    def read(batch):
+        rounds.append(len(batch))
+        cut.extend(batch.tolist())
+        return np.asarray(batch, np.float32).reshape(-1, 1, 1, 1), ~bad[batch]
+
+    n = 600
+    if invalid_share == 1.0:
+        with pytest.raises(InputError, match="no valid patch"):
+            balanced_sample(label, n, 11, read)
+        return
+    index, patches, dropped = balanced_sample(label, n, 11, read)
+
+    order = np.random.default_rng(11)
+    queues = [order.permutation(np.flatnonzero(label == c)) for c in CLASSES]
+    valid = [np.flatnonzero(~bad[q])[:n] for q in queues]  # positions of the first n valid cells
+    n_valid = min(len(v) for v in valid)  # a class short of valid cells caps both
+    expected = np.concatenate([q[v[:n_valid]] for q, v in zip(queues, valid)])
+    # invalid cells cut: those before a class's n-th valid cell, or all of a class short of them
+    before = sum(int(bad[q[: v[-1] + 1] if len(v) == n else q].sum()) for q, v in zip(queues, valid))
+    assert sorted(index.tolist()) == sorted(expected.tolist())
+    assert dropped == before
+    assert np.array_equal(patches[:, 0, 0, 0], index.astype(np.float32))  # each cell keeps its own patch
+    assert len(set(cut)) == len(cut)  # no cell is cut twice
+    assert len(rounds) <= (1 if invalid_share == 0 else 3)
+    if invalid_share == 0:
+        assert rounds == [2 * n]  # nothing cut beyond the sample
 
 
 def test_missing_mosaic_and_corrupt_patches_file(tmp_path, capsys, in_repo):

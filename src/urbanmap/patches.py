@@ -239,6 +239,15 @@ def valid_patches(patches: np.ndarray, nodata: float | None) -> np.ndarray:
 def balanced_sample(label: np.ndarray, n_per_class: int, seed: int, read, context: str = "patches") -> tuple[np.ndarray, np.ndarray, int]:
     """Draw `n` valid cells of each class at random, replacing cells whose patch is invalid.
 
+    Each class's cells are put in a random order; the sample is the first `n` cells of
+    each order whose patch is valid (no nodata), and `nodata_dropped` counts the invalid
+    ones before them. Cells are cut in rounds: the first round cuts `n` of each class;
+    each later round cuts the remaining shortfall scaled up by the share of invalid
+    patches seen so far, so that a region with much nodata (a mosaic that scenes do not
+    cover whole) needs two or three rounds, not one per replacement of a replacement:
+    every round is a pass of tasks over the tiles. Cells cut beyond a class's n-th valid
+    one are left out, so the sample does not depend on the rounds.
+
     Args:
         label: (m,) str array of labelled cells: "urban", "non_urban" (others ignored).
         n_per_class: wanted cells per class.
@@ -263,19 +272,25 @@ def balanced_sample(label: np.ndarray, n_per_class: int, seed: int, read, contex
     kept_patches: list[list[np.ndarray]] = [[], []]
     have, pos, dropped = [0, 0], [0, 0], 0
     while True:
-        take = [q[pos[c] : pos[c] + n - have[c]] for c, q in enumerate(queues)]
+        # The shortfall, times the cells cut per valid patch so far and 1.25, so that one
+        # more round usually completes the class.
+        want = [math.ceil((n - have[c]) * 1.25 * pos[c] / max(have[c], 1)) if pos[c] else n for c in (0, 1)]
+        take = [q[pos[c] : pos[c] + want[c]] if have[c] < n else q[:0] for c, q in enumerate(queues)]
         if not sum(len(t) for t in take):
             break
         batch = np.concatenate(take)
         patches, ok = read(batch)
-        dropped += int((~ok).sum())
         cls = np.repeat([0, 1], [len(t) for t in take])
         for c in (0, 1):
-            sel = (cls == c) & ok
-            kept_idx[c].append(batch[sel])
-            kept_patches[c].append(patches[sel])
-            have[c] += int(sel.sum())
-            pos[c] += len(take[c])
+            at = np.flatnonzero(cls == c)
+            valid = at[ok[at]][: n - have[c]]
+            # The cells this class used: up to its n-th valid one, or all it cut.
+            used = int(np.searchsorted(at, valid[-1])) + 1 if len(valid) and have[c] + len(valid) == n else len(at)
+            dropped += used - len(valid)
+            kept_idx[c].append(batch[valid])
+            kept_patches[c].append(patches[valid])
+            have[c] += len(valid)
+            pos[c] += used
     n_valid = min(have)
     if n_valid < n:
         log.warning(
