@@ -23,9 +23,10 @@ east of the default centre; patches.n_per_class=5): its start-up cost, paid once
 (interpreter, imports, config, inputs read whole such as the census, the model, the
 cluster's start).
 
-Prints, per stage, mode and size: wall seconds, cost per cell (patches: per sampled
-cell), peak memory (local: the stage's process; Dask: the largest worker's, from the
-tasks' getrusage), then the growth exponent of cost with area (slope of log cost
+Prints, per stage, mode and size: wall seconds, cost per cell (patches: per cell cut,
+the sample's patches plus those dropped for nodata, from patches_summary.json: a region
+with fewer urban cells than asked caps the sample), peak memory (local: the stage's
+process; Dask: the largest worker's, from the tasks' getrusage), then the growth exponent of cost with area (slope of log cost
 against log cells: 1.0 is linear) of the wall time, of the wall time less the start-up
 cost, and of the tasks' busy time; the Dask/local wall time ratio on the 4x region, the
 peak memory per worker of each size against the default's, and the extrapolated wall
@@ -34,7 +35,8 @@ the pilot) on this machine and on a 32-worker cluster (busy seconds per cell of 
 worker / 32: a lower bound).
 
 Writes benchmarks/cost_per_cell.json (what `urbanmap plan` reads: per-cell figures of
-the largest size measured) and <workdir>/bench_scaling.json (every figure). 16x is
+the 4x region, or of the largest size when 4x was not run; stages not timed keep their
+earlier figures) and <workdir>/bench_scaling.json (every figure). 16x is
 benchmark-only: it takes about 16x the default region's time in each mode (tens of
 minutes on a 2-core machine); `--sizes 1,16 --modes dask` runs only what the 16x memory
 figure needs. On a shared machine timings are noisy: run it twice.
@@ -154,11 +156,14 @@ def main() -> None:
     if not (model / "model_card.json").is_file():
         sys.exit(f"{model}: the default region's model is needed (dvc repro train)")
 
-    from distributed import LocalCluster
+    # Only when timed: an idle cluster's scheduler and workers use ~10% of a core (heartbeats).
+    persistent = address = None
+    if "dask-address" in modes:
+        from distributed import LocalCluster
 
-    persistent = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                              dashboard_address=None, memory_limit="4GiB")
-    address = ["compute=dask", f"compute.address={persistent.scheduler_address}", "compute.threads_per_worker=1"]
+        persistent = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None, memory_limit="4GiB")
+        address = ["compute=dask", f"compute.address={persistent.scheduler_address}", "compute.threads_per_worker=1"]
     rows = []
     # size 0: the start-up region, one tile of 16 cells (a 4 km window) 10 km east of the
     # default centre, where both labels occur (7 urban, 6 non-urban cells) for patches
@@ -175,7 +180,7 @@ def main() -> None:
         per_class = 1000 * f if f else 5
         print(f"{name}: {cells:,} cells, window {win}", flush=True)
         for st, extra, units in (("synth", [], cells), ("mosaic", [], cells),
-                                 ("patches", [f"patches.n_per_class={per_class}"], 2 * per_class), ("predict", [], cells)):
+                                 ("patches", [f"patches.n_per_class={per_class}"], None), ("predict", [], cells)):
             if st not in stages:
                 continue
             written = {}
@@ -184,6 +189,9 @@ def main() -> None:
                     continue
                 stats = work / f"stats-{name}-{st}-{mode}.jsonl"  # kept: every task's seconds and peak
                 seconds = stage([st, *common, *opts, *tiles, *extra], stats)
+                if st == "patches":  # the cells cut: the same sample in every mode
+                    summary = json.loads((region / "patches_summary.json").read_text())
+                    units = summary["patches"] + summary["nodata_dropped"]
                 row = {"size": f, "cells": cells, "stage": st, "mode": mode, "units": units, "wall_s": seconds,
                        **task_stats(stats)}
                 rows.append(row)
@@ -196,7 +204,8 @@ def main() -> None:
             rows[-1]["same_bytes_as_local"] = same
             print(f"  {st:7s} outputs of {', '.join(written)}: {'the same bytes' if same else 'DIFFERENT'}", flush=True)
 
-    persistent.close()
+    if persistent is not None:
+        persistent.close()
 
     # --- figures ---
     out = {"machine": f"{platform.node()} ({os.cpu_count()} cores, shared with other jobs: noisy)",
@@ -272,21 +281,31 @@ def main() -> None:
         print(f"\n(per-cell costs and the Mexico extrapolation need the local and dask modes) -> {work / 'bench_scaling.json'}")
         return
 
-    # Per-cell figures of the largest size, for `urbanmap plan`.
-    costs = {"machine": out["machine"], "date": out["date"], "command": out["command"], "size": f"{factors[-1]}x",
+    # Per-cell figures for `urbanmap plan`, from the 4x region when measured: the embedded
+    # default's two scene footprints (185 x 180 km) cover it whole, but not the 16x region
+    # (240 km a side: a fifth of its pixels has no scene, which synth then skips and
+    # patches redraws). The stages this run did not time keep theirs (each stage says
+    # when, how and on what size it was measured).
+    cost_file = ROOT / "benchmarks" / "cost_per_cell.json"
+    old = json.loads(cost_file.read_text()) if cost_file.is_file() else {}
+    when = {k: old[k] for k in ("date", "command", "size") if k in old}  # files that said it once for all
+    costs = {"machine": out["machine"],
              "note": "local_s_per_cell: wall seconds per unit with compute=local (2 threads); worker_s_per_cell: busy "
                      "seconds per unit of one Dask worker of 1 thread (sum of task durations / units). Units: grid "
-                     "cells (per year for synth, mosaic, predict), sampled cells for patches.", "stages": {}}
+                     "cells (per year for synth, mosaic, predict), cells cut for patches.",
+             "stages": {st: {**when, **c} for st, c in old.get("stages", {}).items() if st not in stages}}
     for st in ("synth", "mosaic", "patches", "predict"):
-        sel = {r["mode"]: r for r in rows if r["stage"] == st and r["size"] == factors[-1]}
+        sel = {r["mode"]: r for r in rows if r["stage"] == st and r["size"] == big}
         if not sel:
             continue
-        c = {"local_s_per_cell": sel["local"]["wall_s"] / sel["local"]["units"]}
+        c = {"date": out["date"], "command": out["command"], "size": f"{big}x",
+             "local_s_per_cell": sel["local"]["wall_s"] / sel["local"]["units"]}
         if "dask" in sel:
             c["worker_s_per_cell"] = sel["dask"]["busy_s"] / sel["dask"]["units"]
             c["dask_s_per_cell_2_workers"] = sel["dask"]["wall_s"] / sel["dask"]["units"]
         costs["stages"][st] = c
-    (ROOT / "benchmarks" / "cost_per_cell.json").write_text(json.dumps(costs, indent=2) + "\n")
+    costs["stages"] = {st: costs["stages"][st] for st in OUTPUTS if st in costs["stages"]}
+    cost_file.write_text(json.dumps(costs, indent=2) + "\n")
 
     print(f"\nextrapolated to Mexico ({MEXICO_CELLS:,} cells, one year, {PILOT_PER_CLASS:,} patches per class):")
     local_total = cluster_total = 0.0
