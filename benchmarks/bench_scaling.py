@@ -26,9 +26,10 @@ cluster's start).
 Prints, per stage, mode and size: wall seconds, cost per cell (patches: per cell cut,
 the sample's patches plus those dropped for nodata, from patches_summary.json: a region
 with fewer urban cells than asked caps the sample), peak memory (local: the stage's
-process; Dask: the largest worker's, from the tasks' getrusage), then the growth exponent of cost with area (slope of log cost
-against log cells: 1.0 is linear) of the wall time, of the wall time less the start-up
-cost, and of the tasks' busy time; the Dask/local wall time ratio on the 4x region, the
+process; Dask: the largest worker's, from the tasks' getrusage), then the growth
+exponent of cost with area (slope of log cost against log cells: 1.0 is linear) of the
+wall time, of the wall time less the start-up cost (also from each size to the next),
+and of the tasks' busy time; the Dask/local wall time ratio at each size, the
 peak memory per worker of each size against the default's, and the extrapolated wall
 time for Mexico's 1,960,862 cells (one year of imagery, 20,000 patches per class as in
 the pilot) on this machine and on a 32-worker cluster (busy seconds per cell of one
@@ -156,7 +157,7 @@ def main() -> None:
     if not (model / "model_card.json").is_file():
         sys.exit(f"{model}: the default region's model is needed (dvc repro train)")
 
-    # Only when timed: an idle cluster's scheduler and workers use ~10% of a core (heartbeats).
+    # Only when timed: idle, its scheduler and two workers took ~12% of a core (ps, 40 min).
     persistent = address = None
     if "dask-address" in modes:
         from distributed import LocalCluster
@@ -212,7 +213,8 @@ def main() -> None:
            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
            "command": "python benchmarks/bench_scaling.py " + " ".join(sys.argv[1:]), "rows": rows}
     print("\nstage    mode         start-up s " + "".join(f"{f:>4d}x: s/unit (ms)   " for f in factors))
-    exps, net, steps, busy, ratios, by_size, memory, startup = {}, {}, {}, {}, {}, {}, {}, {}
+    exps, net, steps, busy, by_size, memory, startup = {}, {}, {}, {}, {}, {}, {}
+    big = 4 if 4 in factors else factors[-1]  # the size of the overhead target and of the per-cell costs
     for st in ("synth", "mosaic", "patches", "predict"):
         for mode in MODES:
             first = [r for r in rows if r["stage"] == st and r["mode"] == mode and r["size"] == 0]
@@ -233,10 +235,7 @@ def main() -> None:
                 busy[f"{st}/{mode}"] = exponent([r["units"] for r in sel], [r["busy_s"] for r in sel])
             if mode == "dask" and sel[0]["peak_mb"]:
                 memory[st] = {r["size"]: r["peak_mb"] for r in sel}
-        pair = {r["mode"]: r for r in rows if r["stage"] == st and r["size"] == (4 if 4 in factors else factors[-1])}
         for mode in MODES[1:]:
-            if mode in pair and "local" in pair:
-                ratios[f"{st}/{mode}"] = pair[mode]["wall_s"] / pair["local"]["wall_s"]
             for f in factors:
                 at = {r["mode"]: r["wall_s"] for r in rows if r["stage"] == st and r["size"] == f}
                 if mode in at and "local" in at:
@@ -254,7 +253,7 @@ def main() -> None:
     print("growth exponent of the tasks' busy seconds (fixed start-up costs left out):")
     for key, e in busy.items():
         print(f"  {key:20s} {e:.2f}" if e is not None else f"  {key:20s} (one size)")
-    big = 4 if 4 in factors else factors[-1]
+    ratios = {key: r[big] for key, r in by_size.items() if big in r}
     print(f"\nDask (2 workers x 1 thread) / local (2 threads) wall time on the {big}x region (target <= 1.15):")
     for key, r in ratios.items():
         print(f"  {key:22s} {r:.2f}")
@@ -287,16 +286,16 @@ def main() -> None:
     # patches redraws). The stages this run did not time keep theirs (each stage says
     # when, how and on what size it was measured).
     cost_file = ROOT / "benchmarks" / "cost_per_cell.json"
-    old = json.loads(cost_file.read_text()) if cost_file.is_file() else {}
-    when = {k: old[k] for k in ("date", "command", "size") if k in old}  # files that said it once for all
+    earlier = json.loads(cost_file.read_text()).get("stages", {}) if cost_file.is_file() else {}
     costs = {"machine": out["machine"],
              "note": "local_s_per_cell: wall seconds per unit with compute=local (2 threads); worker_s_per_cell: busy "
                      "seconds per unit of one Dask worker of 1 thread (sum of task durations / units). Units: grid "
-                     "cells (per year for synth, mosaic, predict), cells cut for patches.",
-             "stages": {st: {**when, **c} for st, c in old.get("stages", {}).items() if st not in stages}}
-    for st in ("synth", "mosaic", "patches", "predict"):
+                     "cells (per year for synth, mosaic, predict), cells cut for patches.", "stages": {}}
+    for st in OUTPUTS:
         sel = {r["mode"]: r for r in rows if r["stage"] == st and r["size"] == big}
         if not sel:
+            if st in earlier:
+                costs["stages"][st] = earlier[st]
             continue
         c = {"date": out["date"], "command": out["command"], "size": f"{big}x",
              "local_s_per_cell": sel["local"]["wall_s"] / sel["local"]["units"]}
@@ -304,7 +303,6 @@ def main() -> None:
             c["worker_s_per_cell"] = sel["dask"]["busy_s"] / sel["dask"]["units"]
             c["dask_s_per_cell_2_workers"] = sel["dask"]["wall_s"] / sel["dask"]["units"]
         costs["stages"][st] = c
-    costs["stages"] = {st: costs["stages"][st] for st in OUTPUTS if st in costs["stages"]}
     cost_file.write_text(json.dumps(costs, indent=2) + "\n")
 
     print(f"\nextrapolated to Mexico ({MEXICO_CELLS:,} cells, one year, {PILOT_PER_CLASS:,} patches per class):")
