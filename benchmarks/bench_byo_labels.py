@@ -8,10 +8,10 @@ about 74 km x 111 km at 48° N, as ESA WorldCover is distributed); with `--crs
 EPSG:32633`, in the grid's CRS at 10 m. The grid is the 300 m cells of WGS 84 / UTM 33N
 over the raster's extent. Then times, in this process:
 
-  stage     the `labels` stage (urbanmap.labels.run with data.landcover): read the grid,
+  stage     the `labels` stage (urbanmap.census.labels.run with data.landcover): read the grid,
             the urban fraction of every cell by area (labels_raster), the label rule,
             GeoParquet + JSON written
-  core      labels_raster.landcover_areas alone
+  core      landcover.landcover_areas alone
   baseline  the naive way, one rasterio.mask.mask per cell polygon (projected to the
             raster's CRS, pixel centres inside), on a random sample of cells,
             extrapolated to every cell
@@ -103,7 +103,8 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT / "src"))
     import rasterio
 
-    from urbanmap import config, grid, io, labels, labels_raster, paths
+    from urbanmap.census import grid, labels, landcover
+    from urbanmap.core import config, io, paths
 
     with tempfile.TemporaryDirectory(prefix="bench_byo_") as tmp:
         tmp = Path(tmp)
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
 
         with rasterio.open(lc) as src:
             start = time.perf_counter()
-            urban, valid, k = labels_raster.landcover_areas(src, cells["col"], cells["row"], CELL, crs, [50],
+            urban, valid, k = landcover.landcover_areas(src, cells["col"], cells["row"], CELL, crs, [50],
                                                             threads=int(cfg.compute.threads), progress=False)
             core_s = time.perf_counter() - start
             pick = np.random.default_rng(0).choice(n, size=min(args.sample, n), replace=False)

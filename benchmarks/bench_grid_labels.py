@@ -28,7 +28,8 @@ STEPS = ("grid", "grid-core", "baseline", "labels")
 def _region(cfg):
     from pyproj import CRS
 
-    from urbanmap import grid, io
+    from urbanmap.census import grid
+    from urbanmap.core import io
 
     boundary = io.read_vector(cfg.data.boundary, "boundary")
     window = list(cfg.data.window) if cfg.data.window is not None else None
@@ -40,7 +41,8 @@ def run_step(step: str, overrides: list[str]) -> dict:
     import numpy as np
     import shapely
 
-    from urbanmap import config, grid, labels
+    from urbanmap.census import grid, labels
+    from urbanmap.core import config
 
     cfg = config.load(ROOT, overrides)
     cell_size = float(cfg.data.cell_size)

@@ -10,7 +10,7 @@ Scenes: `urbanmap grid` + `urbanmap synth year=2019` into DIR (default
 --no-big, for a region four times larger (120 km x 120 km, same centre).
 
 Steps, each in its own process so that its peak memory (max RSS) is its own:
-  stacks     untimed: the stage's own per-block masked, warped stacks (mosaic.prepare_block),
+  stacks     untimed: the stage's own per-block masked, warped stacks (blocks.prepare_block),
              for mosaic.spread=[] (uint16 DN) and for the configured spread bands
              (float32), saved under DIR/kernel-stacks
   read       bare read: every band and QA file of the year's scenes into memory with
@@ -52,7 +52,7 @@ BIG_WINDOW = [2740000, 769000, 2860000, 889000]  # 4x the area, same centre
 
 
 def _cfg(work: Path, name: str, window, extra=()):
-    from urbanmap import config
+    from urbanmap.core import config
 
     return config.load(ROOT, [f"out_dir={work}", f"data.name={name}", f"data.window=[{','.join(map(str, window))}]",
                               f"year={YEAR}", *extra])
@@ -82,7 +82,7 @@ def step_read(cfg) -> dict:
 
     import rasterio
 
-    from urbanmap import mosaic, scenes
+    from urbanmap.imagery import mosaic, scenes
 
     _, _, lattice, opts, products, _ = mosaic.load(cfg)
     files = [p.href(name) for p in products for name in scenes.FILES]
@@ -103,33 +103,33 @@ def _stacks_dir(work: Path) -> Path:
 
 def step_stacks(cfg, work: Path) -> dict:
     """Untimed: the stage's own per-block stacks (read, warped, masked by
-    mosaic.prepare_block), for mosaic.spread=[] (uint16 DN) and for the configured spread
+    blocks.prepare_block), for mosaic.spread=[] (uint16 DN) and for the configured spread
     bands (float32), saved under <work>/kernel-stacks for the kernel and agreement steps."""
     import dataclasses
     import shutil
 
     import rasterio
 
-    from urbanmap import mosaic
+    from urbanmap.imagery import blocks, mosaic
 
     _, cells, lattice, opts, products, _ = mosaic.load(cfg)
-    blocks = mosaic.plan(products, lattice, cells["col"].to_numpy(), cells["row"].to_numpy(), opts)
+    planned = blocks.plan(products, lattice, cells["col"].to_numpy(), cells["row"].to_numpy(), opts)
     folder = _stacks_dir(work)
     shutil.rmtree(folder, ignore_errors=True)
-    meta = {"blocks": [[b.row_off, b.col_off, b.height, b.width] for b in blocks], "shape": [lattice.height, lattice.width],
+    meta = {"blocks": [[b.row_off, b.col_off, b.height, b.width] for b in planned], "shape": [lattice.height, lattice.width],
             "n_products": len(products), "threads": opts.threads, "eps": opts.eps, "max_iters": opts.max_iters,
             "spread": list(opts.spread)}
     for kind, o in (("gm", dataclasses.replace(opts, spread=())), ("full", opts)):
         (folder / kind).mkdir(parents=True)
-        reader = mosaic._Reader(products, blocks)
+        reader = blocks._Reader(products, planned)
         with rasterio.Env(GDAL_CACHEMAX=o.gdal_cache_mb * 2**20):
-            for b, block in enumerate(blocks):
-                x, calibration, used, _ = mosaic.prepare_block(b, block, reader, lattice, o)
+            for b, block in enumerate(planned):
+                x, calibration, used, _ = blocks.prepare_block(b, block, reader, lattice, o)
                 np.save(folder / kind / f"{b}.npy", x)
                 meta[f"{kind}-{b}"] = {"calibration": calibration, "used": list(map(int, used))}
         reader.close()
     (folder / "meta.json").write_text(json.dumps(meta))
-    return {"blocks": len(blocks)}
+    return {"blocks": len(planned)}
 
 
 def _load_stacks(work: Path, kind: str):
@@ -181,7 +181,7 @@ def step_agreement(work: Path, cog_path: str) -> dict:
     stage's COG."""
     import rasterio
 
-    from urbanmap import mosaic
+    from urbanmap.imagery import geomedian
 
     meta, stacks = _load_stacks(work, "full")
     height, width = meta["shape"]
@@ -192,7 +192,7 @@ def step_agreement(work: Path, cog_path: str) -> dict:
         inside[row:row + h, col:col + w] = True
     del stacks
     start = time.perf_counter()
-    ref = mosaic.composite(whole, meta["spread"], True, meta["threads"], meta["eps"], meta["max_iters"])
+    ref = geomedian.composite(whole, meta["spread"], True, meta["threads"], meta["eps"], meta["max_iters"])
     seconds_whole = time.perf_counter() - start
     del whole
     with rasterio.open(cog_path) as src:
@@ -207,8 +207,8 @@ def step_agreement(work: Path, cog_path: str) -> dict:
 #: steps import rasterio and geomad before theirs (interpreter start-up and imports are
 #: no part of read + mask + warp + geomedian + write; their time is printed apart).
 STAGE_IMPORTS = ("rasterio", "rasterio.warp", "rasterio.shutil", "geomad", "pystac", "pyproj", "pandas",
-                 "pyarrow.parquet", "tqdm", "urbanmap.scenes", "urbanmap.cog", "urbanmap.compute", "urbanmap.io",
-                 "urbanmap.lattice")
+                 "pyarrow.parquet", "tqdm", "urbanmap.imagery.scenes", "urbanmap.core.cog", "urbanmap.compute.executor",
+                 "urbanmap.core.io", "urbanmap.core.lattice", "urbanmap.imagery.geomedian", "urbanmap.imagery.blocks")
 
 
 def step_stage(cfg) -> dict:
@@ -218,7 +218,8 @@ def step_stage(cfg) -> dict:
     for name in STAGE_IMPORTS:
         importlib.import_module(name)
     imports = time.perf_counter() - start
-    from urbanmap import mosaic, paths
+    from urbanmap.core import paths
+    from urbanmap.imagery import mosaic
 
     start, cpu = time.perf_counter(), time.process_time()
     mosaic.run(cfg)
@@ -234,8 +235,8 @@ def quality(cfg) -> dict:
     import pystac
     import rasterio
 
-    from urbanmap import paths
-    from urbanmap.synth.landcover import CLASS_NAMES
+    from urbanmap.core import paths
+    from urbanmap.imagery.synth.landcover import CLASS_NAMES
 
     with rasterio.open(paths.mosaic(cfg, YEAR)) as src:
         mos = src.read(list(range(1, 7)))

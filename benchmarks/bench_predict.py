@@ -13,7 +13,7 @@ For each model, measured in the same run:
   cli        `urbanmap predict year=<year>` in a fresh interpreter: imports, model load,
              the block loop, and writing the GeoParquet, COG, PNG and JSON (what
              `dvc repro` waits for);
-  loop       `predict.predict_cells` alone: windowed reads of blocks of
+  loop       `classify.predict_cells` alone: windowed reads of blocks of
              predict.block_cells^2 cells, patch cutting, nodata check, the model;
   bare       baseline: the model's `predict_proba` on the same cells' patches already in
              memory (read beforehand), i.e. inference alone.
@@ -36,6 +36,7 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
+
 from timing import best_of  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,8 +60,9 @@ def train_lenet(folder: Path, epochs: int) -> float:
     `folder`; return the fit seconds."""
     from omegaconf import OmegaConf
 
-    from urbanmap import config, models
-    from urbanmap.patches import CLASSES, load_patches
+    from urbanmap.core import config
+    from urbanmap.training import models
+    from urbanmap.training.patches import CLASSES, load_patches
 
     cfg = config.load(ROOT, ["model=lenet", f"model.trainer.max_epochs={epochs}"])
     ps = load_patches(ROOT / "data" / REGION / "patches.npz")
@@ -79,10 +81,11 @@ def train_lenet(folder: Path, epochs: int) -> float:
 def measure(work: Path, name: str, year: int, repeats: int) -> dict:
     import rasterio
 
-    from urbanmap import config, io, models, paths
-    from urbanmap.lattice import PixelLattice, patch_size
-    from urbanmap.patches import check_mosaic, read_patches, valid_patches
-    from urbanmap.predict import predict_cells
+    from urbanmap.core import config, io, paths
+    from urbanmap.core.lattice import PixelLattice, patch_size
+    from urbanmap.mapping.classify import predict_cells
+    from urbanmap.training import models
+    from urbanmap.training.patches import check_mosaic, read_patches, valid_patches
 
     overrides = [f"out_dir={work / name}", f"year={year}", "tracking.enabled=false"]
     start = time.perf_counter()

@@ -49,7 +49,7 @@ print(time.perf_counter() - start, 'torch' in sys.modules, len(sys.modules))
 """
 SKOPS = {
     "skops (plain import)": "import skops.io",
-    "skops (skops_io)": "from urbanmap.models.extra_trees import skops_io; skops_io()",
+    "skops (skops_io)": "from urbanmap.training.models.extra_trees import skops_io; skops_io()",
     "models.load": "from urbanmap import models; models.load({model!r})",
 }
 

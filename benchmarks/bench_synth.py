@@ -38,11 +38,11 @@ def _landscape(cfg):
     the values are the same), end-members and seasonal states."""
     from pyproj import Transformer
 
-    from urbanmap import io, paths
-    from urbanmap.lattice import PixelLattice, patch_size
-    from urbanmap.synth import landcover, schedule, tiles
-    from urbanmap.synth.endmembers import read_endmembers
-    from urbanmap.synth.stage import World, _footprints, _landscape_params, _settlements
+    from urbanmap.core import io, paths
+    from urbanmap.core.lattice import PixelLattice, patch_size
+    from urbanmap.imagery.synth import landcover, schedule, tiles
+    from urbanmap.imagery.synth.endmembers import read_endmembers
+    from urbanmap.imagery.synth.stage import World, _footprints, _landscape_params, _settlements
 
     s = cfg.synth
     em = read_endmembers(s.spectra, {k: list(v) for k, v in s.endmembers.items()}, float(s.max_reflectance))
@@ -66,7 +66,7 @@ def run_step(step: str, overrides: list[str]) -> dict:
     """Run one step in this process; return its figures."""
     import numpy as np
 
-    from urbanmap import config, paths
+    from urbanmap.core import config, paths
 
     cfg = config.load(ROOT, overrides)
     extra = {}
@@ -74,7 +74,7 @@ def run_step(step: str, overrides: list[str]) -> dict:
         land, em, states = _landscape(cfg)
     start = time.perf_counter()
     if step == "synth":
-        from urbanmap.synth import run
+        from urbanmap.imagery.synth import run
 
         summary = run(cfg)
         folder = paths.scenes_dir(cfg, summary["year"])
@@ -82,8 +82,8 @@ def run_step(step: str, overrides: list[str]) -> dict:
     elif step == "io-floor":
         import rasterio
 
-        from urbanmap.landsat import BANDS, scene_from_folder
-        from urbanmap.synth.scenes import write_product
+        from urbanmap.imagery.landsat import BANDS, scene_from_folder
+        from urbanmap.imagery.synth.scenes import write_product
 
         year = paths.stage_year(cfg)
         seconds, count = 0.0, 0
@@ -98,7 +98,7 @@ def run_step(step: str, overrides: list[str]) -> dict:
             count += 1
         extra = {"scenes": count}
     elif step == "field":
-        from urbanmap.synth.fields import Win, field
+        from urbanmap.imagery.synth.fields import Win, field
 
         field((0, 1), Win(0, 0, *SCENE_SHAPE), 4000 / 30)
     elif step == "field-direct":
@@ -107,13 +107,13 @@ def run_step(step: str, overrides: list[str]) -> dict:
         white = np.random.default_rng(0).standard_normal(SCENE_SHAPE).astype(np.float32)
         ndimage.gaussian_filter(white, sigma=4000 / 30 / 2)
     elif step == "truth":
-        from urbanmap.synth.landcover import reflectance
+        from urbanmap.imagery.synth.landcover import reflectance
 
         med = [float(np.median([s[k] for s in states])) for k in (0, 1)]
         out = reflectance(land, em, *med)
         np.save(Path(cfg.out_dir) / "truth.npy", out[:, ::7, ::7])
     elif step == "truth-stack":
-        from urbanmap.synth.landcover import reflectance
+        from urbanmap.imagery.synth.landcover import reflectance
 
         per_date = [reflectance(land, em, *s) for s in states]
         out = np.empty_like(per_date[0])

@@ -41,7 +41,7 @@ from timing import best_of  # noqa: E402
 def bench_patches(folder: Path, cells_side: int, repeats: int):
     import rasterio
 
-    from urbanmap.patches import read_patches
+    from urbanmap.training.patches import read_patches
 
     cells = synthetic.labelled_cells(cells_side, cells_side)
     synthetic.write_mosaic(folder / "mosaic.tif", cells)
@@ -70,7 +70,7 @@ def sample_patches(samples: int, seed: int = 0):
     """`samples` patches (half urban) of a synthetic scene, in memory."""
     import rasterio
 
-    from urbanmap.patches import extract
+    from urbanmap.training.patches import extract
 
     side = int(np.ceil(np.sqrt(samples * 1.6))) + 4
     cells = synthetic.labelled_cells(side, side, seed=seed)
@@ -81,7 +81,8 @@ def sample_patches(samples: int, seed: int = 0):
 
 
 def bench_extra_trees(ps, repeats: int):
-    from urbanmap import config, models
+    from urbanmap.core import config
+    from urbanmap.training import models
 
     base = config.load(ROOT).model  # the default Extra Trees: 200 trees, n_jobs 2
 
@@ -99,9 +100,10 @@ def bench_lenet(ps, epochs: int, repeats: int, threads: int):
     import torch
     from torch.nn import functional as F
 
-    from urbanmap import config, models
-    from urbanmap.models.datamodule import band_stats, normalise
-    from urbanmap.models.torch_model import build_net, seed_all
+    from urbanmap.core import config
+    from urbanmap.training import models
+    from urbanmap.training.models.datamodule import band_stats, normalise
+    from urbanmap.training.models.torch_model import build_net, seed_all
 
     cfg = config.load(ROOT, ["model=lenet", f"model.trainer.max_epochs={epochs}",
                              f"model.trainer.early_stopping_patience={epochs + 1}"]).model

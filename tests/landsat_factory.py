@@ -12,7 +12,7 @@ import pystac
 import rasterio
 from rasterio.warp import transform_bounds
 
-from urbanmap import landsat
+from urbanmap.imagery import landsat
 
 CLEAR_QA = 1 << landsat.QA.CLEAR
 

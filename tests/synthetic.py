@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import rasterio
 
-from urbanmap import io
-from urbanmap.landsat import BANDS
-from urbanmap.lattice import PixelLattice
+from urbanmap.core import io
+from urbanmap.core.lattice import PixelLattice
+from urbanmap.imagery.landsat import BANDS
 
 CRS = "EPSG:6372"
 CELL = 1000.0
@@ -124,7 +124,8 @@ def trained_region(root: Path):
     """A tiny labelled region with its mosaic, patches and a trained Extra Trees model
     under `root`; returns the config that made them."""
     from conftest import REPO
-    from urbanmap import config, patches, train
+    from urbanmap.core import config
+    from urbanmap.training import patches, train
 
     make_region(root)
     cfg = config.load(REPO, overrides(root, "tiny", *FAST["extra_trees"]))

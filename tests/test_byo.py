@@ -14,14 +14,14 @@ from affine import Affine
 from omegaconf import OmegaConf
 from pyproj import Transformer
 
-from urbanmap import labels, labels_raster, mosaic_file
-from urbanmap.cli import main
-from urbanmap.errors import InputError
-from urbanmap.examples import byo
-from urbanmap.lattice import PixelLattice, patch_size
-
-from test_grid import brute_force
 from conftest import expect_error
+from test_grid import brute_force
+from urbanmap.census import labels, landcover
+from urbanmap.cli import main
+from urbanmap.core.errors import InputError
+from urbanmap.core.lattice import PixelLattice, patch_size
+from urbanmap.examples import byo
+from urbanmap.imagery import composite
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_region_is_the_mosaic_extent_without_boundary(in_repo, example, tmp_path
     assert main(["grid", *cli_args(example, tmp_path, "data.boundary=null")]) == 0, capsys.readouterr().err
     grid = gpd.read_parquet(tmp_path / "byo_example" / "grid.parquet")
     with rasterio.open(example / "composite_2010.tif") as src:
-        extent = mosaic_file.footprint(src, "EPSG:32633")
+        extent = composite.footprint(src, "EPSG:32633")
     assert set(zip(grid["col"], grid["row"])) == brute_force(extent, 300)
 
 
@@ -150,13 +150,13 @@ def test_patch_size_rounding():
 
 def test_bands_by_description_mapping_or_both():
     desc = ["SR_B2", "Green", "red", "nir08", "swir16", "swir22", "smad", None]
-    mapped = mosaic_file.match_bands(desc, 8, {"blue": 1}, extra=["smad", "emad"])
+    mapped = composite.match_bands(desc, 8, {"blue": 1}, extra=["smad", "emad"])
     assert mapped == {"blue": 1, "green": 2, "red": 3, "nir": 4, "swir1": 5, "swir2": 6, "smad": 7}
-    assert mosaic_file.match_bands([None] * 6, 6, dict(zip(["blue", "green", "red", "nir", "swir1", "swir2"], range(6, 0, -1))))["blue"] == 6
+    assert composite.match_bands([None] * 6, 6, dict(zip(["blue", "green", "red", "nir", "swir1", "swir2"], range(6, 0, -1))))["blue"] == 6
     with pytest.raises(InputError, match="fewer than six mappable bands: no blue"):
-        mosaic_file.match_bands(desc, 8)
+        composite.match_bands(desc, 8)
     with pytest.raises(InputError, match="not a band index 1..8"):
-        mosaic_file.match_bands(desc, 8, {"blue": 9})
+        composite.match_bands(desc, 8, {"blue": 9})
 
 
 def test_file_on_the_lattice_is_copied_scaled():
@@ -167,7 +167,7 @@ def test_file_on_the_lattice_is_copied_scaled():
                "crs": "EPSG:32633", "transform": lattice.transform, "nodata": -9999}
     with rasterio.MemoryFile() as mem, mem.open(**profile) as src:
         src.write(dn)
-        out = mosaic_file.align_block(src, range(1, 7), np.full(6, 1e-4, np.float32), np.zeros(6, np.float32), -9999,
+        out = composite.align_block(src, range(1, 7), np.full(6, 1e-4, np.float32), np.zeros(6, np.float32), -9999,
                                       lattice.crs, lattice.transform, (lattice.height, lattice.width), "nearest")
     assert np.isnan(out[:, 0, 0]).all()
     np.testing.assert_allclose(out[:, 1:, 1:], dn[:, 1:, 1:] * np.float32(1e-4), rtol=1e-6)
@@ -203,10 +203,10 @@ def test_landcover_area_matches_exact_clipping(src_crs, res):
                "crs": src_crs, "transform": transform, "nodata": 0}
     with rasterio.MemoryFile() as mem, mem.open(**profile) as src:
         src.write(codes[None])
-        urban, valid, k = labels_raster.landcover_areas(src, cols, rows, size, "EPSG:32633", [50], progress=False)
+        urban, valid, k = landcover.landcover_areas(src, cols, rows, size, "EPSG:32633", [50], progress=False)
     boxes = shapely.box(cols * size, rows * size, (cols + 1) * size, (rows + 1) * size)
     expected = _exact_urban_area(codes == 50, transform, src_crs, boxes, "EPSG:32633")
-    assert k == labels_raster.MAX_SUBPIXELS
+    assert k == landcover.MAX_SUBPIXELS
     assert 0.2 * size**2 < expected.min()
     # Within 0.2% of a cell (measured: 0.00% in UTM, 0.09% in lon/lat); warping straight
     # onto the cells (k = 1) errs by 0.39% in lon/lat.
@@ -216,10 +216,10 @@ def test_landcover_area_matches_exact_clipping(src_crs, res):
 
 def test_indicators_of_signed_and_float_maps():
     codes = np.array([[-5, 50, 0], [190, -5, 50]], np.int16)
-    urban, valid = labels_raster.indicators(codes, [50, -5], nodata=0)
+    urban, valid = landcover.indicators(codes, [50, -5], nodata=0)
     assert urban.tolist() == [[True, True, False], [False, True, True]]
     assert valid.tolist() == [[True, True, False], [True, True, True]]
-    urban, valid = labels_raster.indicators(codes.astype(np.float32), [50.0], nodata=None)
+    urban, valid = landcover.indicators(codes.astype(np.float32), [50.0], nodata=None)
     assert urban.sum() == 2 and valid.all()
 
 

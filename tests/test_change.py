@@ -12,11 +12,10 @@ from affine import Affine
 from rasterio.transform import rowcol
 from shapely.geometry import box
 
-from urbanmap import io
-from urbanmap.change import CODES, change_classes
-from urbanmap.cli import main
-
 from conftest import REPO
+from urbanmap.cli import main
+from urbanmap.core import io
+from urbanmap.mapping.change import CODES, change_classes
 
 COL0, ROW0, N = 2790, 820, 8  # an 8 x 8 region of 1 km cells, EPSG:6372
 

@@ -7,9 +7,8 @@ import geopandas as gpd
 import pytest
 import shapely
 
-from urbanmap.cli import main
-
 from conftest import REPO, expect_error, heavy_imports_after
+from urbanmap.cli import main
 
 SMALL = "data.window=[2795000,824000,2805000,834000]"  # 10 km x 10 km in Mexico City
 

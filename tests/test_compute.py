@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from urbanmap import compute
-from urbanmap.cli import main
-from urbanmap.errors import InputError
-from urbanmap.lattice import PixelLattice
-
 from conftest import REPO, expect_error
+from urbanmap.cli import main
+from urbanmap.compute.executor import executor
+from urbanmap.core.errors import InputError
+from urbanmap.core.lattice import PixelLattice
 
 #: tests/dvcproject.py's 6 km x 6 km window (36 cells, both classes); blocks and tiles of
 #: 2 x 2 cells so that the region is 9 tiles.
@@ -65,10 +64,10 @@ def test_tile_index_covers_every_cell_once_and_only_tiles_with_cells():
     keep = ~((cols >= 106) & (rows >= 52))
     cols, rows = cols[keep], rows[keep]
     lattice = PixelLattice.from_cells(cols, rows, 1000, 33, "EPSG:6372")
-    tiles = compute.tile_index(lattice, cols, rows, 3)
+    tiles = executor.tile_index(lattice, cols, rows, 3)
     assert list(tiles.tile_id) == ["r0c0", "r0c1", "r1c0", "r1c1", "r1c2"]  # r0c2: no cell
     assert tiles.n_cells.sum() == len(cols)
-    ti, tj = compute.tile_of_cells(lattice, cols, rows, 3)
+    ti, tj = executor.tile_of_cells(lattice, cols, rows, 3)
     for t in tiles.itertuples():
         inside = (cols >= t.col_min) & (cols <= t.col_max) & (rows >= t.row_min) & (rows <= t.row_max)
         assert inside.sum() == t.n_cells == ((ti == t.ti) & (tj == t.tj)).sum()
@@ -81,12 +80,12 @@ def test_tile_index_covers_every_cell_once_and_only_tiles_with_cells():
 
 
 def test_tile_size_is_whole_cells_rounded_up_to_whole_blocks():
-    assert compute.effective_tile_size(32, 8) == 32
-    assert compute.effective_tile_size(30, 8) == 32
-    assert compute.effective_tile_size(5) == 5
+    assert executor.effective_tile_size(32, 8) == 32
+    assert executor.effective_tile_size(30, 8) == 32
+    assert executor.effective_tile_size(5) == 5
     for bad in (2.5, 0, "x"):
         with pytest.raises(InputError, match="compute.tile_size"):
-            compute.effective_tile_size(bad)
+            executor.effective_tile_size(bad)
 
 
 def test_bad_compute_config_exits_2(monkeypatch, region, capsys):
@@ -142,7 +141,7 @@ def test_release_shuts_the_stages_cluster_down_in_the_background():
 
     cfg = OmegaConf.create({"compute": {"name": "dask", "n_workers": 1, "threads_per_worker": 1,
                                         "memory_limit": "1GiB", "connect_timeout_s": 30}})
-    with compute.Executor(cfg) as ex:
+    with executor.Executor(cfg) as ex:
         cluster = ex.cluster
         assert sorted(r for _, r in ex.map(abs, [-1, -2], ["a", "b"], desc="t")) == [1, 2]
         ex.release()
@@ -206,8 +205,9 @@ def test_patches_are_the_same_bytes_whatever_the_tiles_and_executor(monkeypatch,
 
     import rasterio
 
-    from urbanmap import io, patches
-    from urbanmap.lattice import PixelLattice
+    from urbanmap.core import io
+    from urbanmap.core.lattice import PixelLattice
+    from urbanmap.training import patches
 
     region_dir = tmp_path / "small"
     region_dir.mkdir()

@@ -2,10 +2,9 @@
 import pytest
 import yaml
 
-from urbanmap import config
-from urbanmap.errors import InputError
-
 from conftest import REPO
+from urbanmap.core import config
+from urbanmap.core.errors import InputError
 
 
 def test_committed_params_equal_what_dvc_composes(tmp_path):

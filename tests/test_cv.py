@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from urbanmap.cv import assign_folds, spatial_blocks
-from urbanmap.errors import InputError
+from urbanmap.core.errors import InputError
+from urbanmap.training.cv import assign_folds, spatial_blocks
 
 
 @pytest.fixture

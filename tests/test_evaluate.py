@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from urbanmap import config, evaluate, paths, train
-from urbanmap.cli import main
-
 import synthetic
 from conftest import REPO
+from urbanmap.cli import main
+from urbanmap.core import config, paths
+from urbanmap.training import evaluate, train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

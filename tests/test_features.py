@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from urbanmap.errors import InputError
-from urbanmap.features import compute_features, spectral_indices
-from urbanmap.landsat import BANDS
+from urbanmap.core.errors import InputError
+from urbanmap.imagery.landsat import BANDS
+from urbanmap.training.features import compute_features, spectral_indices
 
 
 @pytest.fixture

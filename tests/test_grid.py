@@ -4,8 +4,8 @@ import pytest
 import shapely
 from pyproj import CRS
 
-from urbanmap.errors import InputError
-from urbanmap.grid import build_grid, cell_ids, cell_polygons, check_projected, parse_cell_ids
+from urbanmap.census.grid import build_grid, cell_ids, cell_polygons, check_projected, parse_cell_ids
+from urbanmap.core.errors import InputError
 
 
 def brute_force(region, cell_size):

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 import shapely
 
-from urbanmap import io
-from urbanmap.grid import cell_polygons
+from urbanmap.census.grid import cell_polygons
+from urbanmap.core import io
 
 
 def test_cell_table_is_geoparquet_that_geopandas_reads(tmp_path):

@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 import shapely
 
-from urbanmap.errors import InputError
-from urbanmap.labels import apply_rule, census_measures
+from urbanmap.census.labels import apply_rule, census_measures
+from urbanmap.core.errors import InputError
 
 
 def grid_of(cols, rows):

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import rasterio
 
-from urbanmap import config, models
-from urbanmap.errors import InputError
-from urbanmap.patches import extract
-
 import synthetic
 from conftest import REPO
+from urbanmap.core import config
+from urbanmap.core.errors import InputError
+from urbanmap.training import models
+from urbanmap.training.patches import extract
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_torch_model_naming_arbitrary_code_is_refused(tiny, tmp_path):
 
 
 def test_normalisation_comes_from_the_fit_part_only(tiny):
-    from urbanmap.models.datamodule import PatchDataModule, band_stats, stratified_split
+    from urbanmap.training.models.datamodule import PatchDataModule, band_stats, stratified_split
 
     dm = PatchDataModule(tiny.patches, tiny.label, 32, 0.25, seed=5)
     fit, val = stratified_split(tiny.label, 0.25, 5)
@@ -103,7 +103,7 @@ def test_normalisation_comes_from_the_fit_part_only(tiny):
 def test_augmentation_applies_one_dihedral_transform_per_sample():
     import torch
 
-    from urbanmap.models.datamodule import RandomDihedral
+    from urbanmap.training.models.datamodule import RandomDihedral
 
     torch.manual_seed(0)
     x = torch.arange(64 * 2 * 5 * 5, dtype=torch.float32).reshape(64, 2, 5, 5)
@@ -118,7 +118,7 @@ def test_resnet18_trains_and_loads_local_imagenet_style_weights(tiny, tmp_path):
     from safetensors.torch import save_file
     from torchvision.models import resnet18 as tv_resnet18
 
-    from urbanmap.models.resnet import resnet18
+    from urbanmap.training.models.resnet import resnet18
 
     torch.manual_seed(0)
     rgb = tv_resnet18(weights=None).state_dict()  # stands for ImageNet weights (nothing downloaded)

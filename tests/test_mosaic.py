@@ -17,12 +17,12 @@ from rasterio.warp import Resampling, reproject
 from rasterio.windows import transform as window_transform
 from scipy import ndimage
 
-from urbanmap import cog, io, landsat, mosaic, scenes
-from urbanmap.cli import main
-from urbanmap.errors import InputError
-from urbanmap.lattice import PixelLattice
-
 from landsat_factory import CLEAR_QA, item_for, pid, write_catalog, write_product
+from urbanmap.cli import main
+from urbanmap.core import cog, io
+from urbanmap.core.errors import InputError
+from urbanmap.core.lattice import PixelLattice
+from urbanmap.imagery import geomedian, landsat, mosaic, scenes
 
 QA = landsat.QA
 CLOUD = (1 << QA.CLOUD) | (1 << QA.DILATED_CLOUD)
@@ -90,7 +90,7 @@ def test_year_and_month_filters(tmp_path):
 def test_scale_to_reflectance_and_fill():
     dn = np.array([0, 7273, 18182], np.uint16)[None, :, None, None].repeat(6, axis=2)  # (1 row, 3 cols, 6 bands, obs 1)
     clear = np.array([[[True], [True], [False]]])  # (1 row, 3 cols, obs 1)
-    x = mosaic.to_stack(dn, clear, np.full((1, 6), landsat.SR_SCALE), np.full((1, 6), landsat.SR_OFFSET))
+    x = geomedian.to_stack(dn, clear, np.full((1, 6), landsat.SR_SCALE), np.full((1, 6), landsat.SR_OFFSET))
     assert x.shape == (1, 3, 6, 1) and x.dtype == np.float32
     np.testing.assert_allclose(x[0, :, :, 0], [[-0.2] * 6, [7273 * 2.75e-5 - 0.2] * 6, [np.nan] * 6], atol=1e-7)
 
@@ -108,10 +108,10 @@ def test_scale_per_band_and_observation():
     for s, o in ((scale, offset), (varied_scale, varied_offset)):
         expected = dn.astype(np.float32) * s.T[None, None] + o.T[None, None]
         expected[~np.broadcast_to(clear[:, :, None, :], dn.shape)] = np.nan
-        got = mosaic.to_stack(dn, clear, s, o)
+        got = geomedian.to_stack(dn, clear, s, o)
         assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
     # A block that no scene covers: no observation at all.
-    assert mosaic.to_stack(dn[..., :0], clear[..., :0], scale[:0], offset[:0]).shape == (5, 4, 6, 0)
+    assert geomedian.to_stack(dn[..., :0], clear[..., :0], scale[:0], offset[:0]).shape == (5, 4, 6, 0)
 
 
 # --- masking ----------------------------------------------------------------------------------
@@ -125,16 +125,16 @@ def test_qa_bits_make_the_mask():
     }
     qa = np.array([list(values.values())], np.uint16)
     dn = np.full((1, qa.shape[1], 6), 9000, np.uint16)  # (rows, cols, bands)
-    default = mosaic.flag_bits(["dilated_cloud", "cirrus", "cloud", "cloud_shadow"])
-    got = dict(zip(values, mosaic.clear_mask(qa, dn, default)[0]))
+    default = geomedian.flag_bits(["dilated_cloud", "cirrus", "cloud", "cloud_shadow"])
+    got = dict(zip(values, geomedian.clear_mask(qa, dn, default)[0]))
     assert got == {"clear": True, "water": True, "cloud": False, "dilated": False, "cirrus": False,
                    "shadow": False, "snow": True, "fill": False}
-    with_snow = mosaic.clear_mask(qa, dn, default | mosaic.flag_bits(["snow"]))[0]
+    with_snow = geomedian.clear_mask(qa, dn, default | geomedian.flag_bits(["snow"]))[0]
     assert not with_snow[list(values).index("snow")]
     dn[0, 0, 2] = 0  # a DN of 0 in any band is fill too
-    assert not mosaic.clear_mask(qa, dn, default)[0, 0]
+    assert not geomedian.clear_mask(qa, dn, default)[0, 0]
     with pytest.raises(InputError, match="mosaic.mask: unknown QA flag 'haze'"):
-        mosaic.flag_bits(["haze"])
+        geomedian.flag_bits(["haze"])
 
 
 def test_buffer_grows_the_flagged_pixels_by_a_square():
@@ -142,14 +142,14 @@ def test_buffer_grows_the_flagged_pixels_by_a_square():
     qa[4, 4, 0] = CLOUD
     qa[0, 8, 1] = SHADOW
     dn = np.full((9, 9, 6, 2), 9000, np.uint16)
-    bits = mosaic.flag_bits(["cloud", "cloud_shadow"])
-    clear = mosaic.clear_mask(qa, dn, bits, buffer_px=2)
+    bits = geomedian.flag_bits(["cloud", "cloud_shadow"])
+    clear = geomedian.clear_mask(qa, dn, bits, buffer_px=2)
     expected = np.ones((9, 9, 2), bool)
     expected[2:7, 2:7, 0] = False
     expected[0:3, 6:9, 1] = False
     np.testing.assert_array_equal(clear, expected)
     # From QA alone, cropped as a block's halo is: the same buffer inside
-    np.testing.assert_array_equal(mosaic.qa_clear(qa, bits, buffer_px=2, crop=2), expected[2:7, 2:7])
+    np.testing.assert_array_equal(geomedian.qa_clear(qa, bits, buffer_px=2, crop=2), expected[2:7, 2:7])
 
 
 def test_qa_clear_skips_no_observation_that_the_bands_would_keep():
@@ -159,13 +159,13 @@ def test_qa_clear_skips_no_observation_that_the_bands_would_keep():
     qa = rng.choice(np.array([CLEAR_QA, CLOUD, SHADOW, 1, CLEAR_QA | (1 << QA.SNOW)], np.uint16), (20, 20, 5),
                     p=[0.7, 0.1, 0.1, 0.05, 0.05])
     dn = rng.integers(0, 3, (20, 20, 6, 5)).astype(np.uint16)  # many fill DN
-    bits = mosaic.flag_bits(["dilated_cloud", "cirrus", "cloud", "cloud_shadow"])
-    full, from_qa = mosaic.clear_mask(qa, dn, bits, buffer_px=1), mosaic.qa_clear(qa, bits, buffer_px=1)
+    bits = geomedian.flag_bits(["dilated_cloud", "cirrus", "cloud", "cloud_shadow"])
+    full, from_qa = geomedian.clear_mask(qa, dn, bits, buffer_px=1), geomedian.qa_clear(qa, bits, buffer_px=1)
     assert full.any() and not (full & ~from_qa).any() and (from_qa & ~full).any()
 
 
 def test_buffer_in_metres_rounds_up_to_pixels(in_repo):
-    from urbanmap import config
+    from urbanmap.core import config
 
     cfg = config.load(".", ["mosaic.buffer=45", "mosaic.buffer_unit=m"])
     assert mosaic.Options.from_config(cfg, 1000 / 33).buffer_px == 2  # 45 m / 30.3 m -> 2 pixels
@@ -245,9 +245,9 @@ def test_square_buffer_equals_a_maximum_filter():
         flagged = rng.random(shape) < 0.04
         for radius in (1, 2, 4):
             size = (1,) * (len(shape) - 2) + (2 * radius + 1,) * 2
-            np.testing.assert_array_equal(mosaic.dilate_square(flagged, radius), ndimage.maximum_filter(flagged, size=size))
+            np.testing.assert_array_equal(geomedian.dilate_square(flagged, radius), ndimage.maximum_filter(flagged, size=size))
             last = np.moveaxis(flagged, (-2, -1), (0, 1))  # (rows, cols, ...): the pixel-major layout
-            np.testing.assert_array_equal(mosaic.dilate_square(last, radius, axes=(0, 1)),
+            np.testing.assert_array_equal(geomedian.dilate_square(last, radius, axes=(0, 1)),
                                           np.moveaxis(ndimage.maximum_filter(flagged, size=size), (-2, -1), (0, 1)))
 
 
@@ -345,7 +345,7 @@ def test_stage_equals_geomad_on_the_masked_stack(in_repo, tmp_path, lattice_scen
         assert ovr.shape == (H // 2, W // 2)
         np.testing.assert_allclose(ovr.read(), cog.mean_pool(got, 2), rtol=1e-6, equal_nan=True)
         assert np.isnan(ovr.read(1)).sum() < np.isnan(got[0]).sum() / 4 + 1
-    bits = mosaic.flag_bits(["dilated_cloud", "cirrus", "cloud", "cloud_shadow"])
+    bits = geomedian.flag_bits(["dilated_cloud", "cirrus", "cloud", "cloud_shadow"])
     ref = reference(folders, bits, 1)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
     assert np.nanmax(np.abs(got - ref)) <= 1e-6
@@ -366,7 +366,7 @@ def test_geomedian_only_runs_on_dn_and_agrees(in_repo, tmp_path, lattice_scenes)
     with rasterio.open(tmp_path / "out" / "t" / "mosaic_2019.tif") as src:
         assert src.descriptions == ("blue", "green", "red", "nir", "swir1", "swir2", "count")
         got = src.read()
-    ref = reference(folders, mosaic.flag_bits(["dilated_cloud", "cirrus", "cloud", "cloud_shadow"]), 1)
+    ref = reference(folders, geomedian.flag_bits(["dilated_cloud", "cirrus", "cloud", "cloud_shadow"]), 1)
     np.testing.assert_array_equal(np.isnan(got[:6]), np.isnan(ref[:6]))
     assert np.nanmax(np.abs(got[:6] - ref[:6])) <= 1e-5
     np.testing.assert_array_equal(got[6], ref[9])

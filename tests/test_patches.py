@@ -8,13 +8,12 @@ import rasterio
 from affine import Affine
 from rasterio.windows import from_bounds
 
-from urbanmap import config, paths
-from urbanmap.cli import main
-from urbanmap.errors import InputError
-from urbanmap.patches import CLASSES, balanced_sample, extract, load_patches, read_patches, run
-
 import synthetic
 from conftest import REPO, heavy_imports_after
+from urbanmap.cli import main
+from urbanmap.core import config, paths
+from urbanmap.core.errors import InputError
+from urbanmap.training.patches import CLASSES, balanced_sample, extract, load_patches, read_patches, run
 
 
 @pytest.fixture

@@ -9,10 +9,9 @@ import pytest
 import shapely
 import yaml
 
-from urbanmap import config, paths
-
 from conftest import REPO
 from test_grid import brute_force
+from urbanmap.core import config, paths
 
 
 def run_stage(*args):

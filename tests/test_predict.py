@@ -10,14 +10,15 @@ import rasterio
 from affine import Affine
 from rasterio.transform import rowcol
 
-from urbanmap import config, io, models, paths, predict_tiles
-from urbanmap.cli import main
-from urbanmap.lattice import PixelLattice
-from urbanmap.patches import load_patches
-from urbanmap.predict import classes, predict_cells
-
 import synthetic
 from conftest import REPO, heavy_imports_after
+from urbanmap.cli import main
+from urbanmap.core import config, io, paths
+from urbanmap.core.lattice import PixelLattice
+from urbanmap.mapping import predict_tiles
+from urbanmap.mapping.classify import classes, predict_cells
+from urbanmap.training import models
+from urbanmap.training.patches import load_patches
 
 OUTPUTS = ("predictions_{}.parquet", "p_urban_{}.tif", "predictions_{}.png", "predictions_{}.json")
 
@@ -79,7 +80,7 @@ def test_every_cell_gets_the_models_prediction_on_the_patch_that_patches_cuts(tr
 
 
 def test_a_lenet_predicts_the_patches_as_it_does_in_memory(trained, tmp_path, monkeypatch):
-    from urbanmap import train
+    from urbanmap.training import train
 
     root, _ = copy_region(trained, tmp_path)
     cfg = config.load(REPO, overrides(root, *synthetic.FAST["lenet"]))
@@ -207,7 +208,7 @@ def test_skops_trusts_the_same_types_when_imported_without_torch():
     import sys
 
     code = (
-        "import sys; from urbanmap.models.extra_trees import skops_io; sio = skops_io(); "
+        "import sys; from urbanmap.training.models.extra_trees import skops_io; sio = skops_io(); "
         "without_torch = 'torch' not in sys.modules; "
         "from skops.io._trusted_types import SKLEARN_ESTIMATOR_TYPE_NAMES as names; "
         "import sklearn.externals.array_api_compat.torch as xp; "

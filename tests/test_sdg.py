@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import shapely
 
-from urbanmap import config, io, paths, sdg
-from urbanmap.cli import main
-
 from conftest import REPO
 from synthetic import CELL, CRS
+from urbanmap.cli import main
+from urbanmap.core import config, io, paths
+from urbanmap.indicators import sdg
 
 
 def test_indicator_follows_un_habitat_formulas_and_flags_undefined_cases():

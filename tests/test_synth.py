@@ -20,15 +20,15 @@ import pytest
 import rasterio
 from rasterio.warp import Resampling, reproject
 
-from urbanmap import config, grid, paths
-from urbanmap.cli import main
-from urbanmap.landsat import BANDS, QA, SR_SCALE, scene_from_folder, to_dn, to_reflectance
-from urbanmap.synth import fields, landcover, scenes, schedule, truth
-from urbanmap.synth.fields import Win
-from urbanmap.synth import run as synth_run
-from urbanmap.synth.endmembers import read_endmembers
-
 from conftest import REPO
+from urbanmap.census import grid
+from urbanmap.cli import main
+from urbanmap.core import config, paths
+from urbanmap.imagery.landsat import BANDS, QA, SR_SCALE, scene_from_folder, to_dn, to_reflectance
+from urbanmap.imagery.synth import fields, landcover, scenes, schedule, truth
+from urbanmap.imagery.synth import run as synth_run
+from urbanmap.imagery.synth.endmembers import read_endmembers
+from urbanmap.imagery.synth.fields import Win
 
 WINDOW = "data.window=[2820000,830000,2826000,836000]"
 TM_FILES = {"SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B7", "QA_PIXEL"}
@@ -361,7 +361,7 @@ def test_truth_cells_and_fringe_growth(region):
     r10 = rasterio.open(region_dir / "truth" / "2010" / "reflectance.tif").read()
     r19 = rasterio.open(region_dir / "truth" / "2019" / "reflectance.tif").read()
     ndvi = lambda r: (r[3] - r[2]) / (r[3] + r[2])  # noqa: E731
-    from urbanmap.lattice import PixelLattice
+    from urbanmap.core.lattice import PixelLattice
 
     lattice = PixelLattice.from_cells(t10["col"], t10["row"], 1000.0, 33, "EPSG:6372")
     i, j = truth.cell_index(lattice, t19.loc[new, "col"], t19.loc[new, "row"])
@@ -499,8 +499,8 @@ def test_bad_input_is_one_clear_line(region, tmp_path, monkeypatch, capsys, over
 def test_spectra_without_a_group_or_a_band_are_refused():
     import pandas as pd
 
-    from urbanmap.errors import InputError
-    from urbanmap.synth.endmembers import group_spectra
+    from urbanmap.core.errors import InputError
+    from urbanmap.imagery.synth.endmembers import group_spectra
 
     cfg = config.load(REPO)
     prefixes = {k: list(v) for k, v in cfg.synth.endmembers.items()}
@@ -525,7 +525,7 @@ def test_tasks_read_their_tiles_polygons_in_painting_order(tmp_path):
     polygons meeting a tile, in the order they were written (the painting order)."""
     import shapely
 
-    from urbanmap.synth import tiles
+    from urbanmap.imagery.synth import tiles
 
     rng = np.random.default_rng(5)
     centres = rng.uniform(0, 100_000, (2000, 2))

@@ -14,10 +14,10 @@ import urllib.request
 import pandas as pd
 import pytest
 
-from urbanmap import config, evaluate, paths
-
 import synthetic
 from conftest import REPO
+from urbanmap.core import config, paths
+from urbanmap.training import evaluate
 
 
 @pytest.fixture(scope="module")

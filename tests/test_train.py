@@ -4,12 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from urbanmap import config, evaluate, paths, patches, train
-from urbanmap.cli import main
-from urbanmap.cv import spatial_blocks
-
 import synthetic
 from conftest import REPO
+from urbanmap.cli import main
+from urbanmap.core import config, paths
+from urbanmap.training import evaluate, patches, train
+from urbanmap.training.cv import spatial_blocks
 
 
 @pytest.fixture(scope="module")

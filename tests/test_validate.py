@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from urbanmap import config, estimate, io, paths, validate
-from urbanmap.cli import main
-from urbanmap.errors import InputError
-
 from conftest import REPO, expect_error, heavy_imports_after
 from synthetic import CELL, CRS, labelled_cells, write_mosaic
+from urbanmap.cli import main
+from urbanmap.core import config, io, paths
+from urbanmap.core.errors import InputError
+from urbanmap.validation import estimate, validate
 
 # --- Olofsson, Foody, Herold, Stehman, Woodcock & Wulder (2014), Good practices for
 # estimating area and assessing accuracy of land change, Remote Sensing of Environment

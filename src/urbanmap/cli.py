@@ -10,21 +10,23 @@ import argparse
 import importlib
 import sys
 
-from urbanmap.errors import InputError
+from urbanmap.core import config
+from urbanmap.core.errors import InputError
+from urbanmap.validation import validate
 
 #: stage name -> (module:function, one-line description)
 STAGES = {
-    "grid": ("urbanmap.grid:run", "square cells covering the region -> grid.parquet"),
-    "labels": ("urbanmap.labels:run", "census measures and urban / non-urban label per cell -> labels.parquet"),
-    "synth": ("urbanmap.synth:run", "synthetic Landsat C2 L2 scenes, STAC catalog and truth for year= -> scenes/<year>/, truth/<year>/"),
-    "mosaic": ("urbanmap.mosaic:run", "annual cloud-free geomedian of the scenes for year= -> mosaic_<year>.tif (COG), mosaic_<year>.json"),
-    "patches": ("urbanmap.patches:run", "balanced sample of labelled cells, their mosaic patches -> patches.npz"),
-    "train": ("urbanmap.train:run", "cross-validation and final model (model=, cv=) -> cv_predictions.parquet, model/"),
-    "evaluate": ("urbanmap.evaluate:run", "per-class metrics, plots, report, MLflow runs -> metrics.json, plots/, evaluation/"),
-    "predict": ("urbanmap.predict:run", "the final model on every grid cell of year='s mosaic -> predictions_<year>.parquet/.tif/.png/.json"),
-    "change": ("urbanmap.change:run", "years.train's map against years.target's -> change/ (parquet, COG, PNG, municipalities.csv, region.json)"),
-    "plan": ("urbanmap.plan:run", "dry run of the heavy stages: tile index, scenes per tile, estimated cost -> tiles.parquet, plan.json"),
-    "sdg": ("urbanmap.sdg:run", "SDG 11.3.1 (LCR, PGR, LCRPGR) per municipality and region -> sdg/sdg_11_3_1.csv, .png, .json"),
+    "grid": ("urbanmap.census.grid:run", "square cells covering the region -> grid.parquet"),
+    "labels": ("urbanmap.census.labels:run", "census measures and urban / non-urban label per cell -> labels.parquet"),
+    "synth": ("urbanmap.imagery.synth:run", "synthetic Landsat C2 L2 scenes, STAC catalog and truth for year= -> scenes/<year>/, truth/<year>/"),
+    "mosaic": ("urbanmap.imagery.mosaic:run", "annual cloud-free geomedian of the scenes for year= -> mosaic_<year>.tif (COG), mosaic_<year>.json"),
+    "patches": ("urbanmap.training.patches:run", "balanced sample of labelled cells, their mosaic patches -> patches.npz"),
+    "train": ("urbanmap.training.train:run", "cross-validation and final model (model=, cv=) -> cv_predictions.parquet, model/"),
+    "evaluate": ("urbanmap.training.evaluate:run", "per-class metrics, plots, report, MLflow runs -> metrics.json, plots/, evaluation/"),
+    "predict": ("urbanmap.mapping.predict:run", "the final model on every grid cell of year='s mosaic -> predictions_<year>.parquet/.tif/.png/.json"),
+    "change": ("urbanmap.mapping.change:run", "years.train's map against years.target's -> change/ (parquet, COG, PNG, municipalities.csv, region.json)"),
+    "plan": ("urbanmap.compute.plan:run", "dry run of the heavy stages: tile index, scenes per tile, estimated cost -> tiles.parquet, plan.json"),
+    "sdg": ("urbanmap.indicators.sdg:run", "SDG 11.3.1 (LCR, PGR, LCRPGR) per municipality and region -> sdg/sdg_11_3_1.csv, .png, .json"),
 }
 
 
@@ -43,20 +45,16 @@ def _parser() -> argparse.ArgumentParser:
         help="write params.yaml from conf/ (the composed defaults, plus overrides), as dvc exp run does",
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides for the composition")
-    from urbanmap import validate  # `urbanmap validate <step>`: its own sub-parsers
 
     validate.add_parser(sub)
     return parser
-
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit status (2 on bad input)."""
     args = _parser().parse_args(argv)
     try:
-        from urbanmap import config
 
         if args.command == "validate":
-            from urbanmap import validate
 
             validate.command(args)
             return 0
@@ -71,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"urbanmap {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -33,10 +33,16 @@ import argparse
 import os
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
+import rasterio
+import shapely
 from affine import Affine
+from rasterio.warp import Resampling, calculate_default_transform, reproject
 
-from urbanmap.synth import fields
+from urbanmap.core.io import atomic_output
+from urbanmap.imagery.synth import fields
+from urbanmap.imagery.synth.endmembers import read_endmembers
 
 #: Grid CRS and the region's centre (E, N metres; near 16.4° E 48.2° N).
 GRID_CRS = "EPSG:32633"
@@ -78,7 +84,6 @@ def landscape(rng: np.random.Generator, n: int, growth: bool = False) -> tuple[n
     codes[(density >= built_min) & parks & (codes != WATER)] = GRASS
     return codes, density
 
-
 def reflectance(rng: np.random.Generator, codes: np.ndarray, em) -> tuple[np.ndarray, np.ndarray]:
     """Six-band reflectance (float32 (6, n, n)) and emad (float32 (n, n)) of the classes."""
     n = codes.shape[0]
@@ -105,11 +110,8 @@ def reflectance(rng: np.random.Generator, codes: np.ndarray, em) -> tuple[np.nda
     emad *= 1 + 0.3 * fields.smooth_noise(rng, (n, n), 5)
     return np.moveaxis(out, -1, 0), np.clip(emad, 0.005, None)
 
-
 def _write(path: Path, data: np.ndarray, crs, transform, nodata, descriptions=None, scales=None, **extra) -> None:
-    import rasterio
 
-    from urbanmap.io import atomic_output
 
     profile = {"driver": "GTiff", "width": data.shape[-1], "height": data.shape[-2], "count": data.shape[0],
                "dtype": data.dtype, "crs": crs, "transform": transform, "nodata": nodata, "tiled": True,
@@ -122,13 +124,10 @@ def _write(path: Path, data: np.ndarray, crs, transform, nodata, descriptions=No
             if scales:
                 dst.scales = tuple(scales)
 
-
 def _target(src_transform, n: int, dst_crs, res):
-    from rasterio.warp import calculate_default_transform
 
     bounds = (src_transform.c, src_transform.f - n * PIXEL, src_transform.c + n * PIXEL, src_transform.f)
     return calculate_default_transform(GRID_CRS, dst_crs, n, n, *bounds, resolution=res)
-
 
 def generate(out: str | Path, km: float = 30.0, seed: int = 8, spectra: str | Path = DEFAULT_SPECTRA) -> dict[str, Path]:
     """Write the example's inputs under `out` (see the module docstring); return their paths.
@@ -136,11 +135,6 @@ def generate(out: str | Path, km: float = 30.0, seed: int = 8, spectra: str | Pa
     The drawn landscape is a square of `km` + 2 km side (10 m pixels) centred on CENTRE;
     the boundary fits inside the central `km` x `km`.
     """
-    import geopandas as gpd
-    import shapely
-    from rasterio.warp import Resampling, reproject
-
-    from urbanmap.synth.endmembers import read_endmembers
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -219,7 +213,6 @@ def generate(out: str | Path, km: float = 30.0, seed: int = 8, spectra: str | Pa
                predictor=2)
     return written
 
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m urbanmap.examples.byo", description=__doc__.splitlines()[0])
     parser.add_argument("out", help="folder to write (conf/data/byo_example.yaml reads data/examples/byo)")
@@ -230,7 +223,6 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in generate(args.out, args.km, args.seed, args.spectra).items():
         print(f"{name}: {path}")
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,0 +1,242 @@
+"""`data.imagery.source: file`: an existing annual composite instead of Landsat scenes.
+
+Many offices already have a composite (INEGI's data cube publishes Landsat geomedians;
+others use Sentinel-2 or GHSL layers). This module aligns such a multi-band GeoTIFF
+(any CRS, any pixel size) to the region's pixel lattice (lattice.py) and writes it as
+the `mosaic` stage does: `<region_dir>/mosaic_<year>.tif`, a float32 COG (cog.py) with
+band descriptions `blue green red nir swir1 swir2`, then the optional extra bands
+(`data.imagery.extra_bands`, e.g. geomad's `smad emad bcmad`) that the file has, nodata
+NaN; and `mosaic_<year>.json` (DVC metrics). Everything after the mosaic is unchanged.
+
+Config (`data.imagery`):
+
+- `file`: the GeoTIFF; `{year}`, `{region_dir}`, `{out_dir}`, `{name}` are filled in, so
+  one file per year (`composite_{year}.tif`) or one for all years;
+- `bands`: null to match bands by their description (case-insensitive; the STAC common
+  names `nir08 swir16 swir22` are accepted too), or an explicit mapping
+  `{blue: 1, green: 2, ...}` of band names to 1-based band indexes; a file with fewer
+  than six mappable bands is refused;
+- `extra_bands`: names of further bands carried to the mosaic (and to patches and
+  features) when the file has them;
+- `scale`, `offset`: reflectance = value x scale + offset (e.g. 0.0001 and 0 for DN of
+  Sentinel-2 L2A or DEA; Landsat C2: 2.75e-5 and -0.2); null takes the file's own band
+  scale/offset metadata (1 and 0 when it has none). They apply to the six bands; extra
+  bands always use the file's own scale/offset metadata;
+- `nodata`: overrides the file's nodata value (null: the file's);
+- `resampling`: a rasterio Resampling name, or null: `average` when the file's pixels are
+  at least 1.5 times finer than the lattice's (each lattice pixel is the area-weighted
+  mean of the pixels it covers), else `nearest` (as the mosaic stage warps scenes:
+  no spectrum is invented by interpolation).
+
+Warping is done by GDAL (rasterio.warp.reproject), one block of cells at a time, so
+memory does not grow with the region.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+import shapely
+from rasterio.warp import Resampling, reproject
+from tqdm import tqdm
+
+from urbanmap.core import cog, io, paths, rasters
+from urbanmap.core.errors import InputError
+from urbanmap.core.lattice import PixelLattice, block_transform, patch_size, plan_blocks
+from urbanmap.imagery.landsat import BANDS, COMMON_NAMES
+
+#: Cells per block side when warping (bounded further so a block is <= 2048 px a side).
+BLOCK_PX = 2048
+#: Band descriptions accepted for each of the six bands, besides its own name.
+ALIASES = {name: {name, COMMON_NAMES[name]} for name in BANDS}
+#: How errors name the file.
+MOSAIC_FILE = "mosaic file (data.imagery.file)"
+
+
+def match_bands(
+    descriptions: Sequence[str | None], count: int, mapping: Mapping | None = None, extra: Sequence[str] = (), where: str = "mosaic"
+) -> dict[str, int]:
+    """Band name -> 1-based band index of the six bands, then of the `extra` bands present.
+
+    Args:
+        descriptions: the file's band descriptions (None where unset), `count` of them.
+        mapping: explicit {name: index} (indexes 1..count); bands it leaves out (or all,
+            when None) are matched by description.
+        extra: optional band names, kept when the file (or the mapping) has them.
+    Raises InputError if one of the six bands cannot be mapped.
+    """
+    found: dict[str, int] = {}
+    for name, index in dict(mapping or {}).items():
+        if not isinstance(index, int) or isinstance(index, bool) or not 1 <= index <= count:
+            raise InputError(f"data.imagery.bands: {name}: {index!r} is not a band index 1..{count} of {where}")
+        found[str(name)] = index
+    # Bands the mapping leaves out are matched by description.
+    norm = [(d or "").strip().lower() for d in descriptions]
+    for name in (*BANDS, *extra):
+        if name not in found:
+            hits = [i + 1 for i, d in enumerate(norm) if d in ALIASES.get(name, {name})]
+            if hits:
+                found[name] = hits[0]
+    missing = [b for b in BANDS if b not in found]
+    if missing:
+        how = "data.imagery.bands" if mapping else "band descriptions " + ", ".join(repr(d) for d in descriptions)
+        raise InputError(
+            f"{where}: fewer than six mappable bands: no {', '.join(missing)} ({how}); "
+            "set data.imagery.bands to {blue: 1, green: 2, ...}"
+        )
+    return {name: found[name] for name in (*BANDS, *[e for e in extra if e in found])}
+
+def auto_resampling(src_pixel_m: float, lattice_pixel_m: float) -> str:
+    """`average` when the source is >= 1.5x finer than the lattice, else `nearest`."""
+    return "average" if src_pixel_m * 1.5 <= lattice_pixel_m else "nearest"
+
+def calibration(src, indexes: Sequence[int], scale, offset) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band (scale, offset) as float32 arrays: the config's, else the file's metadata."""
+    n = len(indexes)
+    s = np.full(n, float(scale), np.float32) if scale is not None else np.array([src.scales[i - 1] for i in indexes], np.float32)
+    o = np.full(n, float(offset), np.float32) if offset is not None else np.array([src.offsets[i - 1] for i in indexes], np.float32)
+    return s, o
+
+def check_reflectance(src, indexes: Sequence[int], scale: np.ndarray, offset: np.ndarray, nodata, where: str) -> float:
+    """Median reflectance of the six bands on a decimated read; InputError if it cannot
+    be reflectance (DN without scale, or a wrong scale). Returns the median."""
+
+    factor = max(1, max(src.width, src.height) // 512)
+    shape = (len(indexes), max(1, src.height // factor), max(1, src.width // factor))
+    sample = src.read(list(indexes), out_shape=shape, resampling=Resampling.nearest).astype(np.float64)
+    if nodata is not None:
+        sample[sample == nodata] = np.nan
+    sample = sample * scale[:, None, None] + offset[:, None, None]
+    if not np.isfinite(sample).any():
+        raise InputError(f"{where}: the mosaic file holds only nodata")
+    median = float(np.nanmedian(sample))
+    if not -0.2 <= median <= 1.5:
+        raise InputError(
+            f"{where}: median band value {median:.4g} after scale and offset is not a reflectance (0..1); "
+            "set data.imagery.scale and data.imagery.offset"
+        )
+    return median
+
+def align_block(src, indexes: Sequence[int], scale, offset, nodata, crs, transform, shape, resampling: str,
+                threads: int = 1) -> np.ndarray:
+    """Warp bands of an open raster onto one block of the lattice.
+
+    Args:
+        src: open rasterio dataset (any CRS).
+        indexes: 1-based band indexes (b of them), in output order.
+        scale, offset: float32 (b,): value x scale + offset.
+        nodata: source nodata value or None.
+        crs, transform, shape: the block's CRS, affine transform and (rows, cols).
+        resampling: rasterio Resampling name.
+    Returns:
+        float32 (b, rows, cols), NaN where the source has no data.
+    """
+
+    out = np.full((len(indexes), *shape), np.nan, np.float32)
+    reproject(
+        source=rasterio.band(src, list(indexes)), destination=out, src_nodata=nodata, dst_transform=transform,
+        dst_crs=crs, dst_nodata=np.nan, resampling=Resampling[resampling], num_threads=max(1, int(threads)),
+    )
+    out *= np.asarray(scale, np.float32)[:, None, None]
+    out += np.asarray(offset, np.float32)[:, None, None]
+    return out
+
+@dataclass(frozen=True)
+class Spec:
+    """What to read from the file (from the config and the file's metadata)."""
+
+    path: str
+    bands: dict  # name -> 1-based index
+    scale: np.ndarray  # (b,) float32
+    offset: np.ndarray  # (b,) float32
+    nodata: float | None
+    resampling: str
+
+def spec(src, im, lattice, path: str) -> Spec:
+    """The Spec of an open file from the `data.imagery` config, checked."""
+
+    mapping = im.get("bands")
+    extra = [str(b) for b in (im.get("extra_bands") or [])]
+    bands = match_bands(list(src.descriptions), src.count, mapping, extra, path)
+    six = [bands[b] for b in BANDS]
+    s6, o6 = calibration(src, six, im.get("scale"), im.get("offset"))
+    # Extra bands (e.g. spread bands stored as scaled integers) use the file's own
+    # scale/offset metadata (1 and 0 when it has none).
+    se, oe = calibration(src, [bands[b] for b in list(bands)[6:]], None, None)
+    scale, offset = np.concatenate([s6, se]), np.concatenate([o6, oe])
+    nodata = im.get("nodata")
+    nodata = float(nodata) if nodata is not None else src.nodata
+    check_reflectance(src, six, s6, o6, nodata, path)
+    resampling = im.get("resampling")
+    if resampling is None:
+        resampling = auto_resampling(rasters.source_pixel_m(src, lattice.crs), lattice.pixel_size)
+    if str(resampling) not in Resampling.__members__:
+        raise InputError(f"data.imagery.resampling: unknown {resampling!r} (e.g. nearest, bilinear, average)")
+    return Spec(path, bands, scale, offset, nodata, str(resampling))
+
+def run(cfg) -> None:
+    """Stage `mosaic` for `source: file`: the year's file -> mosaic_<year>.tif (COG), .json."""
+
+    start = time.perf_counter()
+    year = paths.stage_year(cfg)
+    im = cfg.data.imagery
+    if not im.get("file"):
+        raise InputError("data.imagery.file: source is file but no file is given")
+    path = paths.fill_path(im.file, cfg, year)
+    cells, cell_size, crs = io.read_cells(paths.grid(cfg), "grid", columns=["col", "row"])
+    size = patch_size(cell_size, float(cfg.data.pixel_size), cfg.data.get("patch_size"))
+    lattice = PixelLattice.from_cells(cells["col"], cells["row"], cell_size, size, crs)
+    threads = int(cfg.compute.get("threads", 1) or 1)
+    out = paths.mosaic(cfg, year)
+    with rasters.open_raster(path, MOSAIC_FILE) as src:
+        if not rasters.footprint(src, crs).intersects(shapely.box(*lattice.bounds)):
+            raise InputError(f"{path}: the mosaic file does not overlap the grid")
+        sp = spec(src, im, lattice, path)
+        names = list(sp.bands)
+        indexes = list(sp.bands.values())
+        block_cells = max(1, BLOCK_PX // size)
+        blocks = plan_blocks(lattice, cells["col"].to_numpy(), cells["row"].to_numpy(), block_cells)
+        profile = {"width": lattice.width, "height": lattice.height, "count": len(names), "crs": lattice.crs,
+                   "transform": lattice.transform, "nodata": float("nan")}
+        cog_opts = dict(cfg.mosaic.cog) if cfg.get("mosaic") and cfg.mosaic.get("cog") else {}
+        average = str(cog_opts.get("overview_resampling", "average")).lower() == "average"
+        pixels = no_data = 0
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with cog.BlockWriter(
+            out.with_name(f".{out.stem}.blocks-{os.getpid()}"), profile, names,
+            int(cog_opts.get("blocksize", cog.DEFAULTS["blocksize"])), block_cells * size if average else None,
+        ) as writer:
+            for block in tqdm(blocks, desc="mosaic (file)", unit="block", disable=None, leave=False):
+                data = align_block(src, indexes, sp.scale, sp.offset, sp.nodata, lattice.crs,
+                                   block_transform(lattice, block), (block.height, block.width), sp.resampling, threads)
+                writer.write(data, block.row_off, block.col_off)
+                inside = block.in_cells
+                pixels += int(inside.sum())
+                no_data += int((np.isnan(data[:6]).any(axis=0) & inside).sum())
+            if pixels and no_data == pixels:
+                raise InputError(f"{path}: the mosaic file has no data over the grid's cells")
+            with io.atomic_output(out) as tmp:
+                writer.to_cog(tmp, threads=threads, **cog_opts)
+    summary = {
+        "year": year,
+        "source": f"file {path}",
+        "bands": names,
+        "band_indexes": dict(sp.bands),
+        "scale": [float(f"{v:.7g}") for v in sp.scale[:6]],
+        "offset": [float(f"{v:.7g}") for v in sp.offset[:6]],
+        "resampling": sp.resampling,
+        "pixels": pixels,
+        "pixels_no_data": no_data,
+        "valid_fraction": round(1 - no_data / max(pixels, 1), 6),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    io.write_json(paths.mosaic_summary(cfg, year), summary)
+    print(
+        f"mosaic {year}: {path} ({', '.join(names)}; {sp.resampling}) aligned to {lattice.width} x {lattice.height} "
+        f"px of {lattice.pixel_size:.2f} m; {no_data:,} of {pixels:,} pixels nodata -> {out}"
+    )

@@ -1,0 +1,263 @@
+"""The `sdg` stage: SDG indicator 11.3.1 per municipality and for the region.
+
+Indicator 11.3.1 is the ratio of land consumption rate to population growth rate
+(UN-Habitat, SDG indicator metadata 11.3.1), between t1 = years.train and
+t2 = years.target, y = t2 - t1 years:
+
+- LCR = ln(Urb_t2 / Urb_t1) / y (urban area, km²);
+- PGR = ln(Pop_t2 / Pop_t1) / y;
+- LCRPGR = LCR / PGR;
+- and, as the metadata's companion figures, the urban area per capita (m² per person)
+  at both years.
+
+Undefined cases are flagged, never divided blindly (`flags`, ";"-separated; the
+affected figures are empty):
+
+- `no_urban_t1` / `no_urban_t2`: no urban area at a year (LCR undefined);
+- `no_population`: no population at a year (PGR undefined);
+- `population_constant` (PGR = 0) and `population_decline` (PGR < 0): LCRPGR is not
+  computed (a ratio with a zero or negative denominator says nothing about efficiency);
+- `urban_decline`: less urban area at t2 than at t1 (LCR < 0; computed, but most often a
+  map error: see change's urban_lost cells);
+- `partial`: the municipality's cells cover less than sdg.min_coverage of its area (the
+  region's window cuts it): its figures are for the part inside the region;
+- `nodata`: some of its cells have no map class at a year (no imagery): not counted.
+
+Inputs: change/change.parquet (both years' classes per cell, from `change`), the
+validation estimate (validation/estimate.json), labels.parquet (census population per
+cell) and data.municipalities; a cell belongs to the municipality holding its centre
+(change.assign_municipalities, with data.municipality_id / data.municipality_name).
+
+*Error adjustment.* The validation sample estimates the region's urban area at t2
+with its 95% interval (Olofsson et al. 2014). Municipalities have too few sampled
+cells for estimates of their own, so their mapped urban areas at both years are
+multiplied by the region's ratio r = error-adjusted / mapped urban area of t2 (the
+same model and method map both years, so the same bias is assumed at t1). The
+region's adjusted t2 area is the estimate itself, with its interval; r cancels in
+LCR, so LCR and LCRPGR are those of the mapped areas.
+
+*Population.* With sdg.population.table null: the census population allocated to
+cells by `labels` (data.census.population_column; INEGI's `pob` is the 2020 census),
+summed per municipality, counted in sdg.population.census_year and carried to t1 and
+t2 with a continuous growth rate: P(t) = P_c exp(g (t - census_year)) (default g =
+0.0115 per year, Mexico's 2010-2020 intercensal rate). The same rate everywhere makes
+PGR = g in every municipality: LCRPGR then ranks municipalities by land consumption
+only. With a table (CSV: id, year, population), each municipality's own figures.
+
+Outputs under `<region_dir>/sdg/`: `sdg_11_3_1.csv` (one row per municipality, then
+the region), `sdg_11_3_1.png` (chart) and `sdg_11_3_1.json` (the region's row, for
+`dvc metrics`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from urbanmap.core import io, paths
+from urbanmap.core.errors import InputError
+from urbanmap.core.io import require_file
+from urbanmap.mapping.change import assign_municipalities
+
+REGION = "region"
+
+
+def indicator(urban_t1, urban_t2, pop_t1, pop_t2, years: float) -> pd.DataFrame:
+    """LCR, PGR and LCRPGR with flags, element-wise.
+
+    Args:
+        urban_t1, urban_t2: (n,) urban area at t1 and t2 (any one unit), >= 0.
+        pop_t1, pop_t2: (n,) population at t1 and t2, >= 0.
+        years: t2 - t1 (> 0).
+    Returns:
+        frame (n rows): lcr, pgr, lcrpgr (NaN where undefined) and flags (str, ";"-joined:
+        no_urban_t1, no_urban_t2, no_population, population_constant, population_decline,
+        and urban_decline: less urban area at t2, LCR < 0, kept).
+    """
+    if not years > 0:
+        raise InputError(f"years: t2 - t1 = {years} is not positive")
+    u1, u2 = np.asarray(urban_t1, float), np.asarray(urban_t2, float)
+    p1, p2 = np.asarray(pop_t1, float), np.asarray(pop_t2, float)
+    urban_ok = (u1 > 0) & (u2 > 0)
+    pop_ok = (p1 > 0) & (p2 > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lcr = np.where(urban_ok, np.log(u2 / u1) / years, np.nan)
+        pgr = np.where(pop_ok, np.log(p2 / p1) / years, np.nan)
+        ratio_ok = urban_ok & pop_ok & (pgr > 0)
+        lcrpgr = np.where(ratio_ok, lcr / pgr, np.nan)
+    checks = {
+        "no_urban_t1": u1 <= 0, "no_urban_t2": u2 <= 0, "no_population": ~pop_ok,
+        "population_constant": pop_ok & (pgr == 0), "population_decline": pop_ok & (pgr < 0),
+        "urban_decline": urban_ok & (u2 < u1),
+    }
+    flags = np.full(u1.size, "", object)
+    for name, hit in checks.items():
+        flags = np.where(hit, np.where(flags == "", name, flags + ";" + name), flags)
+    return pd.DataFrame({"lcr": lcr, "pgr": pgr, "lcrpgr": lcrpgr, "flags": flags})
+
+def project_population(population, census_year: int, rate: float, year: int) -> np.ndarray:
+    """Census population carried to `year`: P exp(rate (year - census_year))."""
+    return np.asarray(population, float) * np.exp(float(rate) * (int(year) - int(census_year)))
+
+def table(per_muni: pd.DataFrame, years: tuple[int, int], ratio: float, region_adjusted: dict | None,
+          min_coverage: float) -> pd.DataFrame:
+    """The indicator table: one row per municipality, then the region.
+
+    Args:
+        per_muni: one row per municipality: id, name, cells, area_km2 (the
+            municipality's own area), nodata_cells, urban_km2_<t1>, urban_km2_<t2>
+            (mapped), population_<t1>, population_<t2>.
+        ratio: error-adjusted / mapped urban area of the region at t2.
+        region_adjusted: {"estimate", "ci95"} of the region's urban area at t2, or None.
+    Returns:
+        id, name, cells, coverage, urban_km2_<t>_mapped and _adjusted for both years,
+        urban_km2_<t2>_adjusted_ci95 (region only), population_<t> for both years,
+        urban_m2_per_capita_<t>, lcr, pgr, lcrpgr, flags.
+    """
+    t1, t2 = years
+    region = per_muni.drop(columns=["id", "name"]).sum(numeric_only=True).to_frame().T
+    region.insert(0, "id", REGION)
+    region.insert(1, "name", REGION)
+    rows = pd.concat([per_muni, region], ignore_index=True)
+    out = rows[["id", "name"]].copy()
+    out["cells"] = rows["cells"].astype(np.int64)
+    out["coverage"] = np.where(rows["id"] == REGION, np.nan, rows["cells_km2"] / rows["area_km2"].where(rows["area_km2"] > 0))
+    for t in years:
+        out[f"urban_km2_{t}_mapped"] = rows[f"urban_km2_{t}"]
+        out[f"urban_km2_{t}_adjusted"] = rows[f"urban_km2_{t}"] * ratio
+    out[f"urban_km2_{t2}_adjusted_ci95"] = np.nan
+    if region_adjusted is not None:
+        last = out.index[-1]
+        out.loc[last, f"urban_km2_{t2}_adjusted"] = region_adjusted["estimate"]
+        out.loc[last, f"urban_km2_{t2}_adjusted_ci95"] = region_adjusted["ci95"]
+    for t in years:
+        out[f"population_{t}"] = rows[f"population_{t}"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for t in years:
+            per_capita = out[f"urban_km2_{t}_adjusted"] * 1e6 / out[f"population_{t}"]
+            out[f"urban_m2_per_capita_{t}"] = per_capita.where(out[f"population_{t}"] > 0)
+    ind = indicator(rows[f"urban_km2_{t1}"], rows[f"urban_km2_{t2}"], rows[f"population_{t1}"],
+                    rows[f"population_{t2}"], t2 - t1)
+    out = pd.concat([out, ind], axis=1)
+    extra = np.where(out["coverage"] < min_coverage, "partial", "")
+    extra = np.where(rows["nodata_cells"] > 0, np.where(extra == "", "nodata", extra + ";nodata"), extra)
+    out["flags"] = [";".join(f for f in (a, b) if f) for a, b in zip(out["flags"], extra)]
+    return out
+
+# --- stage --------------------------------------------------------------------------------
+
+
+def _population(cfg, labels: pd.DataFrame, key: np.ndarray, ids: pd.Index, years: tuple[int, int]) -> pd.DataFrame:
+    """population_<t1>, population_<t2> per municipality id (index `ids`)."""
+    p = cfg.sdg.population
+    if p.table is None:
+        census = labels["population"].fillna(0).groupby(key).sum().reindex(ids, fill_value=0.0)
+        return pd.DataFrame({f"population_{t}": project_population(census, int(p.census_year), float(p.growth_rate), t)
+                             for t in years}, index=ids)
+
+    path = require_file(p.table, "population table")
+    frame = pd.read_csv(path, dtype={"id": str})
+    missing = [c for c in ("id", "year", "population") if c not in frame.columns]
+    if missing:
+        raise InputError(f"{path}: population table lacks column(s) {', '.join(missing)}")
+    wide = frame.pivot_table(index="id", columns="year", values="population", aggfunc="sum")
+    for t in years:
+        if t not in wide.columns:
+            raise InputError(f"{path}: population table has no rows for year {t}")
+    wide = wide.reindex(ids)
+    lacking = wide[list(years)].isna().any(axis=1)
+    if lacking.any():
+        raise InputError(f"{path}: no population for municipality {wide.index[lacking][0]} in {years[0]} or {years[1]}")
+    return pd.DataFrame({f"population_{t}": wide[t].to_numpy(float) for t in years}, index=ids)
+
+def _chart(path, out: pd.DataFrame, years: tuple[int, int], top: int = 25) -> None:
+    """PNG: urban area at both years (adjusted) and LCRPGR, the `top` municipalities by
+    urban area at t2, then the region."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t1, t2 = years
+    munis = out[out["id"] != REGION].nlargest(top, f"urban_km2_{t2}_adjusted")
+    rows = pd.concat([munis, out[out["id"] == REGION]]).iloc[::-1]
+    labels = [f"{n} ({i})" if i != REGION else "REGION" for n, i in zip(rows["name"], rows["id"])]
+    y = np.arange(len(rows))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, max(0.32 * len(rows) + 1.8, 4.0)), sharey=True)
+    region = rows["id"].to_numpy() == REGION
+    scale = np.where(region, 0.1, 1.0)  # the region's bars at a tenth, so municipalities stay legible
+    ax1.barh(y - 0.2, rows[f"urban_km2_{t1}_adjusted"] * scale, 0.4, label=str(t1), color="#9ecae1")
+    ax1.barh(y + 0.2, rows[f"urban_km2_{t2}_adjusted"] * scale, 0.4, label=str(t2), color="#3182bd")
+    ax1.set_xlabel("urban area, km² (error-adjusted; region ÷ 10)")
+    ax1.set_yticks(y, labels, fontsize=8)
+    ax1.legend(loc="upper right", bbox_to_anchor=(1.0, 1.0 + 0.9 / max(0.32 * len(rows) + 1.8, 4.0)), ncol=2, frameon=False)
+    ratio = rows["lcrpgr"].to_numpy()
+    ok = np.isfinite(ratio)
+    ax2.barh(y[ok], ratio[ok], 0.6, color=np.where(ratio[ok] > 1, "#d6604d", "#4393c3"))
+    for k in np.flatnonzero(~ok):
+        note = ax2.text(0.01, y[k], f"not computed: {rows['flags'].iloc[k]}", va="center", fontsize=7, color="0.4",
+                        transform=ax2.get_yaxis_transform())
+        note.set_in_layout(False)
+    ax2.axvline(1.0, color="k", lw=0.8, ls="--")
+    ax2.set_xlabel("LCRPGR (land consumption rate / population growth rate)")
+    fig.suptitle(f"SDG 11.3.1, {t1}-{t2}: >1 land is consumed faster than population grows")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+def run(cfg) -> pd.DataFrame:
+    """Stage: change.parquet + estimate.json + labels.parquet + municipalities -> sdg/."""
+
+    t1, t2 = int(cfg.years.train), int(cfg.years.target)
+    change, cell_size, crs = io.read_cells(paths.change_cells(cfg), "change", ["cell_id", f"class_{t1}", f"class_{t2}"])
+    labels, _, _ = io.read_cells(paths.labels(cfg), "labels", ["cell_id", "population"])
+    id_column, name_column = str(cfg.data.municipality_id), str(cfg.data.municipality_name)
+    munis = io.read_vector(cfg.data.municipalities, "municipalities", [id_column, name_column])
+    key, name = assign_municipalities(change["col"], change["row"], cell_size, crs, munis, id_column, name_column)
+    labels = labels.merge(change[["cell_id"]].assign(key=key), on="cell_id", how="right")
+    cell_km2 = cell_size**2 / 1e6
+
+    per = pd.DataFrame({"id": key, "name": name, "cells": 1})
+    for t in (t1, t2):
+        per[f"urban_km2_{t}"] = (change[f"class_{t}"].to_numpy() == "urban") * cell_km2
+    per["nodata_cells"] = ((change[f"class_{t1}"] == "nodata") | (change[f"class_{t2}"] == "nodata")).to_numpy().astype(int)
+    per = per.groupby(["id", "name"], sort=True).sum().reset_index()
+    per["cells_km2"] = per["cells"] * cell_km2
+    areas = munis.to_crs(crs).assign(id=lambda f: f[id_column].astype(str)).set_index("id").area / 1e6
+    per["area_km2"] = per["id"].map(areas).fillna(0.0).to_numpy()
+    pop = _population(cfg, labels, labels["key"].to_numpy(), pd.Index(per["id"]), (t1, t2))
+    per = pd.concat([per, pop.reset_index(drop=True)], axis=1)
+
+    est_path = io.require_file(paths.validation_estimate(cfg), "validation estimate")
+    try:
+        est = json.loads(est_path.read_text())
+        adjusted, mapped = est["area"]["urban"], float(est["mapped_area"]["urban"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{est_path}: not a validation estimate with an urban area ({exc})") from None
+    if adjusted["estimate"] is None or mapped <= 0:
+        raise InputError(f"{est_path}: no mapped or estimated urban area to adjust by")
+    ratio = float(adjusted["estimate"]) / mapped
+    out = table(per, (t1, t2), ratio, adjusted, float(cfg.sdg.min_coverage))
+
+    rounded = out.round({c: 4 for c in out.columns if c.startswith("urban_km2") or c == "coverage"}
+                        | {c: 0 for c in out.columns if c.startswith("population")}
+                        | {c: 2 for c in out.columns if c.startswith("urban_m2")}
+                        | {"lcr": 6, "pgr": 6, "lcrpgr": 4})
+    for c in rounded.columns[rounded.columns.str.startswith("population")]:
+        rounded[c] = rounded[c].astype("Int64")
+    with io.atomic_output(paths.sdg_table(cfg)) as tmp:
+        rounded.to_csv(tmp, index=False)
+    with io.atomic_output(paths.sdg_chart(cfg)) as tmp:
+        _chart(tmp, out, (t1, t2))
+    region = out.iloc[-1].drop(["id", "name"]).to_dict()
+    summary = {"years": [t1, t2], "adjustment_ratio": ratio,
+               **{k: (None if isinstance(v, float) and not np.isfinite(v) else (v.item() if hasattr(v, "item") else v))
+                  for k, v in region.items()}}
+    io.write_json(paths.sdg_summary(cfg), summary)
+    r = out.iloc[-1]
+    print(f"sdg 11.3.1 ({t1}-{t2}): region urban {r[f'urban_km2_{t1}_adjusted']:,.1f} -> "
+          f"{r[f'urban_km2_{t2}_adjusted']:,.1f} km² (adjusted, ratio {ratio:.3f}), LCR {r['lcr']:.4f}, "
+          f"PGR {r['pgr']:.4f}, LCRPGR {r['lcrpgr']:.2f}; {len(out) - 1} municipalities -> {paths.sdg_dir(cfg)}")
+    return out

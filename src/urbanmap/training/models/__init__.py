@@ -1,0 +1,93 @@
+"""Patch classifiers behind one interface, built from the `model` config group.
+
+Every classifier takes patches ``(n, b, p, p)`` float32 reflectance (bands in the order
+of the patches file, row 0 north) and predicts ``p_urban`` (n,) in 0..1:
+
+- ``model.kind: sklearn`` -> `extra_trees.ExtraTreesPatchClassifier` (features.py on the
+  patch, then a scikit-learn estimator from ``model.estimator._target_``), saved with skops;
+- ``model.kind: torch`` -> `torch_model.TorchPatchClassifier` (a network from
+  ``model.net._target_``: LeNet or ResNet-18, trained with Lightning), saved as a
+  safetensors state_dict beside a JSON config.
+
+Torch is imported only when a torch model is built or loaded. A saved model is a folder
+with the model file(s) and ``model_card.json`` (bands, patch size, pixel size, features
+or normalisation statistics): `load` reads the card, checks it and loads the model without
+executing code from the files (skops with an allow-list of types; safetensors + JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from urbanmap.core.errors import InputError
+from urbanmap.core.io import atomic_directory
+from urbanmap.training.models.extra_trees import ExtraTreesPatchClassifier
+
+CARD = "model_card.json"
+
+class PatchClassifier(Protocol):
+    """What train, evaluate and predict need from a model."""
+
+    def fit(self, patches: np.ndarray, y: np.ndarray) -> "PatchClassifier":
+        """patches (n, b, p, p) float32, y (n,) 0/1 (1 = urban)."""
+
+    def predict_proba(self, patches: np.ndarray) -> np.ndarray:
+        """(n,) float64 probability of urban."""
+
+    def save(self, folder: Path) -> list[str]:
+        """Write the model file(s) into `folder`; return their names."""
+
+    def card(self) -> dict:
+        """Model-specific entries of the model card (features, normalisation, ...)."""
+
+def build(model_cfg, bands, patch_size: int, seed: int, threads: int = 1) -> PatchClassifier:
+    """An unfitted classifier from the `model` config section."""
+
+    cfg = OmegaConf.to_container(model_cfg, resolve=True) if not isinstance(model_cfg, dict) else model_cfg
+    kind = cfg.get("kind")
+    if kind == "sklearn":
+
+        return ExtraTreesPatchClassifier(cfg, list(bands), seed)
+    if kind == "torch":
+        from urbanmap.training.models.torch_model import TorchPatchClassifier
+
+        return TorchPatchClassifier(cfg, list(bands), int(patch_size), seed, threads)
+    raise InputError(f"model.kind: {kind!r} is not a model kind (sklearn or torch)")
+
+def save(clf: PatchClassifier, folder: Path, card: dict) -> dict:
+    """Write the model files and `model_card.json` (general `card` entries + the model's
+    own) into `folder`, which is replaced whole (a temporary folder renamed into place)."""
+
+    with atomic_directory(folder) as tmp:
+        files = clf.save(tmp)
+        full = {**card, **clf.card(), "files": files}
+        (tmp / CARD).write_text(json.dumps(full, indent=2) + "\n")
+    return full
+
+def read_card(folder: Path) -> dict:
+    """The model card of a saved model folder; InputError if missing or unreadable."""
+    path = Path(folder) / CARD
+    if not path.is_file():
+        raise InputError(f"{path}: model card not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON: {exc}") from exc
+
+def load(folder: Path) -> tuple[PatchClassifier, dict]:
+    """A fitted classifier and its card from a folder written by `save`."""
+    card = read_card(folder)
+    kind = card.get("kind")
+    if kind == "sklearn":
+
+        return ExtraTreesPatchClassifier.load(Path(folder), card), card
+    if kind == "torch":
+        from urbanmap.training.models.torch_model import TorchPatchClassifier
+
+        return TorchPatchClassifier.load(Path(folder), card), card
+    raise InputError(f"{Path(folder) / CARD}: unknown model kind {kind!r}")

@@ -1,0 +1,150 @@
+"""Extra Trees (or any scikit-learn classifier) on patch features, saved with skops.
+
+The estimator is built with ``hydra.utils.instantiate`` from ``model.estimator``
+(``_target_: sklearn.ensemble.ExtraTreesClassifier`` and its arguments); its
+``random_state`` is the global seed. Features come from features.py, configured by
+``model.features`` (groups, percentiles).
+
+Saved as ``model.skops`` (skops.io: no pickle). Loading lists the file's types and
+refuses any outside `TRUSTED`, so a crafted file cannot run code.
+
+skops.io is imported through `skops_io`, which keeps it from importing torch (see there).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from urbanmap.core.errors import InputError
+from urbanmap.training.features import compute_features
+
+FILE = "model.skops"
+
+#: Types a saved tree ensemble may hold beyond skops' defaults (numpy, builtins, sklearn
+#: estimators it knows): anything else makes `load` refuse the file.
+TRUSTED = frozenset(
+    {
+        "sklearn.tree._tree.Tree",
+        "sklearn.ensemble._forest.ExtraTreesClassifier",
+        "sklearn.ensemble._forest.RandomForestClassifier",
+        "sklearn.tree._classes.ExtraTreeClassifier",
+        "sklearn.tree._classes.DecisionTreeClassifier",
+    }
+)
+
+
+#: scikit-learn's vendored array-API wrappers of optional array libraries: importing one
+#: imports its library (torch: about 3 s and 300 MB; dask.array), and nothing here uses them.
+_ARRAY_API_WRAPPERS = tuple(f"sklearn.externals.array_api_compat.{lib}" for lib in ("torch", "cupy", "dask"))
+
+
+class _SkipArrayApiWrappers(importlib.abc.MetaPathFinder):
+    """Import finder that refuses `_ARRAY_API_WRAPPERS` (and their submodules)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if any(name == w or name.startswith(w + ".") for w in _ARRAY_API_WRAPPERS):
+            raise ModuleNotFoundError(f"{name}: not imported while skops lists scikit-learn's estimators", name=name)
+        return None
+
+
+def skops_io():
+    """The `skops.io` module, imported without torch.
+
+    skops.io builds its default list of trusted types when imported, with
+    `sklearn.utils.all_estimators()`, which walks every package of scikit-learn with
+    `pkgutil.walk_packages`. To descend into a package the walk imports it, even the
+    `sklearn.externals` it then skips, so it imports the vendored array-API wrapper
+    `sklearn.externals.array_api_compat.torch`, which imports torch (and the dask one,
+    dask.array): 2.5 to 3 s of a 4 to 5 s import, in every process that loads a model
+    (each Dask worker too). No setting of scikit-learn or skops turns this off, so the
+    wrappers are refused for the duration of the import: `walk_packages` ignores a
+    package that raises ImportError, the estimators (which `all_estimators` never takes
+    from `externals`) and hence skops' trusted types are the same, and neither torch
+    nor the wrappers are left half-imported (a later import of them works as usual).
+    Refusing torch itself (``sys.modules["torch"] = None``) would not do: SciPy's
+    array-API helpers look torch up in sys.modules and fail on None.
+    """
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    finder = _SkipArrayApiWrappers()
+    sys.meta_path.insert(0, finder)
+    try:
+        return importlib.import_module("skops.io")
+    finally:
+        sys.meta_path.remove(finder)
+
+
+class ExtraTreesPatchClassifier:
+    """A scikit-learn classifier on features of patches (see module docstring)."""
+
+    def __init__(self, cfg: dict, bands: list[str], seed: int, estimator=None):
+        self.cfg = cfg
+        self.bands = list(bands)
+        self.seed = seed
+        feats = cfg.get("features") or {}
+        self.groups = list(feats.get("groups", ["flat"]))
+        self.percentiles = list(feats.get("percentiles", [10, 25, 50, 75, 90]))
+        if estimator is None:
+            from hydra.utils import instantiate
+
+            estimator = instantiate(cfg["estimator"], random_state=seed)
+        self.estimator = estimator
+        self.feature_names: list[str] = []
+        self.feature_groups: list[str] = []
+
+    def features(self, patches: np.ndarray, context: str = "features"):
+        return compute_features(patches, self.bands, self.groups, self.percentiles, context)
+
+    def fit(self, patches: np.ndarray, y: np.ndarray) -> "ExtraTreesPatchClassifier":
+        f = self.features(patches, "patches")
+        self.feature_names, self.feature_groups = f.names, f.groups
+        self.estimator.fit(f.X, np.asarray(y, np.uint8))
+        return self
+
+    def predict_proba(self, patches: np.ndarray) -> np.ndarray:
+        proba = self.estimator.predict_proba(self.features(patches).X)
+        return proba[:, list(self.estimator.classes_).index(1)].astype(np.float64)
+
+    def importances(self) -> tuple[list[str], list[str], np.ndarray] | None:
+        """(feature names, feature groups, impurity importances) of a fitted model."""
+        values = getattr(self.estimator, "feature_importances_", None)
+        if values is None:
+            return None
+        return self.feature_names, self.feature_groups, np.asarray(values, np.float64)
+
+    def save(self, folder: Path) -> list[str]:
+        sio = skops_io()
+        sio.dump(self.estimator, Path(folder) / FILE)
+        return [FILE]
+
+    def card(self) -> dict:
+        return {
+            "features": {"groups": self.groups, "percentiles": self.percentiles, "n_features": len(self.feature_names)},
+            "feature_groups": sorted(set(self.feature_groups), key=self.feature_groups.index),
+        }
+
+    @classmethod
+    def load(cls, folder: Path, card: dict) -> "ExtraTreesPatchClassifier":
+        sio = skops_io()
+        path = Path(folder) / FILE
+        if not path.is_file():
+            raise InputError(f"{path}: model file not found")
+        try:
+            untrusted = sio.get_untrusted_types(file=path)
+        except Exception as exc:  # skops raises several types on a corrupt file
+            raise InputError(f"{path}: not a skops file: {exc}".splitlines()[0]) from exc
+        unknown = sorted(set(untrusted) - TRUSTED)
+        if unknown:
+            raise InputError(f"{path}: refusing to load untrusted type(s) {', '.join(unknown)}")
+        estimator = sio.load(path, trusted=list(untrusted))
+        cfg = {"features": card.get("features", {}), "estimator": None}
+        clf = cls(cfg, card["bands"], card.get("seed", 0), estimator=estimator)
+        p = int(card["patch_size"])
+        names = clf.features(np.zeros((1, len(clf.bands), p, p), np.float32))  # names only
+        clf.feature_names, clf.feature_groups = names.names, names.groups
+        return clf
