@@ -3,7 +3,7 @@
     python benchmarks/bench_synth.py [year=2019] [other overrides]
 
 Each step runs in its own process so that its peak memory (max RSS) is its own:
-  synth        the stage: one task per tile (compute.run_tiles: landscape, sky, DN, QA
+  synth        the stage: one task per tile (executor.run_tiles: landscape, sky, DN, QA
                and truth parts), 16 products assembled into COGs, catalog, truth
   io-floor     writing the stage's products again (read first, untimed): the floor set
                by deflate and the disk

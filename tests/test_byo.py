@@ -18,6 +18,7 @@ from conftest import expect_error
 from test_grid import brute_force
 from urbanmap.census import labels, landcover
 from urbanmap.cli import main
+from urbanmap.core import rasters
 from urbanmap.core.errors import InputError
 from urbanmap.core.lattice import PixelLattice, patch_size
 from urbanmap.examples import byo
@@ -83,7 +84,7 @@ def test_region_is_the_mosaic_extent_without_boundary(in_repo, example, tmp_path
     assert main(["grid", *cli_args(example, tmp_path, "data.boundary=null")]) == 0, capsys.readouterr().err
     grid = gpd.read_parquet(tmp_path / "byo_example" / "grid.parquet")
     with rasterio.open(example / "composite_2010.tif") as src:
-        extent = composite.footprint(src, "EPSG:32633")
+        extent = rasters.footprint(src, "EPSG:32633")
     assert set(zip(grid["col"], grid["row"])) == brute_force(extent, 300)
 
 

@@ -14,7 +14,8 @@ import pytest
 
 from conftest import REPO, expect_error
 from urbanmap.cli import main
-from urbanmap.compute.executor import executor
+from urbanmap.compute.executor import ComputeSettings, Executor
+from urbanmap.compute.tiles import effective_tile_size, tile_index, tile_of_cells
 from urbanmap.core.errors import InputError
 from urbanmap.core.lattice import PixelLattice
 
@@ -64,10 +65,10 @@ def test_tile_index_covers_every_cell_once_and_only_tiles_with_cells():
     keep = ~((cols >= 106) & (rows >= 52))
     cols, rows = cols[keep], rows[keep]
     lattice = PixelLattice.from_cells(cols, rows, 1000, 33, "EPSG:6372")
-    tiles = executor.tile_index(lattice, cols, rows, 3)
+    tiles = tile_index(lattice, cols, rows, 3)
     assert list(tiles.tile_id) == ["r0c0", "r0c1", "r1c0", "r1c1", "r1c2"]  # r0c2: no cell
     assert tiles.n_cells.sum() == len(cols)
-    ti, tj = executor.tile_of_cells(lattice, cols, rows, 3)
+    ti, tj = tile_of_cells(lattice, cols, rows, 3)
     for t in tiles.itertuples():
         inside = (cols >= t.col_min) & (cols <= t.col_max) & (rows >= t.row_min) & (rows <= t.row_max)
         assert inside.sum() == t.n_cells == ((ti == t.ti) & (tj == t.tj)).sum()
@@ -80,12 +81,12 @@ def test_tile_index_covers_every_cell_once_and_only_tiles_with_cells():
 
 
 def test_tile_size_is_whole_cells_rounded_up_to_whole_blocks():
-    assert executor.effective_tile_size(32, 8) == 32
-    assert executor.effective_tile_size(30, 8) == 32
-    assert executor.effective_tile_size(5) == 5
+    assert effective_tile_size(32, 8) == 32
+    assert effective_tile_size(30, 8) == 32
+    assert effective_tile_size(5) == 5
     for bad in (2.5, 0, "x"):
         with pytest.raises(InputError, match="compute.tile_size"):
-            executor.effective_tile_size(bad)
+            effective_tile_size(bad)
 
 
 def test_bad_compute_config_exits_2(monkeypatch, region, capsys):
@@ -137,11 +138,9 @@ def test_release_shuts_the_stages_cluster_down_in_the_background():
     """After release() no task can be submitted; the LocalCluster the executor started is
     closed by the time its context is left (its shutdown overlaps the stage's writing)."""
     from distributed.core import Status
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.create({"compute": {"name": "dask", "n_workers": 1, "threads_per_worker": 1,
-                                        "memory_limit": "1GiB", "connect_timeout_s": 30}})
-    with executor.Executor(cfg) as ex:
+    settings = ComputeSettings(mode="dask", n_workers=1, threads_per_worker=1, memory_limit="1GiB",
+                               connect_timeout_s=30)
+    with Executor(settings) as ex:
         cluster = ex.cluster
         assert sorted(r for _, r in ex.map(abs, [-1, -2], ["a", "b"], desc="t")) == [1, 2]
         ex.release()

@@ -22,7 +22,7 @@ from urbanmap.cli import main
 from urbanmap.core import cog, io
 from urbanmap.core.errors import InputError
 from urbanmap.core.lattice import PixelLattice
-from urbanmap.imagery import geomedian, landsat, mosaic, scenes
+from urbanmap.imagery import blocks, geomedian, landsat, scenes
 
 QA = landsat.QA
 CLOUD = (1 << QA.CLOUD) | (1 << QA.DILATED_CLOUD)
@@ -168,11 +168,11 @@ def test_buffer_in_metres_rounds_up_to_pixels(in_repo):
     from urbanmap.core import config
 
     cfg = config.load(".", ["mosaic.buffer=45", "mosaic.buffer_unit=m"])
-    assert mosaic.Options.from_config(cfg, 1000 / 33).buffer_px == 2  # 45 m / 30.3 m -> 2 pixels
+    assert blocks.MosaicSettings.from_config(cfg, 1000 / 33).buffer_px == 2  # 45 m / 30.3 m -> 2 pixels
     cfg = config.load(".", ["mosaic.buffer=3"])
-    assert mosaic.Options.from_config(cfg, 1000 / 33).buffer_px == 3
+    assert blocks.MosaicSettings.from_config(cfg, 1000 / 33).buffer_px == 3
     with pytest.raises(InputError, match="mosaic.buffer_unit: must be px or m"):
-        mosaic.Options.from_config(config.load(".", ["mosaic.buffer_unit=km"]), 30)
+        blocks.MosaicSettings.from_config(config.load(".", ["mosaic.buffer_unit=km"]), 30)
 
 
 # --- warping -----------------------------------------------------------------------------------

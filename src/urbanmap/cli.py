@@ -12,7 +12,6 @@ import sys
 
 from urbanmap.core import config
 from urbanmap.core.errors import InputError
-from urbanmap.validation import validate
 
 #: stage name -> (module:function, one-line description)
 STAGES = {
@@ -28,6 +27,28 @@ STAGES = {
     "plan": ("urbanmap.compute.plan:run", "dry run of the heavy stages: tile index, scenes per tile, estimated cost -> tiles.parquet, plan.json"),
     "sdg": ("urbanmap.indicators.sdg:run", "SDG 11.3.1 (LCR, PGR, LCRPGR) per municipality and region -> sdg/sdg_11_3_1.csv, .png, .json"),
 }
+
+
+#: `urbanmap validate <step>`: step -> one-line description (validation/validate.py runs them)
+VALIDATE_STEPS = {
+    "sample": "stratified random sample of years.target's map, chips -> validation/sample.csv, .gpkg, strata.csv, chips/",
+    "interpret": "simulated interpreter (synthetic truth, validation.interpreter_error) -> validation/interpreted.csv",
+    "estimate": "accuracy and error-adjusted area (Olofsson et al. 2014) -> validation/estimate.json",
+}
+
+
+def _add_validate_parser(sub: argparse._SubParsersAction) -> None:
+    """`urbanmap validate <step> ...` on the CLI's sub-parsers."""
+    p = sub.add_parser("validate", help="validation of years.target's map: sample, interpret, estimate",
+                       description="Validation of years.target's map: " + "; ".join(f"{k}: {v}" for k, v in VALIDATE_STEPS.items()))
+    steps = p.add_subparsers(dest="step", metavar="<step>", required=True)
+    for name, text in VALIDATE_STEPS.items():
+        q = steps.add_parser(name, help=text, description=text)
+        if name == "estimate":
+            q.add_argument("--sample", help="sample CSV: map_class, ref_class, optional stratum (default: validation/interpreted.csv)")
+            q.add_argument("--strata", help="strata CSV: class, area (default: validation/strata.csv)")
+            q.add_argument("--out", help="write the estimate as JSON here (default without --sample: validation/estimate.json)")
+        q.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra-style overrides")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides for the composition")
 
-    validate.add_parser(sub)
+    _add_validate_parser(sub)
     return parser
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command == "validate":
 
-            validate.command(args)
+            importlib.import_module("urbanmap.validation.validate").command(args)
             return 0
         if args.command == "params":
             out = config.write_params(".", args.overrides)

@@ -44,10 +44,10 @@ from pathlib import Path
 
 import numpy as np
 import pystac
+import pystac_client
 import rasterio
 from affine import Affine
 from pyproj import Transformer
-from pystac_client import Client
 from rasterio.errors import RasterioError
 from rasterio.warp import Resampling, reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
@@ -202,7 +202,7 @@ def from_api(url: str, collection: str, year: int, months=None, bbox=None, max_i
 
     where = f"{url} ({collection})"
     try:
-        search = Client.open(url).search(
+        search = pystac_client.Client.open(url).search(
             collections=[collection], bbox=list(bbox) if bbox is not None else None,
             datetime=f"{year}-01-01T00:00:00Z/{year}-12-31T23:59:59Z", max_items=max_items,
         )

@@ -278,29 +278,9 @@ def run_estimate(sample_path, strata_path, out=None) -> dict:
 
 # --- command line -------------------------------------------------------------------------
 
-STEPS = {
-    "sample": "stratified random sample of years.target's map, chips -> validation/sample.csv, .gpkg, strata.csv, chips/",
-    "interpret": "simulated interpreter (synthetic truth, validation.interpreter_error) -> validation/interpreted.csv",
-    "estimate": "accuracy and error-adjusted area (Olofsson et al. 2014) -> validation/estimate.json",
-}
-
-
-def add_parser(sub) -> None:
-    """`urbanmap validate <step> ...` on the CLI's sub-parsers."""
-    p = sub.add_parser("validate", help="validation of years.target's map: sample, interpret, estimate",
-                       description="Validation of years.target's map: " + "; ".join(f"{k}: {v}" for k, v in STEPS.items()))
-    steps = p.add_subparsers(dest="step", metavar="<step>", required=True)
-    for name, text in STEPS.items():
-        q = steps.add_parser(name, help=text, description=text)
-        if name == "estimate":
-            q.add_argument("--sample", help="sample CSV: map_class, ref_class, optional stratum (default: validation/interpreted.csv)")
-            q.add_argument("--strata", help="strata CSV: class, area (default: validation/strata.csv)")
-            q.add_argument("--out", help="write the estimate as JSON here (default without --sample: validation/estimate.json)")
-        q.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra-style overrides")
-
 def command(args: argparse.Namespace) -> None:
-    """Run `urbanmap validate <step>`; the configuration is read only when needed."""
-
+    """Run `urbanmap validate <step>` (its parser: cli.py); the configuration is read only
+    when needed."""
     if args.step == "estimate" and args.sample and args.strata and not args.overrides:
         run_estimate(args.sample, args.strata, args.out)
         return
