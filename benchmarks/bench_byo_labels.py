@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -100,7 +99,6 @@ def main(argv=None) -> int:
     parser.add_argument("--sample", type=int, default=300)
     parser.add_argument("--crs", default="EPSG:4326")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT / "src"))
     import rasterio
 
     from urbanmap.census import grid, labels, landcover

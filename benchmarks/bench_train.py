@@ -2,8 +2,8 @@
 
     python benchmarks/bench_train.py [--cells 48] [--samples 2000] [--epochs 3] [--repeats 3]
 
-All inputs are synthetic and built in a temporary folder (the test scene generator of
-tests/synthetic.py: a labelled grid and a tiled float32 GeoTIFF on its pixel lattice).
+All inputs are synthetic and built in a temporary folder (urbanmap.examples.tiny:
+a labelled grid and a tiled float32 GeoTIFF on its pixel lattice).
 Each figure is paired with a baseline measured in the same run, and each measurement is
 repeated (`--repeats`, alternating with its baseline) keeping the best, because other
 processes on the machine make single timings noisy:
@@ -24,7 +24,6 @@ processes on the machine make single timings noisy:
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -32,10 +31,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the synthetic scene generator
-
-import synthetic  # noqa: E402
-from timing import best_of  # noqa: E402
+from timing import best_of
+from urbanmap.examples import tiny
 
 
 def bench_patches(folder: Path, cells_side: int, repeats: int):
@@ -43,9 +40,9 @@ def bench_patches(folder: Path, cells_side: int, repeats: int):
 
     from urbanmap.training.patches import read_patches
 
-    cells = synthetic.labelled_cells(cells_side, cells_side)
-    synthetic.write_mosaic(folder / "mosaic.tif", cells)
-    lattice = synthetic.lattice_of(cells)
+    cells = tiny.labelled_cells(cells_side, cells_side)
+    tiny.write_mosaic(folder / "mosaic.tif", cells)
+    lattice = tiny.lattice_of(cells)
     sel = cells[cells["label"] != "excluded"]
     cols, rows = sel["col"].to_numpy(), sel["row"].to_numpy()
     idx = [1, 2, 3, 4, 5, 6]
@@ -73,11 +70,11 @@ def sample_patches(samples: int, seed: int = 0):
     from urbanmap.training.patches import extract
 
     side = int(np.ceil(np.sqrt(samples * 1.6))) + 4
-    cells = synthetic.labelled_cells(side, side, seed=seed)
+    cells = tiny.labelled_cells(side, side, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
-        synthetic.write_mosaic(Path(tmp) / "m.tif", cells)
+        tiny.write_mosaic(Path(tmp) / "m.tif", cells)
         with rasterio.open(Path(tmp) / "m.tif") as src:
-            return extract(cells, synthetic.lattice_of(cells), src, synthetic.BANDS, samples // 2, seed, 2010)
+            return extract(cells, tiny.lattice_of(cells), src, tiny.BANDS, samples // 2, seed, 2010)
 
 
 def bench_extra_trees(ps, repeats: int):

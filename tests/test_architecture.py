@@ -9,9 +9,9 @@ from pathlib import Path
 import yaml
 
 from helpers import architecture
+from helpers.project import REPO
 from urbanmap.cli import STAGES
 
-REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "urbanmap"
 
 

@@ -14,8 +14,8 @@ from affine import Affine
 from omegaconf import OmegaConf
 from pyproj import Transformer
 
-from conftest import expect_error
-from test_grid import brute_force
+from helpers.cli import expect_error
+from helpers.grids import brute_force
 from urbanmap.census import labels, landcover
 from urbanmap.cli import main
 from urbanmap.core import rasters
@@ -44,6 +44,7 @@ def cli_args(example, out, *extra):
 # --- the worked example, end to end -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_example_runs_grid_to_evaluate_through_the_cli(in_repo, example, tmp_path, capsys):
     fast = ["tracking.enabled=false", "model.estimator.n_estimators=30", "cv.n_splits=3"]
     for stage in ("grid", "labels", "mosaic", "patches", "train", "evaluate"):

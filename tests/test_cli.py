@@ -7,7 +7,8 @@ import geopandas as gpd
 import pytest
 import shapely
 
-from conftest import REPO, expect_error, heavy_imports_after
+from helpers.cli import expect_error, heavy_imports_after
+from helpers.project import REPO
 from urbanmap.cli import main
 
 SMALL = "data.window=[2795000,824000,2805000,834000]"  # 10 km x 10 km in Mexico City
@@ -26,6 +27,7 @@ def test_help_lists_the_stages():
         assert stage in result.stdout
 
 
+@pytest.mark.slow
 def test_grid_stage_does_not_import_torch(tmp_path, shared_data):
     assert heavy_imports_after(["grid", f"out_dir={tmp_path}", SMALL]) == (0, [])
     assert (tmp_path / "valle_de_mexico" / "grid.parquet").is_file()
@@ -85,6 +87,7 @@ def test_bad_override_exits_2(in_repo, capsys, tmp_path, out):
     expect_error(capsys, tmp_path, ["grid", out, "data=atlantis"], "no config 'atlantis'")
 
 
+@pytest.mark.slow
 def test_subprocess_exit_status_and_message(tmp_path):
     result = run_cli("grid", f"out_dir={tmp_path}", "data.crs=EPSG:4326")
     assert result.returncode == 2

@@ -5,9 +5,12 @@ import signal
 import subprocess
 import time
 
+import pytest
 import yaml
 
-from dvcproject import make_clone, sh, stages_run
+from helpers.dvcproject import make_clone, sh, stages_run
+
+pytestmark = pytest.mark.slow  # DVC and end-to-end runs: `make test` only
 
 
 def set_params(clone, **changes):

@@ -9,9 +9,11 @@ import pytest
 import shapely
 import yaml
 
-from conftest import REPO
-from test_grid import brute_force
+from helpers.grids import brute_force
+from helpers.project import REPO
 from urbanmap.core import config, paths
+
+pytestmark = pytest.mark.slow  # DVC and end-to-end runs: `make test` only
 
 
 def run_stage(*args):

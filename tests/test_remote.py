@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dvcproject import make_clone, sh, stages_run
+from helpers.dvcproject import make_clone, sh, stages_run
+
+pytestmark = pytest.mark.slow  # DVC and end-to-end runs: `make test` only
 
 
 def checksum(path: Path) -> str:

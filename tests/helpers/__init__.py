@@ -1,0 +1,1 @@
+"""Importable helpers of the test suite (tests/ is on pytest's pythonpath)."""

@@ -4,19 +4,9 @@ import pytest
 import shapely
 from pyproj import CRS
 
+from helpers.grids import brute_force
 from urbanmap.census.grid import build_grid, cell_ids, cell_polygons, check_projected, parse_cell_ids
 from urbanmap.core.errors import InputError
-
-
-def brute_force(region, cell_size):
-    """Every lattice cell of the bounding box whose interior overlaps the region's."""
-    x0, y0, x1, y1 = region.bounds
-    cols = np.arange(np.floor(x0 / cell_size), np.ceil(x1 / cell_size)).astype(int)
-    rows = np.arange(np.floor(y0 / cell_size), np.ceil(y1 / cell_size)).astype(int)
-    cc, rr = (a.ravel() for a in np.meshgrid(cols, rows))
-    boxes = cell_polygons(cc, rr, cell_size)
-    hit = shapely.intersects(region, boxes) & ~shapely.touches(region, boxes)
-    return set(zip(cc[hit].tolist(), rr[hit].tolist()))
 
 
 def as_set(cells: pd.DataFrame):

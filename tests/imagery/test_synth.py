@@ -20,7 +20,7 @@ import pytest
 import rasterio
 from rasterio.warp import Resampling, reproject
 
-from conftest import REPO
+from helpers.project import REPO
 from urbanmap.census import grid
 from urbanmap.cli import main
 from urbanmap.core import config, paths
@@ -437,6 +437,7 @@ def test_same_config_gives_byte_identical_files(region, tmp_path, monkeypatch, s
         assert sorted(p.name for p in (tmp_path / "out" / "valle_de_mexico" / part).iterdir()) == ["2010", "2019"]
 
 
+@pytest.mark.slow
 def test_same_bytes_whatever_the_tiles_and_executor(region, tmp_path, monkeypatch):
     """2019 (two passes: the census year's classes, then the growth) on tiles of 2 cells
     in this process and of 3 cells on a 2-worker Dask LocalCluster: the same files as in

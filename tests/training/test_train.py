@@ -4,10 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import synthetic
-from conftest import REPO
+from helpers import synthetic
+from helpers.project import REPO
 from urbanmap.cli import main
 from urbanmap.core import config, paths
+from urbanmap.examples import tiny
 from urbanmap.training import evaluate, patches, train
 from urbanmap.training.cv import spatial_blocks
 
@@ -16,7 +17,7 @@ from urbanmap.training.cv import spatial_blocks
 def region(tmp_path_factory):
     """A synthetic region with its patches (100 per class) cut once."""
     root = tmp_path_factory.mktemp("train")
-    synthetic.make_region(root)
+    tiny.make_region(root)
     patches.run(config.load(REPO, synthetic.overrides(root)))
     return root
 

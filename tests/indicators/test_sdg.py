@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import shapely
 
-from conftest import REPO
-from synthetic import CELL, CRS
+from helpers.project import REPO
 from urbanmap.cli import main
 from urbanmap.core import config, io, paths
+from urbanmap.examples.tiny import CELL, CRS
 from urbanmap.indicators import sdg
 
 

@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from conftest import REPO
+from helpers.project import REPO
 from urbanmap.core import config
 from urbanmap.core.errors import InputError
 

@@ -10,11 +10,13 @@ import rasterio
 from affine import Affine
 from rasterio.transform import rowcol
 
-import synthetic
-from conftest import REPO, heavy_imports_after
+from helpers import synthetic
+from helpers.cli import heavy_imports_after
+from helpers.project import REPO
 from urbanmap.cli import main
 from urbanmap.core import config, io, paths
 from urbanmap.core.lattice import PixelLattice
+from urbanmap.examples import tiny
 from urbanmap.mapping import predict_tiles
 from urbanmap.mapping.classify import classes, predict_cells
 from urbanmap.training import models
@@ -30,7 +32,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     cfg = synthetic.trained_region(root)
     labels, _, _ = io.read_cells(paths.labels(cfg), "labels", ["cell_id", "label", "urban_fraction"])
-    io.write_cells(paths.grid(cfg), labels[["col", "row", "cell_id"]], synthetic.CELL, synthetic.CRS)
+    io.write_cells(paths.grid(cfg), labels[["col", "row", "cell_id"]], tiny.CELL, tiny.CRS)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(REPO)
         assert main(["predict", *synthetic.overrides(root), "year=2010"]) == 0
@@ -97,7 +99,7 @@ def test_a_lenet_predicts_the_patches_as_it_does_in_memory(trained, tmp_path, mo
 
 def test_blocks_do_not_change_the_result(trained):
     root, cfg, labels = trained
-    lattice = synthetic.lattice_of(labels)
+    lattice = tiny.lattice_of(labels)
     clf, _ = models.load(paths.model_dir(cfg))
     shuffled = labels.sample(frac=1, random_state=3)
     with rasterio.open(root / "tiny" / "mosaic_2010.tif") as src:
@@ -126,14 +128,14 @@ def test_p_urban_cog_has_one_pixel_per_grid_cell(trained):
 def test_cells_with_nodata_are_classed_nodata(trained, tmp_path, monkeypatch):
     root, labels = copy_region(trained, tmp_path)
     cells = labels.set_index("cell_id")
-    img = synthetic.scene(labels, seed=5)
-    lattice = synthetic.lattice_of(labels)
+    img = tiny.scene(labels, seed=5)
+    lattice = tiny.lattice_of(labels)
     holed = ["E2795N0823", "E2800N0830", "E2790N0820"]
     r, c = lattice.cell_offsets(cells.loc[holed, "col"], cells.loc[holed, "row"])
     img[4, r[0] + 10, c[0] + 7] = np.nan  # one pixel of one band
     img[:, r[1] : r[1] + 33, c[1] : c[1] + 33] = np.nan  # the whole patch
     img[0, r[2] + 32, c[2] + 32] = np.nan  # the last pixel
-    synthetic.write_mosaic(root / "tiny" / "mosaic_2019.tif", labels, image=img)
+    tiny.write_mosaic(root / "tiny" / "mosaic_2019.tif", labels, image=img)
     assert run_cli(monkeypatch, root, "year=2019", "predict.block_cells=4") == 0
     pred, _, _ = io.read_cells(root / "tiny" / "predictions_2019.parquet", "predictions", ["cell_id", "p_urban", "class"])
     nodata = pred[pred["class"] == "nodata"]
@@ -160,10 +162,10 @@ def test_a_year_without_mosaic_is_a_one_line_error(trained, tmp_path, monkeypatc
 
 def test_a_mosaic_without_the_models_bands_is_refused(trained, tmp_path, monkeypatch, capsys):
     root, labels = copy_region(trained, tmp_path)
-    img = synthetic.scene(labels)[:5]  # no swir2
-    lattice = synthetic.lattice_of(labels)
+    img = tiny.scene(labels)[:5]  # no swir2
+    lattice = tiny.lattice_of(labels)
     profile = dict(driver="GTiff", width=img.shape[2], height=img.shape[1], count=5, dtype="float32",
-                   crs=synthetic.CRS, transform=lattice.transform, nodata=np.nan)
+                   crs=tiny.CRS, transform=lattice.transform, nodata=np.nan)
     with rasterio.open(root / "tiny" / "mosaic_2019.tif", "w", **profile) as dst:
         dst.write(img)
         dst.descriptions = ("blue", "green", "red", "nir", "swir1")
@@ -175,10 +177,10 @@ def test_a_mosaic_without_the_models_bands_is_refused(trained, tmp_path, monkeyp
 
 def test_a_mosaic_of_another_patch_size_is_refused(trained, tmp_path, monkeypatch, capsys):
     root, labels = copy_region(trained, tmp_path)
-    coarse = PixelLattice.from_cells(labels["col"], labels["row"], 1000.0, 11, synthetic.CRS)  # 90.9 m pixels
-    img = synthetic.scene(labels)[:, 1::3, 1::3]
+    coarse = PixelLattice.from_cells(labels["col"], labels["row"], 1000.0, 11, tiny.CRS)  # 90.9 m pixels
+    img = tiny.scene(labels)[:, 1::3, 1::3]
     assert img.shape[1:] == (coarse.height, coarse.width)
-    synthetic.write_mosaic(root / "tiny" / "mosaic_2019.tif", labels, image=img, transform=coarse.transform)
+    tiny.write_mosaic(root / "tiny" / "mosaic_2019.tif", labels, image=img, transform=coarse.transform)
     assert run_cli(monkeypatch, root, "year=2019", "data.patch_size=11") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "model trained on 33 x 33 px patches" in err and "11 px per 1000 m cell" in err
@@ -193,6 +195,7 @@ def test_config_has_the_predict_section():
 # --- start-up: what a process (the stage's, a Dask worker) loads ----------------------------
 
 
+@pytest.mark.slow
 def test_predict_with_extra_trees_imports_no_torch(trained, tmp_path):
     """skops lists scikit-learn's estimators by importing every package of it, torch's
     array-API wrapper included; models.extra_trees.skops_io keeps torch out."""
@@ -201,6 +204,7 @@ def test_predict_with_extra_trees_imports_no_torch(trained, tmp_path):
     assert (root / "tiny" / "predictions_2010.parquet").is_file()
 
 
+@pytest.mark.slow
 def test_skops_trusts_the_same_types_when_imported_without_torch():
     """skops' default trusted types do not depend on the wrappers left out, and a later
     import of the torch wrapper still works (nothing is left half-imported)."""
@@ -240,6 +244,7 @@ def test_the_model_is_loaded_once_per_process_and_again_when_its_files_change(tr
     assert not np.array_equal(second.predict_proba(ps.patches), first.predict_proba(ps.patches))
 
 
+@pytest.mark.slow
 def test_dask_predictions_are_the_same_bytes_as_local(trained, tmp_path, monkeypatch):
     """compute=dask on a LocalCluster the stage starts (2 process workers, each loading
     the model once; the cluster shut down while the outputs are written) writes the same

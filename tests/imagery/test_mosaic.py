@@ -17,7 +17,7 @@ from rasterio.warp import Resampling, reproject
 from rasterio.windows import transform as window_transform
 from scipy import ndimage
 
-from landsat_factory import CLEAR_QA, item_for, pid, write_catalog, write_product
+from helpers.landsat_factory import CLEAR_QA, item_for, pid, write_catalog, write_product
 from urbanmap.cli import main
 from urbanmap.core import cog, io
 from urbanmap.core.errors import InputError

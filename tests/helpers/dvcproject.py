@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from conftest import REPO
+from helpers.project import REPO
 
 #: A 6 km x 6 km window on Mexico City's eastern fringe (36 cells, both classes), with a
 #: model and folds sized so that the whole pipeline runs in seconds.

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, expect_error
+from helpers.cli import expect_error
+from helpers.project import REPO
 from urbanmap.cli import main
 from urbanmap.compute.executor import ComputeSettings, Executor
 from urbanmap.compute.tiles import effective_tile_size, tile_index, tile_of_cells
@@ -134,6 +135,7 @@ def test_a_worker_without_the_package_is_refused_with_exit_2(monkeypatch, region
             worker.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_release_shuts_the_stages_cluster_down_in_the_background():
     """After release() no task can be submitted; the LocalCluster the executor started is
     closed by the time its context is left (its shutdown overlaps the stage's writing)."""
@@ -161,6 +163,7 @@ def local_mosaic(region):
     return path.read_bytes()
 
 
+@pytest.mark.slow
 def test_mosaic_is_the_same_bytes_whatever_the_tiles_and_executor(monkeypatch, region, local_mosaic, cluster):
     path = region / "small" / "mosaic_2010.tif"
     assert _run(monkeypatch, "mosaic", region, "compute.tile_size=4") == 0  # 4 tiles of 2 x 2 blocks
@@ -170,6 +173,7 @@ def test_mosaic_is_the_same_bytes_whatever_the_tiles_and_executor(monkeypatch, r
     assert not list(path.parent.glob(".*parts*"))  # parts removed
 
 
+@pytest.mark.slow
 def test_mosaic_completes_identically_when_a_worker_is_killed(monkeypatch, region, local_mosaic, cluster):
     _, client = cluster
     path = region / "small" / "mosaic_2010.tif"
@@ -195,6 +199,7 @@ def test_mosaic_completes_identically_when_a_worker_is_killed(monkeypatch, regio
         os.kill(pids[victim], 0)  # it really died
 
 
+@pytest.mark.slow
 def test_patches_are_the_same_bytes_whatever_the_tiles_and_executor(monkeypatch, region, local_mosaic, cluster,
                                                                     tmp_path):
     """On a mosaic with nodata in some urban cells (so the sample needs a second round of

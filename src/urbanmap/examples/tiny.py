@@ -1,6 +1,9 @@
-"""Small synthetic inputs for the patches / train / evaluate tests and benchmarks: a
-labelled grid and a mosaic GeoTIFF on its pixel lattice, written with the real formats
-(GeoParquet cell table, tiled float32 GeoTIFF with band descriptions and NaN nodata)."""
+"""A tiny labelled region and its mosaic, for tests, benchmarks and trying a stage in
+seconds: a square grid of 1 km cells (EPSG:6372) with a round city, and a 6-band
+float32 mosaic on its 33 x 33 px pixel lattice drawn from three end-member spectra,
+written with the real formats (GeoParquet cell table, tiled float32 GeoTIFF with band
+descriptions and NaN nodata), so the patches, train, evaluate and predict stages run on
+it unchanged. Everything follows from the seed."""
 
 from __future__ import annotations
 
@@ -46,10 +49,12 @@ def labelled_cells(ncols: int = 16, nrows: int = 16, col0: int = 2790, row0: int
 
 
 def write_labels(path: Path, cells: pd.DataFrame) -> None:
+    """Write the cells as a labels.parquet (io.write_cells, 1 km cells, EPSG:6372)."""
     io.write_cells(path, cells, CELL, CRS)
 
 
 def lattice_of(cells: pd.DataFrame) -> PixelLattice:
+    """The cells' pixel lattice (33 x 33 px per cell)."""
     return PixelLattice.from_cells(cells["col"], cells["row"], CELL, PATCH, CRS)
 
 
@@ -103,32 +108,3 @@ def make_region(root: Path, name: str = "tiny", ncols: int = 20, nrows: int = 20
     return cells, img
 
 
-def overrides(root: Path, name: str = "tiny", *extra: str) -> list[str]:
-    """Overrides for a fast run on a region written by make_region: 100 cells per class,
-    3 folds, 20 trees, tracking off, LeNet for 1 epoch."""
-    return [
-        f"out_dir={root}", f"data.name={name}", "patches.n_per_class=100", "cv.n_splits=3",
-        "tracking.enabled=false", *extra,
-    ]
-
-
-#: Overrides that make each model quick on a few hundred patches.
-FAST = {
-    "extra_trees": ["model.estimator.n_estimators=20"],
-    "lenet": ["model=lenet", "model.trainer.max_epochs=1", "model.trainer.batch_size=64"],
-    "resnet18": ["model=resnet18", "model.trainer.max_epochs=1", "model.trainer.batch_size=64"],
-}
-
-
-def trained_region(root: Path):
-    """A tiny labelled region with its mosaic, patches and a trained Extra Trees model
-    under `root`; returns the config that made them."""
-    from conftest import REPO
-    from urbanmap.core import config
-    from urbanmap.training import patches, train
-
-    make_region(root)
-    cfg = config.load(REPO, overrides(root, "tiny", *FAST["extra_trees"]))
-    patches.run(cfg)
-    train.run(cfg)
-    return cfg

@@ -14,8 +14,8 @@ import urllib.request
 import pandas as pd
 import pytest
 
-import synthetic
-from conftest import REPO
+from helpers import synthetic
+from helpers.project import REPO
 from urbanmap.core import config, paths
 from urbanmap.training import evaluate
 
@@ -135,6 +135,7 @@ def mlflow_server(tmp_path):
         log.close()
 
 
+@pytest.mark.slow
 def test_runs_on_a_real_tracking_server(trained, mlflow_server, monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     cfg = tracked_cfg(trained)

@@ -8,17 +8,19 @@ import rasterio
 from affine import Affine
 from rasterio.windows import from_bounds
 
-import synthetic
-from conftest import REPO, heavy_imports_after
+from helpers import synthetic
+from helpers.cli import heavy_imports_after
+from helpers.project import REPO
 from urbanmap.cli import main
 from urbanmap.core import config, paths
 from urbanmap.core.errors import InputError
+from urbanmap.examples import tiny
 from urbanmap.training.patches import CLASSES, balanced_sample, extract, load_patches, read_patches, run
 
 
 @pytest.fixture
 def region(tmp_path):
-    cells, img = synthetic.make_region(tmp_path)
+    cells, img = tiny.make_region(tmp_path)
     return tmp_path, cells, img
 
 
@@ -28,7 +30,7 @@ def cfg_for(root, *extra):
 
 def test_a_cells_patch_is_exactly_its_window(region):
     root, cells, img = region
-    lattice = synthetic.lattice_of(cells)
+    lattice = tiny.lattice_of(cells)
     pick = cells.sample(25, random_state=1)
     with rasterio.open(root / "tiny" / "mosaic_2010.tif") as src:
         got = read_patches(src, lattice, pick["col"], pick["row"], [1, 2, 3, 4, 5, 6], block_cells=4)
@@ -80,17 +82,17 @@ def test_same_seed_same_sample_other_seed_other_sample(region):
 
 
 def test_patches_with_nodata_are_dropped_counted_and_replaced(tmp_path):
-    cells = synthetic.labelled_cells(20, 20)
-    img = synthetic.scene(cells)
-    lattice = synthetic.lattice_of(cells)
+    cells = tiny.labelled_cells(20, 20)
+    img = tiny.scene(cells)
+    lattice = tiny.lattice_of(cells)
     urban = cells[cells["label"] == "urban"]
     holed = urban.iloc[:5]
     row_off, col_off = lattice.cell_offsets(holed["col"], holed["row"])
     img[3, row_off + 7, col_off + 11] = np.nan  # one pixel of one band per cell
-    synthetic.write_mosaic(tmp_path / "m.tif", cells, img)
+    tiny.write_mosaic(tmp_path / "m.tif", cells, img)
     n = len(urban) - 5  # every valid urban cell is needed, so every holed one is drawn
     with rasterio.open(tmp_path / "m.tif") as src:
-        ps = extract(cells, lattice, src, synthetic.BANDS, n, seed=3, year=2010)
+        ps = extract(cells, lattice, src, tiny.BANDS, n, seed=3, year=2010)
     assert ps.nodata_dropped == 5
     assert np.bincount(ps.label).tolist() == [n, n]
     assert not set(holed["cell_id"]) & set(ps.cell_id)
@@ -98,7 +100,7 @@ def test_patches_with_nodata_are_dropped_counted_and_replaced(tmp_path):
 
 
 def test_extra_mosaic_bands_are_ignored(tmp_path):
-    cells, img = synthetic.make_region(tmp_path, extra_bands=True)
+    cells, img = tiny.make_region(tmp_path, extra_bands=True)
     run(cfg_for(tmp_path))
     ps = load_patches(tmp_path / "tiny" / "patches.npz")
     assert ps.patches.shape[1] == 6 and ps.patches.max() < 1  # not the constant count band
@@ -114,18 +116,18 @@ def test_extra_mosaic_bands_are_ignored(tmp_path):
     ],
 )
 def test_a_mosaic_off_the_grid_is_refused(tmp_path, capsys, kind, fragment, in_repo):
-    cells = synthetic.labelled_cells(20, 20)
+    cells = tiny.labelled_cells(20, 20)
     folder = tmp_path / "tiny"
     folder.mkdir()
-    synthetic.write_labels(folder / "labels.parquet", cells)
-    t = synthetic.lattice_of(cells).transform
+    tiny.write_labels(folder / "labels.parquet", cells)
+    t = tiny.lattice_of(cells).transform
     kwargs = {
         "crs": {"crs": "EPSG:32614"},
         "shift": {"transform": t @ Affine.translation(0.5, 0)},
         "pixel": {"transform": Affine(30.0, 0, t.c, 0, -30.0, t.f)},
         "band": {},
     }[kind]
-    image = synthetic.scene(cells)
+    image = tiny.scene(cells)
     if kind == "band":
         image = image[:5]
     with rasterio.open(
@@ -133,7 +135,7 @@ def test_a_mosaic_off_the_grid_is_refused(tmp_path, capsys, kind, fragment, in_r
         count=len(image), dtype="float32", crs=kwargs.get("crs", "EPSG:6372"), transform=kwargs.get("transform", t),
     ) as dst:
         dst.write(image)
-        dst.descriptions = tuple(synthetic.BANDS[: len(image)])
+        dst.descriptions = tuple(tiny.BANDS[: len(image)])
     assert main(["patches", *synthetic.overrides(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and fragment in err and "mosaic_2010.tif" in err, err
@@ -183,7 +185,7 @@ def test_balanced_sample_is_the_first_valid_cells_of_each_random_order_in_few_ro
 def test_missing_mosaic_and_corrupt_patches_file(tmp_path, capsys, in_repo):
     folder = tmp_path / "tiny"
     folder.mkdir()
-    synthetic.write_labels(folder / "labels.parquet", synthetic.labelled_cells(20, 20))
+    tiny.write_labels(folder / "labels.parquet", tiny.labelled_cells(20, 20))
     assert main(["patches", *synthetic.overrides(tmp_path)]) == 2
     assert "mosaic_2010.tif: mosaic of 2010 not found" in capsys.readouterr().err
     (folder / "patches.npz").write_bytes(b"not a zip")
@@ -191,6 +193,7 @@ def test_missing_mosaic_and_corrupt_patches_file(tmp_path, capsys, in_repo):
         load_patches(folder / "patches.npz")
 
 
+@pytest.mark.slow
 def test_patches_stage_does_not_import_torch(region):
     root, _, _ = region
     assert heavy_imports_after(["patches", *synthetic.overrides(root)]) == (0, [])
@@ -198,10 +201,10 @@ def test_patches_stage_does_not_import_torch(region):
 
 
 def test_labels_without_urban_cells_are_refused(tmp_path, capsys, in_repo):
-    cells = synthetic.labelled_cells(20, 20)
-    synthetic.make_region(tmp_path)
+    cells = tiny.labelled_cells(20, 20)
+    tiny.make_region(tmp_path)
     cells["label"] = cells["label"].replace("urban", "excluded")
-    synthetic.write_labels(tmp_path / "tiny" / "labels.parquet", cells)
+    tiny.write_labels(tmp_path / "tiny" / "labels.parquet", cells)
     assert main(["patches", *synthetic.overrides(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("labels.parquet: no cell labelled urban; training needs urban and non_urban cells"), err

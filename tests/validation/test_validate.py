@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO, expect_error, heavy_imports_after
-from synthetic import CELL, CRS, labelled_cells, write_mosaic
+from helpers.cli import expect_error, heavy_imports_after
+from helpers.project import REPO
 from urbanmap.cli import main
 from urbanmap.core import config, io, paths
 from urbanmap.core.errors import InputError
+from urbanmap.examples.tiny import CELL, CRS, labelled_cells, write_mosaic
 from urbanmap.validation import estimate, validate
 
 # --- Olofsson, Foody, Herold, Stehman, Woodcock & Wulder (2014), Good practices for
@@ -300,6 +301,7 @@ def test_interpret_without_truth_and_sample_without_predictions(in_repo, region,
     assert "predictions of 2019" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_estimate_needs_no_heavy_library(tmp_path):
     sample, strata = olofsson_files(tmp_path)
     assert heavy_imports_after(["validate", "estimate", "--sample", str(sample), "--strata", str(strata)]) == (0, [])

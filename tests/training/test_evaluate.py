@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import synthetic
-from conftest import REPO
+from helpers import synthetic
+from helpers.project import REPO
 from urbanmap.cli import main
 from urbanmap.core import config, paths
+from urbanmap.examples import tiny
 from urbanmap.training import evaluate, train
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -74,7 +75,7 @@ def test_plots_and_report(evaluated):
     for name in ("confusion.png", "roc.png", "pr.png", "importances.png", "importance_maps.png"):
         assert (ev / name).read_bytes().startswith(PNG), name
     imp = pd.read_csv(ev / "importances.csv")
-    assert set(imp["group"]) == set(synthetic.BANDS) and imp["importance"].sum() == pytest.approx(1, abs=1e-4)
+    assert set(imp["group"]) == set(tiny.BANDS) and imp["importance"].sum() == pytest.approx(1, abs=1e-4)
     report = (ev / "report.md").read_text()
     m = json.loads(paths.metrics(cfg).read_text())
     assert "| pilot extra_trees (Mexico, 10-fold) | 0.9287 | 0.9287 | 0.9344 / 0.9222 / 0.9282 |" in report
@@ -82,6 +83,7 @@ def test_plots_and_report(evaluated):
     assert f"| **this run: extra_trees** (kfold) | {m['mean']['overall_accuracy']:.4f} |" in report
 
 
+@pytest.mark.slow
 def test_a_torch_model_evaluation_replaces_the_tree_figures(evaluated):
     root, _ = evaluated
     cfg = config.load(REPO, synthetic.overrides(root, "tiny", *synthetic.FAST["lenet"]))

@@ -12,7 +12,7 @@ from affine import Affine
 from rasterio.transform import rowcol
 from shapely.geometry import box
 
-from conftest import REPO
+from helpers.project import REPO
 from urbanmap.cli import main
 from urbanmap.core import io
 from urbanmap.mapping.change import CODES, change_classes

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import rasterio
 
-import synthetic
-from conftest import REPO
+from helpers import synthetic
+from helpers.project import REPO
 from urbanmap.core import config
 from urbanmap.core.errors import InputError
+from urbanmap.examples.tiny import BANDS, labelled_cells, lattice_of, write_mosaic
 from urbanmap.training import models
 from urbanmap.training.patches import extract
 
@@ -19,10 +20,10 @@ from urbanmap.training.patches import extract
 def tiny(tmp_path_factory):
     """120 patches (60 per class) of a synthetic scene."""
     root = tmp_path_factory.mktemp("tiny")
-    cells = synthetic.labelled_cells(16, 16)
-    synthetic.write_mosaic(root / "m.tif", cells)
+    cells = labelled_cells(16, 16)
+    write_mosaic(root / "m.tif", cells)
     with rasterio.open(root / "m.tif") as src:
-        return extract(cells, synthetic.lattice_of(cells), src, synthetic.BANDS, 60, seed=0, year=2010)
+        return extract(cells, lattice_of(cells), src, BANDS, 60, seed=0, year=2010)
 
 
 def model_cfg(name, *extra):
@@ -123,7 +124,7 @@ def test_resnet18_trains_and_loads_local_imagenet_style_weights(tiny, tmp_path):
     torch.manual_seed(0)
     rgb = tv_resnet18(weights=None).state_dict()  # stands for ImageNet weights (nothing downloaded)
     save_file(rgb, tmp_path / "resnet18.safetensors")
-    net = resnet18(6, 33, 2, weights=str(tmp_path / "resnet18.safetensors"), bands=synthetic.BANDS)
+    net = resnet18(6, 33, 2, weights=str(tmp_path / "resnet18.safetensors"), bands=BANDS)
     w, old = net.conv1.weight.detach(), rgb["conv1.weight"]
     torch.testing.assert_close(w[:, 2], old[:, 0] * 0.5)  # red <- R
     torch.testing.assert_close(w[:, 0], old[:, 2] * 0.5)  # blue <- B
