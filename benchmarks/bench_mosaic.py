@@ -63,7 +63,7 @@ def _overrides(work: Path, name: str, window, extra=()):
 
 
 def ensure_scenes(work: Path, name: str, window) -> None:
-    """grid + synth for the region, unless already there."""
+    """Grid + synth for the region, unless already there."""
     region = work / name
     if (region / "scenes" / str(YEAR) / "catalog.json").is_file() and (region / "truth" / str(YEAR)).is_dir():
         return
@@ -177,7 +177,7 @@ def step_kernel(work: Path) -> dict:
 
 
 def step_agreement(work: Path, cog_path: str) -> dict:
-    """geomad once on the whole region's stack (every scene an observation) against the
+    """Geomad once on the whole region's stack (every scene an observation) against the
     stage's COG."""
     import rasterio
 

@@ -210,7 +210,7 @@ def main() -> None:
 
     # --- figures ---
     out = {"machine": f"{platform.node()} ({os.cpu_count()} cores, shared with other jobs: noisy)",
-           "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
            "command": "python benchmarks/bench_scaling.py " + " ".join(sys.argv[1:]), "rows": rows}
     print("\nstage    mode         start-up s " + "".join(f"{f:>4d}x: s/unit (ms)   " for f in factors))
     exps, net, steps, busy, by_size, memory, startup = {}, {}, {}, {}, {}, {}, {}

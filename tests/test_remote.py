@@ -113,7 +113,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def s3_server():
-    """moto's S3-compatible server on 127.0.0.1, stopped after the test."""
+    """Moto's S3-compatible server on 127.0.0.1, stopped after the test."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],

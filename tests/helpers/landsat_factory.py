@@ -45,7 +45,7 @@ def item_for(folder: Path) -> pystac.Item:
         bbox = list(transform_bounds(ds.crs, "EPSG:4326", *ds.bounds))
     west, south, east, north = bbox
     geometry = {"type": "Polygon", "coordinates": [[[west, south], [east, south], [east, north], [west, north], [west, south]]]}
-    when = dt.datetime.combine(fields["acquired"], dt.time(17), tzinfo=dt.timezone.utc)
+    when = dt.datetime.combine(fields["acquired"], dt.time(17), tzinfo=dt.UTC)
     item = pystac.Item(product_id, geometry, bbox, when, {"platform": landsat.PLATFORMS[fields["sensor"]]})
     for band in landsat.BANDS:
         item.add_asset(landsat.COMMON_NAMES[band], pystac.Asset(

@@ -31,7 +31,6 @@ FAST = {
 def trained_region(root: Path):
     """A tiny labelled region with its mosaic, patches and a trained Extra Trees model
     under `root`; returns the config that made them."""
-
     make_region(root)
     cfg = config.load(REPO, overrides(root, "tiny", *FAST["extra_trees"]))
     patches.run(cfg)

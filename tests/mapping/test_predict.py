@@ -197,7 +197,7 @@ def test_config_has_the_predict_section():
 
 @pytest.mark.slow
 def test_predict_with_extra_trees_imports_no_torch(trained, tmp_path):
-    """skops lists scikit-learn's estimators by importing every package of it, torch's
+    """Skops lists scikit-learn's estimators by importing every package of it, torch's
     array-API wrapper included; models.extra_trees.skops_io keeps torch out."""
     root, _ = copy_region(trained, tmp_path)
     assert heavy_imports_after(["predict", *overrides(root, "year=2010")]) == (0, [])
@@ -206,7 +206,7 @@ def test_predict_with_extra_trees_imports_no_torch(trained, tmp_path):
 
 @pytest.mark.slow
 def test_skops_trusts_the_same_types_when_imported_without_torch():
-    """skops' default trusted types do not depend on the wrappers left out, and a later
+    """Skops' default trusted types do not depend on the wrappers left out, and a later
     import of the torch wrapper still works (nothing is left half-imported)."""
     import subprocess
     import sys

@@ -171,7 +171,6 @@ def run(cfg) -> None:
     The region is data.boundary ∩ data.window; when both are null and the imagery is one
     file (data.imagery.source: file), the extent of that file (for years.train).
     """
-
     try:
         crs = CRS.from_user_input(cfg.data.crs)
     except CRSError as exc:

@@ -118,7 +118,6 @@ def read_census(census_cfg, grid_bounds, grid_crs: CRS):
 
     Returns (polygons, kind, population, report) where report counts the quirks met.
     """
-
     path = census_cfg.path
     columns = [census_cfg.class_column]
     if census_cfg.population_column:

@@ -89,7 +89,6 @@ def landcover_areas(
         (urban_area (n,) float64 m², landcover_area (n,) float64 m², k sub-pixels per
         cell side).
     """
-
     crs = CRS.from_user_input(crs)
     cols, rows = np.asarray(cols, np.int64), np.asarray(rows, np.int64)
     if subpixel_m:
@@ -141,7 +140,6 @@ def landcover_areas(
 
 def codes_present(src, band: int = 1, nodata=None, max_px: int = 1024) -> list:
     """The distinct values of a decimated read of the map (for error messages)."""
-
     f = max(1, max(src.width, src.height) // max_px)
     sample = src.read(band, out_shape=(max(1, src.height // f), max(1, src.width // f)), resampling=Resampling.nearest)
     values = np.unique(sample)
@@ -151,7 +149,6 @@ def codes_present(src, band: int = 1, nodata=None, max_px: int = 1024) -> list:
 def run(cfg) -> dict:
     """Stage `labels` for `data.landcover`: grid + land-cover map -> labels.parquet,
     label_summary.json (the same files and label rule as census labels)."""
-
     lc = cfg.data.landcover
     rule = cfg.labels.rule
     if rule != "urban_fraction":

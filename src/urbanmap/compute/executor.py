@@ -125,8 +125,7 @@ def _select(cfg: Any, key: str) -> Any:
 
 @functools.cache
 def _malloc_trim() -> Callable[[], object]:
-    """glibc's malloc_trim(0), or a no-op where there is none (another libc)."""
-
+    """Glibc's malloc_trim(0), or a no-op where there is none (another libc)."""
     try:
         trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):
@@ -144,7 +143,6 @@ def release_freed_memory() -> None:
     each task holds one tile. A fixed threshold instead costs ~5 s of page faults per
     mosaic run. Called after every task (_measured) and every few blocks by the mosaic.
     """
-
     _malloc_trim()()
     if "pyarrow" in sys.modules:
         sys.modules["pyarrow"].default_memory_pool().release_unused()
@@ -152,7 +150,6 @@ def release_freed_memory() -> None:
 def _measured(fn: Callable, item):
     """Run `fn(item)`, then release the memory it freed; return (its result, where and
     how it ran). Runs on the worker."""
-
     began, start = time.time(), time.perf_counter()
     result = fn(item)
     seconds = time.perf_counter() - start
@@ -189,7 +186,7 @@ class Executor:
         self.stats: list[dict] = []
         self._closing = None  # the thread shutting down the LocalCluster after release()
 
-    def __enter__(self) -> "Executor":
+    def __enter__(self) -> Executor:
         if self.mode == "dask":
             self._connect()
         return self
@@ -269,7 +266,6 @@ class Executor:
         """Run `fn(item)` for each item; yield (position of the item, result) as each
         finishes. `fn` must be picklable for Dask (a module-level function or a
         functools.partial of one) and `keys` unique names of the tasks."""
-
         if self.mode == "dask" and self.client is None:
             raise RuntimeError("Executor.map after release() or outside its context")
         items, keys = list(items), list(keys)

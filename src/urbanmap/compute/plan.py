@@ -53,7 +53,6 @@ def scenes_per_tile(tiles, bboxes_grid: np.ndarray) -> np.ndarray:
 
 def catalog_bboxes(catalog: str, year: int, crs) -> np.ndarray:
     """(m, 4) bounds in `crs` of the catalog's items of `year` (their STAC bbox)."""
-
     try:
         root = pystac.read_file(catalog)
     except Exception as exc:  # pystac raises several types; the user needs the file
@@ -84,7 +83,6 @@ def _hours(seconds: float) -> str:
 
 def run(cfg) -> dict:
     """The command: tiles.parquet and plan.json (see module docstring)."""
-
     cells, cell_size, crs = io.read_cells(paths.grid(cfg), "grid", columns=["col", "row"])
     lattice = PixelLattice.from_cells(cells["col"], cells["row"], cell_size,
                                       patch_size(cell_size, float(cfg.data.pixel_size), cfg.data.get("patch_size")), crs)

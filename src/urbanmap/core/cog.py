@@ -181,7 +181,7 @@ class BlockWriter:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
-    def __enter__(self) -> "BlockWriter":
+    def __enter__(self) -> BlockWriter:
         return self
 
     def __exit__(self, *exc) -> None:

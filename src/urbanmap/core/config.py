@@ -40,7 +40,6 @@ def compose(conf_dir: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
 def write_params(root: str | Path, overrides: Sequence[str] = ()) -> Path:
     """Write `root/params.yaml` from the composed `root/conf`, byte for byte as
     `dvc exp run` writes it."""
-
     params = compose(Path(root) / CONF_DIR, overrides)
     out = Path(root) / PARAMS_FILE
     with atomic_output(out) as tmp:

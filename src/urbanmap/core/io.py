@@ -37,7 +37,6 @@ LATTICE_KEY = b"urbanmap:lattice"
 def _remove_stale_temporaries(path: Path) -> None:
     """Remove `.<name>.tmp-<pid>` / `.<name>.old.tmp-<pid>` beside `path` left by a run
     that was killed (SIGKILL, power loss: no `finally` ran), when <pid> is not alive."""
-
     for stale in path.parent.glob(f".{glob.escape(path.name)}*.tmp-*"):
         pid = stale.name.rpartition(".tmp-")[2]
         if not pid.isdigit() or stale.name not in (f".{path.name}.tmp-{pid}", f".{path.name}.old.tmp-{pid}"):
@@ -77,7 +76,6 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     On any exception the temporary directory is removed and `path` is left untouched; the
     leftovers of a killed earlier run are removed first.
     """
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(path)
@@ -117,7 +115,6 @@ def read_vector(path: str | os.PathLike, what: str, columns: Sequence[str] | Non
     Raises InputError naming the file if it is missing, unreadable, lacks a CRS or lacks
     one of `columns`.
     """
-
     path = require_file(path, what)
     try:
         if path.suffix.lower() in {".parquet", ".geoparquet"}:

@@ -62,7 +62,7 @@ class PixelLattice:
     nrows: int
 
     @classmethod
-    def from_cells(cls, cols, rows, cell_size: float, patch_size: int, crs) -> "PixelLattice":
+    def from_cells(cls, cols, rows, cell_size: float, patch_size: int, crs) -> PixelLattice:
         """The lattice of the bounding box of cells given by lattice indices."""
         cols, rows = np.asarray(cols), np.asarray(rows)
         if cols.size == 0:
@@ -136,7 +136,7 @@ class Block:
 
     @property
     def in_cells(self) -> np.ndarray:
-        """bool (rows, cols): the block's pixels that belong to grid cells."""
+        """Bool (rows, cols): the block's pixels that belong to grid cells."""
         return np.repeat(np.repeat(self.cells, self.patch, axis=0), self.patch, axis=1)
 
 

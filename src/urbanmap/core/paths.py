@@ -68,7 +68,6 @@ def evaluation_dir(cfg) -> Path:
 
 def stage_year(cfg) -> int:
     """The year a per-year stage runs for: `year`, or `years.train` when it is null."""
-
     value = cfg.year if cfg.year is not None else cfg.years.train
     try:
         return int(value)

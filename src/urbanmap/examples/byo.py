@@ -135,7 +135,6 @@ def generate(out: str | Path, km: float = 30.0, seed: int = 8, spectra: str | Pa
     The drawn landscape is a square of `km` + 2 km side (10 m pixels) centred on CENTRE;
     the boundary fits inside the central `km` x `km`.
     """
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     em = read_endmembers(spectra, PREFIXES, 0.6)

@@ -123,7 +123,6 @@ def prepare_block(b: int, block: Block, reader: _Reader, lattice, opts: MosaicSe
     block b + PREFETCH + 1 is prepared (build() reduces block b while it prepares the
     next PREFETCH blocks).
     """
-
     halo = opts.buffer_px
     shape = (block.height + 2 * halo, block.width + 2 * halo)
     chosen = block.scenes
@@ -173,7 +172,6 @@ def plan(products, lattice, cols, rows, opts: MosaicSettings) -> list[Block]:
     """The blocks of the lattice, each with the scenes it needs (in grid order, so that
     each grid's scenes are warped together). Opens every scene once to check its files
     and find its footprint."""
-
     grids = []
     for p in products:
         datasets = scenes.open_files(p)
@@ -198,7 +196,6 @@ def build(products, lattice, cols, rows, opts: MosaicSettings, writer, progress:
     block by block into `writer` (a cog.BlockWriter of band_names(opts...) bands, or any
     object with its `write`); `blocks`: already planned blocks (a tile's), else plan();
     `cache_mb`: GDAL's block cache (default opts.gdal_cache_mb)."""
-
     if blocks is None:
         blocks = plan(products, lattice, cols, rows, opts)
     result = Result(per_scene={p.product_id: 0 for p in products})

@@ -105,7 +105,6 @@ def calibration(src, indexes: Sequence[int], scale, offset) -> tuple[np.ndarray,
 def check_reflectance(src, indexes: Sequence[int], scale: np.ndarray, offset: np.ndarray, nodata, where: str) -> float:
     """Median reflectance of the six bands on a decimated read; InputError if it cannot
     be reflectance (DN without scale, or a wrong scale). Returns the median."""
-
     factor = max(1, max(src.width, src.height) // 512)
     shape = (len(indexes), max(1, src.height // factor), max(1, src.width // factor))
     sample = src.read(list(indexes), out_shape=shape, resampling=Resampling.nearest).astype(np.float64)
@@ -136,7 +135,6 @@ def align_block(src, indexes: Sequence[int], scale, offset, nodata, crs, transfo
     Returns:
         float32 (b, rows, cols), NaN where the source has no data.
     """
-
     out = np.full((len(indexes), *shape), np.nan, np.float32)
     reproject(
         source=rasterio.band(src, list(indexes)), destination=out, src_nodata=nodata, dst_transform=transform,
@@ -159,7 +157,6 @@ class Spec:
 
 def spec(src, im, lattice, path: str) -> Spec:
     """The Spec of an open file from the `data.imagery` config, checked."""
-
     mapping = im.get("bands")
     extra = [str(b) for b in (im.get("extra_bands") or [])]
     bands = match_bands(list(src.descriptions), src.count, mapping, extra, path)
@@ -181,7 +178,6 @@ def spec(src, im, lattice, path: str) -> Spec:
 
 def run(cfg) -> None:
     """Stage `mosaic` for `source: file`: the year's file -> mosaic_<year>.tif (COG), .json."""
-
     start = time.perf_counter()
     year = paths.stage_year(cfg)
     im = cfg.data.imagery

@@ -64,7 +64,6 @@ from urbanmap.imagery.geomedian import band_names
 
 def find_products(cfg, year: int, lattice):
     """The scenes of `year` from `data.imagery` (see scenes)."""
-
     im = cfg.data.get("imagery")
     if im is None:
         raise InputError("data.imagery: not configured (source, catalog / folder / api)")
@@ -85,7 +84,6 @@ def find_products(cfg, year: int, lattice):
 def load(cfg):
     """Everything a run needs from the config: (year, grid cells (col, row), the pixel
     lattice, MosaicSettings, the year's products, where they were found)."""
-
     year = paths.stage_year(cfg)
     cells, cell_size, crs = io.read_cells(paths.grid(cfg), "grid", columns=["col", "row"])
     patch = patch_size(cell_size, float(cfg.data.pixel_size), cfg.data.get("patch_size"))
@@ -167,7 +165,6 @@ def build_tiled(settings: ComputeSettings, products, lattice, cols, rows, opts: 
     build() over every block instead); each finished tile's blocks are copied into
     `writer` and its part deleted, so the client holds one block of pixels at a time.
     Same blocks, same values, same bytes as one untiled build()."""
-
     tile_size = settings.tile_size  # a multiple of opts.block_cells
     if settings.mode == "local":
         # In-process, tiles would only add work: each part's blocks are saved and read back,

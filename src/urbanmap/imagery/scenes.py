@@ -175,7 +175,6 @@ def _bbox_overlaps(a, b) -> bool:
 def from_catalog(path: str | Path, year: int, months=None, bbox=None) -> list[Product]:
     """Products of a STAC catalog file (Catalog / Collection, searched recursively, or an
     ItemCollection) in `year` (and `months`) whose bbox overlaps `bbox` (lon/lat)."""
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: STAC catalog not found (run `urbanmap synth` for the embedded default)")
@@ -199,7 +198,6 @@ def from_catalog(path: str | Path, year: int, months=None, bbox=None) -> list[Pr
 def from_api(url: str, collection: str, year: int, months=None, bbox=None, max_items: int | None = None) -> list[Product]:
     """Products found by a STAC API search (pystac-client): `collection`, the lon/lat
     `bbox`, the calendar `year` (then filtered by `months`)."""
-
     where = f"{url} ({collection})"
     try:
         search = pystac_client.Client.open(url).search(

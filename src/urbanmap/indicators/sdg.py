@@ -209,7 +209,6 @@ def _chart(path, out: pd.DataFrame, years: tuple[int, int], top: int = 25) -> No
 
 def run(cfg) -> pd.DataFrame:
     """Stage: change.parquet + estimate.json + labels.parquet + municipalities -> sdg/."""
-
     t1, t2 = int(cfg.years.train), int(cfg.years.target)
     change, cell_size, crs = io.read_cells(paths.change_cells(cfg), "change", ["cell_id", f"class_{t1}", f"class_{t2}"])
     labels, _, _ = io.read_cells(paths.labels(cfg), "labels", ["cell_id", "population"])

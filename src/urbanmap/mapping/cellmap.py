@@ -40,7 +40,6 @@ def write_cog(path: str | os.PathLike, array: np.ndarray, lattice: PixelLattice,
     cog.copy_to_cog (the project's creation options); `resampling` picks the overviews'
     method (`average` for p_urban, `mode` for classes).
     """
-
     profile = dict(driver="GTiff", width=lattice.ncols, height=lattice.nrows, count=1, dtype=array.dtype.name,
                    crs=lattice.crs.to_wkt(), transform=lattice.transform, nodata=nodata)
     with MemoryFile() as mem:

@@ -105,7 +105,6 @@ def assign_municipalities(cols, rows, cell_size: float, crs, municipalities, id_
         ((n,) key str, (n,) name str): "" and "(none)" for centres in no polygon; a centre
         on a shared border goes to the smallest key.
     """
-
     x = (np.asarray(cols, np.float64) + 0.5) * cell_size
     y = (np.asarray(rows, np.float64) + 0.5) * cell_size
     points = gpd.GeoDataFrame({"cell": np.arange(len(x))}, geometry=gpd.points_from_xy(x, y), crs=crs)
@@ -168,7 +167,6 @@ def run(cfg) -> None:
     """The stage: predictions_<years.train>.parquet + predictions_<years.target>.parquet +
     data.municipalities -> change/ (change.parquet, change.tif, change.png,
     municipalities.csv, region.json)."""
-
     t1, t2 = int(cfg.years.train), int(cfg.years.target)
     tables = []
     for year in (t1, t2):

@@ -63,7 +63,6 @@ def blocks(lattice: PixelLattice, cols, rows, block_cells: int) -> list[np.ndarr
 def predict_cells(clf, src, lattice: PixelLattice, cols, rows, indexes, block_cells: int,
                   progress: bool = True) -> np.ndarray:
     """p_urban (n,) float32 of cells (lattice indices), block by block with a progress bar."""
-
     cols, rows = np.asarray(cols), np.asarray(rows)
     p = np.full(len(cols), np.nan, np.float32)
     groups = blocks(lattice, cols, rows, block_cells)

@@ -77,7 +77,6 @@ def _map(path, lattice: PixelLattice, p_grid: np.ndarray, cls_grid: np.ndarray, 
 def run(cfg) -> None:
     """The stage: grid.parquet + mosaic_<year>.tif + model/ -> predictions_<year>.parquet,
     p_urban_<year>.tif, predictions_<year>.png, predictions_<year>.json."""
-
     year = paths.stage_year(cfg)
     settings = ComputeSettings.from_config(cfg)
     threshold, block_cells = cfg.predict.threshold, cfg.predict.block_cells
@@ -113,7 +112,6 @@ def run(cfg) -> None:
 
 def _write(cfg, year, grid, p, card, threshold: float, block_cells: int, seconds: float, cell_size, crs) -> None:
     """The stage's four outputs from the grid table and its (n,) p_urban."""
-
     cls = classes(p, float(threshold))
     table = pd.DataFrame({"cell_id": grid["cell_id"].to_numpy(str), "col": grid["col"].to_numpy(np.int64),
                           "row": grid["row"].to_numpy(np.int64), "p_urban": p, "class": cls})

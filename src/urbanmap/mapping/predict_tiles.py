@@ -46,7 +46,6 @@ def model(model_dir, threads: int):
     """The fitted classifier of `model_dir` (models.load), loaded once per process and
     kept while its files are unchanged (a persistent Dask worker reloads a retrained
     model); `threads`: the threads one task may use (scikit-learn's n_jobs, torch's)."""
-
     folder = Path(model_dir)
     files = tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir() if p.is_file()))
     return _load(str(folder.resolve()), int(threads), files)
@@ -54,7 +53,6 @@ def model(model_dir, threads: int):
 @functools.lru_cache(maxsize=2)
 def _load(model_dir: str, threads: int, files: tuple):
     """models.load, cached by folder, threads and the folder's (name, mtime, size) files."""
-
     clf, card = models.load(model_dir)
     estimator = getattr(clf, "estimator", None)
     if hasattr(estimator, "n_jobs"):  # scikit-learn: a task's threads (Dask workers would force 1, with a warning)
@@ -68,7 +66,6 @@ def _load(model_dir: str, threads: int, files: tuple):
 def predict_tile(job: PredictJob, mosaic: str, lattice, indexes, model_dir: str, block_cells: int,
                  threads: int) -> np.ndarray:
     """The task of one tile (runs on a worker): (k,) float32 p_urban of its cells."""
-
     clf = model(model_dir, threads)
     with rasterio.open(mosaic) as src:
         return predict_cells(clf, src, lattice, job.cols, job.rows, indexes, block_cells, progress=False)

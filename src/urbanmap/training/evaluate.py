@@ -244,7 +244,6 @@ def _plots(folder, summary: dict, predictions: pd.DataFrame, importances, import
 
 def run(cfg) -> None:
     """The stage: cv_predictions.parquet + model/ -> metrics.json, plots/, evaluation/, MLflow."""
-
     path = io.require_file(paths.cv_predictions(cfg), "cross-validation predictions")
     try:
         table = pq.read_table(path)

@@ -96,7 +96,7 @@ class PatchSet:
     def patch_size(self) -> int:
         return int(self.patches.shape[-1])
 
-    def subset(self, index: np.ndarray) -> "PatchSet":
+    def subset(self, index: np.ndarray) -> PatchSet:
         """The samples at `index` (int or bool array)."""
         return PatchSet(
             self.patches[index], self.label[index], self.cell_id[index], self.col[index],
@@ -111,7 +111,6 @@ def save_patches(path, ps: PatchSet, patches_npy=None) -> None:
     `patches_npy`: a .npy file holding the patches, streamed into the archive in place of
     `ps.patches` (which is then ignored), so that they never need to be in memory.
     """
-
     arrays = {
         "patches": np.ascontiguousarray(ps.patches, np.float32),
         "label": ps.label.astype(np.uint8),
@@ -139,7 +138,6 @@ def save_patches(path, ps: PatchSet, patches_npy=None) -> None:
 
 def load_patches(path) -> PatchSet:
     """Read a patches file; InputError naming the file if it is not one."""
-
     path = require_file(path, "patches file")
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -166,7 +164,6 @@ def load_patches(path) -> PatchSet:
 def check_mosaic(src, lattice: PixelLattice, name: str, bands) -> list[int]:
     """Check an open rasterio dataset is on `lattice` and has `bands`; return their
     1-based band indexes. InputError naming `name` otherwise."""
-
     if src.crs is None:
         raise InputError(f"{name}: mosaic has no CRS")
     crs = CRS.from_user_input(src.crs)
@@ -203,7 +200,6 @@ def read_patches(src, lattice: PixelLattice, cols, rows, indexes, block_cells: i
     Returns:
         (n, b, p, p) float32 array in the order of `cols`; row 0 is north.
     """
-
     p = lattice.patch_size
     row_off, col_off = lattice.cell_offsets(cols, rows)
     ci, ri = col_off // p, row_off // p  # cell position in the raster, in cells (ri: 0 = north)
@@ -361,7 +357,6 @@ def cut_tile(job: TileCut, path: str, lattice: PixelLattice, bands) -> np.ndarra
     """The task of one tile (runs on a worker): cut its cells' patches from the mosaic at
     `path` into `<part>/patches.npy` ((k, b, p, p) float32, renamed into place when
     complete); return which are valid ((k,) bool: no nodata)."""
-
     with rasterio.open(path) as src, part_output(job.part) as tmp:
         indexes = check_mosaic(src, lattice, str(path), bands)
         patches = read_patches(src, lattice, job.cols, job.rows, indexes)
@@ -379,7 +374,6 @@ def extract_tiled(settings: ComputeSettings, labels: pd.DataFrame, lattice: Pixe
     npz. Same cells, same order, same bytes on every executor and tile size. Returns the
     PatchSet without its pixels (patches of shape (n, 0, p, p)).
     """
-
     cols, rows = labels["col"].to_numpy(), labels["row"].to_numpy()
     size = settings.tile_size
     ti, tj = tile_of_cells(lattice, cols, rows, size)
@@ -420,7 +414,6 @@ def extract_tiled(settings: ComputeSettings, labels: pd.DataFrame, lattice: Pixe
 def run(cfg) -> None:
     """The stage: labels.parquet + mosaic_<years.train>.tif -> patches.npz, patches_summary.json,
     tile by tile on compute=local or compute=dask (the same bytes)."""
-
     labels, cell_size, crs = io.read_cells(paths.labels(cfg), "labels", ["cell_id", "label"])
     size = patch_size(cell_size, cfg.data.pixel_size, cfg.data.patch_size)
     lattice = PixelLattice.from_cells(labels["col"], labels["row"], cell_size, size, crs)

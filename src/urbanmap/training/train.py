@@ -55,7 +55,6 @@ def cross_validate(ps: PatchSet, folds: np.ndarray, make: Callable[[], object], 
         (one row per sample in fold order: fold, cell_id, col, row, x, y, y_true, p_urban,
         y_pred; seconds to fit and predict each fold).
     """
-
     parts, seconds = [], []
     for k in tqdm(range(int(folds.max()) + 1), desc="folds", unit="fold", disable=not progress or None, leave=False):
         test = folds == k
@@ -82,7 +81,6 @@ def cross_validate(ps: PatchSet, folds: np.ndarray, make: Callable[[], object], 
 
 def write_predictions(path, frame: pd.DataFrame, meta: dict) -> None:
     """Parquet with `meta` (model, cv, seed, ...) in the file's key-value metadata."""
-
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"urbanmap:cv": json.dumps(meta).encode()})
     with atomic_output(path) as tmp:
@@ -90,7 +88,6 @@ def write_predictions(path, frame: pd.DataFrame, meta: dict) -> None:
 
 def run(cfg) -> None:
     """The stage: patches.npz -> cv_predictions.parquet, model/ (final model + card)."""
-
     path = paths.patches(cfg)
     ps = load_patches(path)
     check_patches(ps, str(path))

@@ -28,7 +28,6 @@ def read_windows(src, lattice: PixelLattice, cols, rows, indexes: Sequence[int],
 
     One windowed read per cell: a sample is a few hundred scattered cells, so reading
     whole blocks (as patches.read_patches does for dense samples) would read more."""
-
     p = lattice.patch_size
     side = (2 * context + 1) * p
     row_off, col_off = lattice.cell_offsets(cols, rows)
@@ -67,7 +66,6 @@ def to_rgb(window: np.ndarray, limits: np.ndarray) -> np.ndarray:
 def render(true_rgb: np.ndarray, false_rgb: np.ndarray, context: int, patch: int, scale: int, caption: str):
     """One chip: the two composites side by side, magnified `scale` times (nearest),
     the centre cell outlined in yellow, a caption line below. Returns a PIL image."""
-
     gap, caption_h = 6, 16
     side = true_rgb.shape[0] * scale
     image = Image.new("RGB", (2 * side + gap, side + caption_h), (255, 255, 255))
@@ -91,7 +89,6 @@ def write_chips(folder: Path, names: Sequence[str], captions: Sequence[str], win
     Returns:
         the paths written, in order.
     """
-
     t_lim = stretch_limits(windows[:, list(true_bands)], percentiles)
     f_lim = stretch_limits(windows[:, list(false_bands)], percentiles)
     written = []

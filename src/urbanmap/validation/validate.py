@@ -88,7 +88,6 @@ def sample_design(strata: Sequence[str], anticipated: Mapping[str, float], targe
         one row per stratum present: class, cells, area (cells x unit_area), weight,
         anticipated_accuracy, n_sample.
     """
-
     counts = pd.Series(np.asarray(strata, dtype=object)).value_counts()
     if counts.empty:
         raise InputError("validation: no cell with a map class to sample")
@@ -148,7 +147,6 @@ def simulate_interpreter(truth: Sequence[str], error: float, classes: Sequence[s
 def _population(cfg) -> tuple[pd.DataFrame, float, object, int]:
     """The sampled population: cells of years.target's map with their stratum, sorted by
     cell_id (so the draw does not depend on file row order), and the nodata count."""
-
     target = int(cfg.years.target)
     pred, cell_size, crs = io.read_cells(paths.predictions(cfg, target), f"predictions of {target}",
                                          ["cell_id", "p_urban", "class"])
@@ -170,7 +168,6 @@ def _population(cfg) -> tuple[pd.DataFrame, float, object, int]:
 
 def _sample_table(cells: pd.DataFrame, cell_size: float, crs) -> pd.DataFrame:
     """sample_id, cell_id, col, row, x, y, lon, lat, stratum, map_class, p_urban, chip, ref_class."""
-
     out = cells.copy()
     out.insert(0, "sample_id", [f"S{k:04d}" for k in range(1, len(out) + 1)])
     out["x"] = (out["col"] + 0.5) * cell_size
@@ -211,7 +208,6 @@ def _write_chips(cfg, folder, sample: pd.DataFrame, cell_size: float, crs) -> No
 
 def run_sample(cfg) -> pd.DataFrame:
     """Stage `validate sample`: predictions (+ change) -> sample.csv, sample.gpkg, strata.csv, chips/."""
-
     v = cfg.validation
     cells, cell_size, crs, n_nodata = _population(cfg)
     order = MAP_CLASSES if str(v.strata) == "map" else CHANGE_CLASSES
@@ -241,7 +237,6 @@ def run_sample(cfg) -> pd.DataFrame:
 
 def run_interpret(cfg) -> pd.DataFrame:
     """Stage `validate interpret`: sample.csv + synthetic truth -> interpreted.csv."""
-
     target = int(cfg.years.target)
     sample_path = io.require_file(paths.validation_sample(cfg), "validation sample")
     sample = pd.read_csv(sample_path, dtype={"cell_id": str, "ref_class": str}, keep_default_na=False)
@@ -266,7 +261,6 @@ def run_interpret(cfg) -> pd.DataFrame:
 
 def run_estimate(sample_path, strata_path, out=None) -> dict:
     """Estimate from a sample CSV and a strata CSV; print it; write JSON to `out` if given."""
-
     result = estimate.estimate_files(sample_path, strata_path)
     unit = result.pop("unit", None)
     result = {"sample_file": str(sample_path), "strata_file": str(strata_path), "area_unit": unit, **result}

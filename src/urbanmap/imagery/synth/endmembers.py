@@ -86,7 +86,6 @@ def group_spectra(table: pd.DataFrame, prefixes: dict, max_reflectance: float, w
 
 def read_endmembers(path, prefixes: dict, max_reflectance: float) -> Endmembers:
     """Read the spectra CSV and group it (see `group_spectra`); InputError names the file."""
-
     path = io.require_file(path, "spectra")
     try:
         table = pd.read_csv(path)

@@ -49,15 +49,15 @@ class Win:
     h: int
     w: int
 
-    def grow(self, dr: int, dc: int) -> "Win":
+    def grow(self, dr: int, dc: int) -> Win:
         """The window with `dr` more rows and `dc` more columns on every side."""
         return Win(self.r0 - dr, self.c0 - dc, self.h + 2 * dr, self.w + 2 * dc)
 
-    def crop(self, outer: "Win") -> tuple[slice, slice]:
+    def crop(self, outer: Win) -> tuple[slice, slice]:
         """Slices of an array over `outer` that give this window."""
         return slice(self.r0 - outer.r0, self.r0 - outer.r0 + self.h), slice(self.c0 - outer.c0, self.c0 - outer.c0 + self.w)
 
-    def intersect(self, other: "Win") -> "Win | None":
+    def intersect(self, other: Win) -> Win | None:
         r0, c0 = max(self.r0, other.r0), max(self.c0, other.c0)
         r1, c1 = min(self.r0 + self.h, other.r0 + other.h), min(self.c0 + self.w, other.c0 + other.w)
         return Win(r0, c0, r1 - r0, c1 - c0) if r1 > r0 and c1 > c0 else None

@@ -63,7 +63,7 @@ class Landscape:
         """uint8 land-cover class per pixel: URBAN where impervious >= urban_min."""
         return np.where(self.impervious >= urban_min, np.uint8(URBAN), self.cover).astype(np.uint8)
 
-    def window(self, rows: slice, cols: slice) -> "Landscape":
+    def window(self, rows: slice, cols: slice) -> Landscape:
         """The same landscape cut to a window (views, no copy)."""
         return Landscape(**{k: getattr(self, k)[rows, cols] for k in self.__dataclass_fields__})
 
@@ -99,7 +99,6 @@ def settlement_targets(polygons, population, kind, *, at_density: float, value: 
     Returns:
         (polygons (m,) object array, targets float32 (m,)), m <= n.
     """
-
     kind = np.asarray(kind)
     keep = np.isin(kind, ["urban", "rural"])
     polygons, kind = np.asarray(polygons, dtype=object)[keep], kind[keep]

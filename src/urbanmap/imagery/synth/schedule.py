@@ -108,7 +108,7 @@ def solar_angles(date: dt.date, lon: float, lat: float) -> tuple[float, float, d
         math.sin(hour_angle), math.cos(hour_angle) * math.sin(phi) - math.tan(decl) * math.cos(phi)
     ) + math.pi
     utc_hours = OVERPASS_LOCAL_HOURS - lon / 15.0
-    when = dt.datetime(date.year, date.month, date.day, tzinfo=dt.timezone.utc) + dt.timedelta(
+    when = dt.datetime(date.year, date.month, date.day, tzinfo=dt.UTC) + dt.timedelta(
         seconds=round(utc_hours * 3600)
     )
     return math.degrees(azimuth) % 360.0, math.degrees(elevation), when
@@ -129,7 +129,7 @@ class Footprint:
     across: tuple[float, float]
 
     @classmethod
-    def crossing(cls, path: int, row: int, bounds, side: str, edge: float, bearing_deg: float) -> "Footprint":
+    def crossing(cls, path: int, row: int, bounds, side: str, edge: float, bearing_deg: float) -> Footprint:
         """The footprint covering the `side` ("east" or "west") of the region `bounds`
         (xmin, ymin, xmax, ymax), whose long edge crosses the region's centre line at
         `edge` (fraction of its width from the west)."""

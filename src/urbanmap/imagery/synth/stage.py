@@ -77,7 +77,7 @@ class World:
     width: int
 
     @classmethod
-    def around(cls, bounds, bounds_crs, crs: CRS, margin: float, pixel: float) -> "World":
+    def around(cls, bounds, bounds_crs, crs: CRS, margin: float, pixel: float) -> World:
         """The grid covering `bounds` (xmin, ymin, xmax, ymax in `bounds_crs`) plus
         `margin` metres, in `crs`."""
         xmin, ymin, xmax, ymax = Transformer.from_crs(bounds_crs, crs, always_xy=True).transform_bounds(
@@ -130,7 +130,6 @@ def _lonlat(geom: shapely.Geometry, crs: CRS) -> shapely.Geometry:
 def _write_raster(path: Path, data: np.ndarray, lattice, nodata, descriptions, tags, threads: int) -> None:
     """A COG (deflate, 256 px tiles) on the region's pixel lattice; data (rows, cols) or
     (bands, rows, cols); band descriptions and dataset tags."""
-
     data = data if data.ndim == 3 else data[None]
     predictor = 3 if data.dtype.kind == "f" else 2
     with rasterio.open(
@@ -157,8 +156,7 @@ def _footprints(cfg_s, bounds) -> list:
     return out
 
 def _in_grid(lattice, cells) -> np.ndarray:
-    """bool (nrows, ncols) in truth.cell_means order: the cells of the grid."""
-
+    """Bool (nrows, ncols) in truth.cell_means order: the cells of the grid."""
     mask = np.zeros((lattice.nrows, lattice.ncols), bool)
     mask[truth.cell_index(lattice, cells["col"], cells["row"])] = True
     return mask
@@ -167,7 +165,6 @@ def _settlements(cfg, world: World, lattice):
     """The census localities over the world, with their target impervious fraction, in
     painting order (landcover.settlement_targets): a GeoDataFrame in the scene CRS (the
     stage writes it as GeoParquet for every task to rasterise over its tile)."""
-
     grid_crs, u = lattice.crs, cfg.synth.urban
     census_bounds = Transformer.from_crs(world.crs, grid_crs, always_xy=True).transform_bounds(*world.bounds, densify_pts=21)
     polygons, kind, population, _ = labels.read_census(cfg.data.census, census_bounds, grid_crs)
@@ -188,7 +185,6 @@ def scene_specs(cfg_s, seed: int, year: int, acqs, states, world: World) -> tupl
     """Per acquisition: its tiles.SceneSpec (window, scalar draws of its sky, the cloud
     field's cut at its cover measured on a sample of the product's pixels) and its sun
     (azimuth, elevation, UTC datetime). InputError if a footprint misses the region."""
-
     pixel, cl, specs, suns = world.transform.a, cfg_s.clouds, [], []
     scales_px = [float(v) / pixel for v in cl.scales_m]
     wet_months = {int(m) for m in cl.wet_months}
@@ -221,7 +217,6 @@ def _grown_cells(cfg, settings: ComputeSettings, ex, job, tiles, world: World, l
     the fringe growth per cell (truth.fringe_growth). Writes the grown cells' polygons
     (scene CRS) to `folder/grown.parquet`. Returns (its path, the census year's urban
     fraction per cell (nrows, ncols))."""
-
     for _ in run_tiles(settings, functools.partial(tasks.base_task, job=job), tiles, desc=f"synth {year} base",
                                executor=ex):
         pass
@@ -255,7 +250,6 @@ def _grown_cells(cfg, settings: ComputeSettings, ex, job, tiles, world: World, l
 
 def run(cfg) -> dict:
     """Stage: write a year of scenes, their catalog and the truth (see module docstring)."""
-
     s = cfg.synth
     year = paths.stage_year(cfg)
     settings = ComputeSettings.from_config(cfg)

@@ -114,7 +114,6 @@ def _polygons_in(path: str, bounds, columns=()) -> tuple[np.ndarray, dict]:
     order they were given to it (painting order), and the requested columns. Only the
     row groups near `bounds` are read (the bbox covering's statistics); each row's exact
     bounds are then checked here."""
-
     frame = gpd.read_parquet(path, bbox=tuple(float(v) for v in bounds))
     frame = frame.sort_values("file_order", kind="stable")
     b = shapely.bounds(frame.geometry.values)
@@ -124,7 +123,6 @@ def _polygons_in(path: str, bounds, columns=()) -> tuple[np.ndarray, dict]:
 def landscape(win: Win, job: Job, grown: bool):
     """The landscape (landcover.Landscape) of a window: the census year's, and with
     `grown` the cells grown by this year built over."""
-
     transform, bounds = window_transform(win, job.pixel), window_bounds(win, job.pixel)
     polygons, cols = _polygons_in(job.settlements, bounds, ["target"])
     settlement = landcover.settlement_raster(polygons, cols["target"], transform, (win.h, win.w))
@@ -171,7 +169,6 @@ def scene_task(tile: dict, job: Job) -> dict:
     Returns {"tile_id", "scenes": {k: (Win, counts)}}: counts of valid, cloud, dilated,
     shadow, cirrus and usable pixels of each scene in the tile.
     """
-
     win = tile["win"]
     land = landscape(win, job, grown=True)
     classes = land.classes(job.urban_min)

@@ -80,7 +80,6 @@ def fringe_growth(urban_cells: np.ndarray, in_grid: np.ndarray, water: np.ndarra
 
     All arrays are (nrows, ncols) in cell_means order. Returns bool (nrows, ncols).
     """
-
     kernel = np.ones((3, 3), np.int32)
     kernel[1, 1] = 0
     neighbours = ndimage.convolve(urban_cells.astype(np.int32), kernel, mode="constant")

@@ -33,8 +33,8 @@ CARD = "model_card.json"
 class PatchClassifier(Protocol):
     """What train, evaluate and predict need from a model."""
 
-    def fit(self, patches: np.ndarray, y: np.ndarray) -> "PatchClassifier":
-        """patches (n, b, p, p) float32, y (n,) 0/1 (1 = urban)."""
+    def fit(self, patches: np.ndarray, y: np.ndarray) -> PatchClassifier:
+        """Patches (n, b, p, p) float32, y (n,) 0/1 (1 = urban)."""
 
     def predict_proba(self, patches: np.ndarray) -> np.ndarray:
         """(n,) float64 probability of urban."""
@@ -47,7 +47,6 @@ class PatchClassifier(Protocol):
 
 def build(model_cfg, bands, patch_size: int, seed: int, threads: int = 1) -> PatchClassifier:
     """An unfitted classifier from the `model` config section."""
-
     cfg = OmegaConf.to_container(model_cfg, resolve=True) if not isinstance(model_cfg, dict) else model_cfg
     kind = cfg.get("kind")
     if kind == "sklearn":
@@ -62,7 +61,6 @@ def build(model_cfg, bands, patch_size: int, seed: int, threads: int = 1) -> Pat
 def save(clf: PatchClassifier, folder: Path, card: dict) -> dict:
     """Write the model files and `model_card.json` (general `card` entries + the model's
     own) into `folder`, which is replaced whole (a temporary folder renamed into place)."""
-
     with atomic_directory(folder) as tmp:
         files = clf.save(tmp)
         full = {**card, **clf.card(), "files": files}

@@ -100,7 +100,7 @@ class ExtraTreesPatchClassifier:
     def features(self, patches: np.ndarray, context: str = "features"):
         return compute_features(patches, self.bands, self.groups, self.percentiles, context)
 
-    def fit(self, patches: np.ndarray, y: np.ndarray) -> "ExtraTreesPatchClassifier":
+    def fit(self, patches: np.ndarray, y: np.ndarray) -> ExtraTreesPatchClassifier:
         f = self.features(patches, "patches")
         self.feature_names, self.feature_groups = f.names, f.groups
         self.estimator.fit(f.X, np.asarray(y, np.uint8))
@@ -129,7 +129,7 @@ class ExtraTreesPatchClassifier:
         }
 
     @classmethod
-    def load(cls, folder: Path, card: dict) -> "ExtraTreesPatchClassifier":
+    def load(cls, folder: Path, card: dict) -> ExtraTreesPatchClassifier:
         sio = skops_io()
         path = Path(folder) / FILE
         if not path.is_file():

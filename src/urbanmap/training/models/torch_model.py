@@ -124,7 +124,7 @@ class TorchPatchClassifier:
         self.mean = self.std = None
         self.epochs = self.best_epoch = 0
 
-    def fit(self, patches: np.ndarray, y: np.ndarray) -> "TorchPatchClassifier":
+    def fit(self, patches: np.ndarray, y: np.ndarray) -> TorchPatchClassifier:
         from lightning.pytorch.callbacks import EarlyStopping
 
         from urbanmap.training.models.datamodule import PatchDataModule
@@ -186,7 +186,7 @@ class TorchPatchClassifier:
                 "epochs": self.epochs, "best_epoch": self.best_epoch}
 
     @classmethod
-    def load(cls, folder: Path, card: dict) -> "TorchPatchClassifier":
+    def load(cls, folder: Path, card: dict) -> TorchPatchClassifier:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
