@@ -16,9 +16,9 @@ from helpers.cli import expect_error
 from helpers.project import REPO
 from urbanmap.cli import main
 from urbanmap.compute.executor import ComputeSettings, Executor
-from urbanmap.compute.tiles import effective_tile_size, tile_index, tile_of_cells
+from urbanmap.compute.tiles import effective_tile_size, tile_index
 from urbanmap.core.errors import InputError
-from urbanmap.core.lattice import PixelLattice
+from urbanmap.core.lattice import PixelLattice, cell_blocks
 
 #: tests/dvcproject.py's 6 km x 6 km window (36 cells, both classes); blocks and tiles of
 #: 2 x 2 cells so that the region is 9 tiles.
@@ -69,7 +69,7 @@ def test_tile_index_covers_every_cell_once_and_only_tiles_with_cells():
     tiles = tile_index(lattice, cols, rows, 3)
     assert list(tiles.tile_id) == ["r0c0", "r0c1", "r1c0", "r1c1", "r1c2"]  # r0c2: no cell
     assert tiles.n_cells.sum() == len(cols)
-    ti, tj = tile_of_cells(lattice, cols, rows, 3)
+    ti, tj = cell_blocks(lattice, cols, rows, 3)
     for t in tiles.itertuples():
         inside = (cols >= t.col_min) & (cols <= t.col_max) & (rows >= t.row_min) & (rows <= t.row_max)
         assert inside.sum() == t.n_cells == ((ti == t.ti) & (tj == t.tj)).sum()

@@ -86,13 +86,6 @@ def tile_index(lattice, cols, rows, tile_size: int):
     })
 
 
-def tile_of_cells(lattice, cols, rows, tile_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ti, tj) int arrays: the tile of each cell (see tile_index)."""
-    i = lattice.row0 + lattice.nrows - 1 - np.asarray(rows, np.int64)
-    j = np.asarray(cols, np.int64) - lattice.col0
-    return i // int(tile_size), j // int(tile_size)
-
-
 def write_tile_index(path, tiles, crs) -> None:
     """Write a tile index as GeoParquet (one polygon per tile, in `crs`), atomically."""
     geometry = shapely.box(tiles["xmin"], tiles["ymin"], tiles["xmax"], tiles["ymax"])

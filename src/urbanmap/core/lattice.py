@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from affine import Affine
+from numpy.typing import ArrayLike
 from pyproj import CRS
 from rasterio.windows import Window
 
@@ -168,3 +169,27 @@ def block_bounds(lattice, block: Block, halo: int = 0) -> tuple[float, float, fl
     t = block_transform(lattice, block, halo)
     h, w = block.height + 2 * halo, block.width + 2 * halo
     return (t.c, t.f + t.e * h, t.c + t.a * w, t.f)
+
+
+# --- grouping cells into square blocks (reads, tasks) --------------------------------------
+
+
+def cell_blocks(lattice: PixelLattice, cols: ArrayLike, rows: ArrayLike, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bi, bj) int64 arrays (n,): the square block of `side` x `side` cells that holds each
+    cell, counted from the lattice's north-west corner (bi: block row from the north, bj:
+    block column from the west). A stage's tiles and blocks are both such blocks."""
+    i = lattice.row0 + lattice.nrows - 1 - np.asarray(rows, np.int64)  # cell row from the north
+    j = np.asarray(cols, np.int64) - lattice.col0
+    return i // int(side), j // int(side)
+
+
+def group_cells(lattice: PixelLattice, cols: ArrayLike, rows: ArrayLike, side: int) -> list[np.ndarray]:
+    """Positions (into `cols`, `rows`) of the cells of each square block of `side` cells
+    a side that holds any, blocks north to south then west to east, cells of a block in
+    their given order."""
+    bi, bj = cell_blocks(lattice, cols, rows, side)
+    if not len(bi):
+        return []
+    block = bi * (int(bj.max()) + 1) + bj
+    order = np.argsort(block, kind="stable")
+    return np.split(order, np.flatnonzero(np.diff(block[order])) + 1)

@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from urbanmap.core.errors import InputError
-from urbanmap.core.lattice import PixelLattice
+from urbanmap.core.lattice import PixelLattice, group_cells
 from urbanmap.training.patches import read_patches, valid_patches
 
 #: Map classes; p_urban NaN is `nodata`.
@@ -49,23 +49,12 @@ def predict_block(clf, src, lattice: PixelLattice, cols, rows, indexes) -> np.nd
     patches = read_patches(src, lattice, cols, rows, indexes, block_cells=whole)
     return classify(clf, patches, src.nodata)
 
-def blocks(lattice: PixelLattice, cols, rows, block_cells: int) -> list[np.ndarray]:
-    """Indexes (into cols/rows) of the cells of each square block of `block_cells` cells a
-    side, blocks in raster order (north-west first)."""
-    row_off, col_off = lattice.cell_offsets(cols, rows)
-    ri, ci = row_off // lattice.patch_size, col_off // lattice.patch_size
-    per_row = lattice.ncols // block_cells + 1
-    block = (ri // block_cells) * per_row + ci // block_cells
-    order = np.argsort(block, kind="stable")
-    starts = np.flatnonzero(np.r_[True, np.diff(block[order]) != 0]) if len(order) else np.zeros(0, int)
-    return np.split(order, starts[1:]) if len(order) else []
-
 def predict_cells(clf, src, lattice: PixelLattice, cols, rows, indexes, block_cells: int,
                   progress: bool = True) -> np.ndarray:
     """p_urban (n,) float32 of cells (lattice indices), block by block with a progress bar."""
     cols, rows = np.asarray(cols), np.asarray(rows)
     p = np.full(len(cols), np.nan, np.float32)
-    groups = blocks(lattice, cols, rows, block_cells)
+    groups = group_cells(lattice, cols, rows, block_cells)
     for members in tqdm(groups, desc="predict", unit="block", disable=not progress or None):
         p[members] = predict_block(clf, src, lattice, cols[members], rows[members], indexes)
     return p

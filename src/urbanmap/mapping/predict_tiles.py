@@ -20,7 +20,7 @@ import numpy as np
 import rasterio
 
 from urbanmap.compute.executor import ComputeSettings, run_tiles
-from urbanmap.compute.tiles import tile_of_cells
+from urbanmap.core.lattice import cell_blocks, group_cells
 from urbanmap.mapping.classify import predict_cells
 from urbanmap.training import models
 
@@ -76,10 +76,8 @@ def predict_tiled(settings: ComputeSettings, lattice, mosaic, indexes, model_dir
     with executor.run_tiles (on `executor`, an open executor.Executor, if given)."""
     cols, rows = np.asarray(cols), np.asarray(rows)
     size = settings.tile_size  # a multiple of predict.block_cells
-    ti, tj = tile_of_cells(lattice, cols, rows, size)
-    tile = ti * (int(tj.max()) + 1) + tj if len(ti) else ti
-    order = np.argsort(tile, kind="stable")
-    groups = np.split(order, np.flatnonzero(np.diff(tile[order])) + 1) if len(order) else []
+    ti, tj = cell_blocks(lattice, cols, rows, size)
+    groups = group_cells(lattice, cols, rows, size)
     jobs = [PredictJob(f"r{ti[g[0]]}c{tj[g[0]]}", g, cols[g], rows[g]) for g in groups]
     task = functools.partial(predict_tile, mosaic=str(mosaic), lattice=lattice, indexes=list(indexes),
                              model_dir=str(model_dir), block_cells=int(block_cells), threads=tile_threads(settings))

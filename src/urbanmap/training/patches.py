@@ -55,11 +55,11 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from urbanmap.compute.executor import ComputeSettings, Executor, run_tiles
-from urbanmap.compute.tiles import part_output, parts_folder, tile_of_cells
+from urbanmap.compute.tiles import part_output, parts_folder
 from urbanmap.core import io, paths
 from urbanmap.core.errors import InputError
 from urbanmap.core.io import atomic_output, require_file
-from urbanmap.core.lattice import PixelLattice, patch_size
+from urbanmap.core.lattice import PixelLattice, cell_blocks, group_cells, patch_size
 
 if TYPE_CHECKING:  # pandas only in annotations: a Dask worker cutting tiles never imports it
     import pandas as pd
@@ -208,11 +208,8 @@ def read_patches(src, lattice: PixelLattice, cols, rows, indexes, block_cells: i
     out = np.empty((len(ci), len(indexes), p, p), np.float32)
     if not len(ci):
         return out
-    block = (ri // block_cells) * (lattice.ncols // block_cells + 1) + ci // block_cells
-    order = np.argsort(block, kind="stable")
-    starts = np.flatnonzero(np.r_[True, np.diff(block[order]) != 0])
     # One iteration per block of cells, not per cell: a read and a vectorised slice each.
-    groups = np.split(order, starts[1:])
+    groups = group_cells(lattice, cols, rows, block_cells)
     for members in tqdm(groups, desc="patches", unit="block", disable=None, leave=False):
         r0, c0 = ri[members].min(), ci[members].min()
         nr, nc = ri[members].max() - r0 + 1, ci[members].max() - c0 + 1
@@ -376,8 +373,7 @@ def extract_tiled(settings: ComputeSettings, labels: pd.DataFrame, lattice: Pixe
     """
     cols, rows = labels["col"].to_numpy(), labels["row"].to_numpy()
     size = settings.tile_size
-    ti, tj = tile_of_cells(lattice, cols, rows, size)
-    tile = ti * (int(tj.max()) + 1) + tj
+    ti, tj = cell_blocks(lattice, cols, rows, size)
     p = lattice.patch_size
     task = functools.partial(cut_tile, path=str(path), lattice=lattice, bands=list(bands))
     part_of = np.full(len(labels), -1, np.int64)  # labels position -> part (in `parts`)
@@ -386,8 +382,7 @@ def extract_tiled(settings: ComputeSettings, labels: pd.DataFrame, lattice: Pixe
     with Executor(settings) as ex, parts_folder(out) as folder:
 
         def read(batch):
-            order = np.argsort(tile[batch], kind="stable")
-            groups = np.split(order, np.flatnonzero(np.diff(tile[batch][order])) + 1)
+            groups = group_cells(lattice, cols[batch], rows[batch], size)
             jobs = [TileCut(f"r{ti[batch[g[0]]]}c{tj[batch[g[0]]]}-{len(parts) + k}", batch[g], cols[batch[g]],
                             rows[batch[g]], str(folder / f"part{len(parts) + k}")) for k, g in enumerate(groups)]
             valid = np.zeros(len(batch), bool)
