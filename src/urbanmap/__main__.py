@@ -1,3 +1,5 @@
+"""`python -m urbanmap`: the same entry point as the `urbanmap` command."""
+
 import sys
 
 from urbanmap.cli import main

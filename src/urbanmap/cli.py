@@ -70,13 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_validate_parser(sub)
     return parser
 
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit status (2 on bad input)."""
     args = _parser().parse_args(argv)
     try:
-
         if args.command == "validate":
-
             importlib.import_module("urbanmap.validation.validate").command(args)
             return 0
         if args.command == "params":
@@ -90,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"urbanmap {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

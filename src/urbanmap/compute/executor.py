@@ -111,6 +111,7 @@ class ComputeSettings:
             tile_size=effective_tile_size(c.get("tile_size"), math.lcm(*sides) if sides else 1),
         )
 
+
 def _whole(section: Any, key: str, required: bool = False) -> int:
     """`compute.<key>` as a whole number >= 1 (1 when unset and not `required`)."""
     value = section.get(key)
@@ -120,8 +121,10 @@ def _whole(section: Any, key: str, required: bool = False) -> int:
         raise InputError(f"compute.{key}: expected a whole number >= 1, got {value!r}")
     return int(value)
 
+
 def _select(cfg: Any, key: str) -> Any:
     return OmegaConf.select(cfg, key, default=None)
+
 
 @functools.cache
 def _malloc_trim() -> Callable[[], object]:
@@ -131,6 +134,7 @@ def _malloc_trim() -> Callable[[], object]:
     except (OSError, AttributeError):
         return lambda: None
     return lambda: trim(0)
+
 
 def release_freed_memory() -> None:
     """Return the heap memory freed so far to the OS: glibc's (malloc_trim) and, when
@@ -147,7 +151,8 @@ def release_freed_memory() -> None:
     if "pyarrow" in sys.modules:
         sys.modules["pyarrow"].default_memory_pool().release_unused()
 
-def _measured(fn: Callable, item):
+
+def _measured(fn: Callable[[Any], Any], item: Any) -> tuple[Any, dict[str, Any]]:
     """Run `fn(item)`, then release the memory it freed; return (its result, where and
     how it ran). Runs on the worker."""
     began, start = time.time(), time.perf_counter()
@@ -158,6 +163,7 @@ def _measured(fn: Callable, item):
     return result, {"host": socket.gethostname(), "pid": os.getpid(), "start": began, "end": began + seconds,
                     "seconds": seconds, "peak_rss_mb": peak_kb / 1024, "rss_after_mb": _rss_mb()}
 
+
 def _rss_mb() -> float | None:
     """This process's resident memory now, MB (Linux /proc), or None elsewhere: what a
     task left behind, against peak_rss_mb, what it needed."""
@@ -166,6 +172,7 @@ def _rss_mb() -> float | None:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
         return None
+
 
 class Executor:
     """Runs tasks in-process (compute=local) or on a Dask cluster (compute=dask).
@@ -181,10 +188,10 @@ class Executor:
         self.settings = settings
         self.mode = settings.mode
         self.local_workers = local_workers
-        self.client = None
-        self.cluster = None
-        self.stats: list[dict] = []
-        self._closing = None  # the thread shutting down the LocalCluster after release()
+        self.client: Any = None  # distributed.Client with compute=dask
+        self.cluster: Any = None  # the distributed.LocalCluster this executor started, if any
+        self.stats: list[dict[str, Any]] = []
+        self._closing: threading.Thread | None = None  # the thread shutting down the LocalCluster after release()
 
     def __enter__(self) -> Executor:
         if self.mode == "dask":
@@ -200,15 +207,13 @@ class Executor:
             self.client.close()
             self.client = None
         if self.cluster is not None:
-
             self._closing = threading.Thread(target=self.cluster.close, name="urbanmap-close-cluster")
             self.cluster = None
             self._closing.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         stats_file = os.environ.get(STATS_ENV)
         if stats_file and self.stats:
-
             with open(stats_file, "a", encoding="utf-8") as fh:
                 for stat in self.stats:
                     fh.write(json.dumps({"mode": self.mode, **stat}) + "\n")
@@ -262,7 +267,8 @@ class Executor:
             return self.local_workers or self.settings.threads
         return sum(self.client.nthreads().values())
 
-    def map(self, fn: Callable, items: Iterable, keys: Iterable[str], desc: str = "tiles") -> Iterator[tuple[int, object]]:
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], keys: Iterable[str],
+            desc: str = "tiles") -> Iterator[tuple[int, Any]]:
         """Run `fn(item)` for each item; yield (position of the item, result) as each
         finishes. `fn` must be picklable for Dask (a module-level function or a
         functools.partial of one) and `keys` unique names of the tasks."""
@@ -270,42 +276,45 @@ class Executor:
             raise RuntimeError("Executor.map after release() or outside its context")
         items, keys = list(items), list(keys)
         task = functools.partial(_measured, fn)
-        bar = tqdm(total=len(items), desc=desc, unit="tile", disable=None)
+        run = self._local if self.mode == "local" else self._dask
+        with tqdm(total=len(items), desc=desc, unit="tile", disable=None) as bar:
+            for k, result, stat in run(task, items, keys, desc):
+                self.stats.append({"desc": desc, **stat})
+                bar.update()
+                yield k, result
+
+    def _local(self, task: Callable[[Any], Any], items: list[Any], keys: list[str],
+               desc: str) -> Iterator[tuple[int, Any, dict[str, Any]]]:
+        """(position, result, stat) of each item as it finishes on a thread pool."""
+        with concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix=desc) as pool:
+            pending = {pool.submit(task, item): k for k, item in enumerate(items)}
+            try:
+                for future in concurrent.futures.as_completed(pending):
+                    result, stat = future.result()
+                    yield pending[future], result, stat
+            finally:
+                for future in pending:
+                    future.cancel()
+
+    def _dask(self, task: Callable[[Any], Any], items: list[Any], keys: list[str],
+              desc: str) -> Iterator[tuple[int, Any, dict[str, Any]]]:
+        """(position, result, stat) of each item as its Dask task finishes."""
+        from distributed import as_completed
+
+        token = f"{os.getpid()}-{time.time_ns()}"
+        submitted = [self.client.submit(task, item, key=f"{desc}-{key}-{token}", retries=self.settings.retries)
+                     for item, key in zip(items, keys)]
+        where = {f.key: k for k, f in enumerate(submitted)}
         try:
-            if self.mode == "local":
-                with concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix=desc) as pool:
-                    futures = {pool.submit(task, item): k for k, item in enumerate(items)}
-                    try:
-                        for future in concurrent.futures.as_completed(futures):
-                            result, stat = future.result()
-                            self.stats.append({"desc": desc, **stat})
-                            bar.update()
-                            yield futures[future], result
-                    finally:
-                        for future in futures:
-                            future.cancel()
-            else:
-                from distributed import as_completed
-
-                token = f"{os.getpid()}-{time.time_ns()}"
-                futures = [
-                    self.client.submit(task, item, key=f"{desc}-{key}-{token}", retries=self.settings.retries)
-                    for item, key in zip(items, keys)
-                ]
-                where = {f.key: k for k, f in enumerate(futures)}
-                try:
-                    for future, (result, stat) in as_completed(futures, with_results=True):
-                        self.stats.append({"desc": desc, **stat})
-                        bar.update()
-                        yield where[future.key], result
-                finally:
-                    for future in futures:
-                        future.cancel()
+            for future, (result, stat) in as_completed(submitted, with_results=True):
+                yield where[future.key], result, stat
         finally:
-            bar.close()
+            for future in submitted:
+                future.cancel()
 
-def run_tiles(settings: ComputeSettings, fn: Callable, tiles, desc: str = "tiles", local_workers: int | None = None,
-              executor: Executor | None = None) -> Iterator[tuple[int, object]]:
+
+def run_tiles(settings: ComputeSettings, fn: Callable[[Any], Any], tiles: Iterable[Any], desc: str = "tiles",
+              local_workers: int | None = None, executor: Executor | None = None) -> Iterator[tuple[int, Any]]:
     """Run `fn(tile)` for each of `tiles` (a sequence of small picklable objects with a
     `tile_id`, or dicts with one) with settings.mode local or dask; yield (position,
     result) as tiles finish. `local_workers` caps the local thread pool (a stage whose

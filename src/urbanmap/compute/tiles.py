@@ -23,19 +23,22 @@ import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
+from numpy.typing import ArrayLike
 
 from urbanmap.core.errors import InputError
 from urbanmap.core.io import atomic_output
+from urbanmap.core.lattice import PixelLattice
 
 # --- tiles ---------------------------------------------------------------------------------
 
 
-def effective_tile_size(tile_size, multiple: int = 1) -> int:
+def effective_tile_size(tile_size: Any, multiple: int = 1) -> int:
     """`tile_size` (cells) as a positive whole number, rounded up to a multiple of
     `multiple` (the blocks a stage cuts tiles into). InputError if it is not a whole
     number of cells."""
@@ -49,7 +52,7 @@ def effective_tile_size(tile_size, multiple: int = 1) -> int:
     return int(math.ceil(int(value) / m) * m)
 
 
-def tile_index(lattice, cols, rows, tile_size: int):
+def tile_index(lattice: PixelLattice, cols: ArrayLike, rows: ArrayLike, tile_size: int) -> pd.DataFrame:
     """The tiles of a region that hold grid cells.
 
     Args:
@@ -86,7 +89,7 @@ def tile_index(lattice, cols, rows, tile_size: int):
     })
 
 
-def write_tile_index(path, tiles, crs) -> None:
+def write_tile_index(path: str | os.PathLike[str], tiles: pd.DataFrame, crs: Any) -> None:
     """Write a tile index as GeoParquet (one polygon per tile, in `crs`), atomically."""
     geometry = shapely.box(tiles["xmin"], tiles["ymin"], tiles["xmax"], tiles["ymax"])
     frame = gpd.GeoDataFrame(tiles.reset_index(drop=True), geometry=geometry, crs=crs)
@@ -98,7 +101,7 @@ def write_tile_index(path, tiles, crs) -> None:
 
 
 @contextlib.contextmanager
-def parts_folder(out) -> Iterator[Path]:
+def parts_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
     """A folder beside the output `out` where tasks write their parts; removed afterwards
     (parts of killed tasks included)."""
     out = Path(out)
@@ -113,7 +116,7 @@ def parts_folder(out) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def part_output(path) -> Iterator[Path]:
+def part_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary folder that becomes the part folder `path` in one rename when the block
     succeeds, so a part exists completely or not at all. The temporary name is unique to
     the process and thread, so two runs of the same task (a retry, a worker thought dead)

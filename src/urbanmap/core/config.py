@@ -37,6 +37,7 @@ def compose(conf_dir: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     OmegaConf.resolve(cfg)
     return cfg
 
+
 def write_params(root: str | Path, overrides: Sequence[str] = ()) -> Path:
     """Write `root/params.yaml` from the composed `root/conf`, byte for byte as
     `dvc exp run` writes it."""
@@ -45,6 +46,7 @@ def write_params(root: str | Path, overrides: Sequence[str] = ()) -> Path:
     with atomic_output(out) as tmp:
         tmp.write_text(OmegaConf.to_yaml(params), encoding="utf-8")
     return out
+
 
 def load(root: str | Path = ".", overrides: Sequence[str] = ()) -> DictConfig:
     """`root/params.yaml` with Hydra-style `overrides` applied (see module docstring)."""
@@ -56,9 +58,12 @@ def load(root: str | Path = ".", overrides: Sequence[str] = ()) -> DictConfig:
     if not params_path.is_file():
         raise InputError(f"{params_path}: not found; run urbanmap from the project root")
     try:
-        cfg = OmegaConf.create(yaml.safe_load(params_path.read_text()))
+        loaded = OmegaConf.create(yaml.safe_load(params_path.read_text()))
     except yaml.YAMLError as exc:
         raise InputError(f"{params_path}: not valid YAML: {exc}".splitlines()[0]) from exc
+    if not isinstance(loaded, DictConfig):
+        raise InputError(f"{params_path}: expected a mapping of config keys, got a list")
+    cfg = loaded
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as exc:
@@ -75,9 +80,9 @@ def load(root: str | Path = ".", overrides: Sequence[str] = ()) -> DictConfig:
                 f"(choose from {', '.join(choices)})"
             )
     if groups:
-        composed = compose(conf_dir, [o.input_line for o in groups])
+        composed = compose(conf_dir, [str(o.input_line) for o in groups])
         for o in groups:
-            cfg[o.key_or_group] = composed[o.key_or_group]
+            cfg[str(o.key_or_group)] = composed[str(o.key_or_group)]
 
     for o in parsed:
         if o in groups:
@@ -95,5 +100,6 @@ def load(root: str | Path = ".", overrides: Sequence[str] = ()) -> DictConfig:
             raise InputError(f"{o.input_line}: no key {key!r} in {params_path} (use +{key}=... to add one)")
         OmegaConf.update(cfg, key, o.value(), merge=False, force_add=True)
     return cfg
+
 
 _MISSING = object()

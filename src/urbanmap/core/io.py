@@ -20,6 +20,7 @@ import shutil
 import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -50,8 +51,9 @@ def _remove_stale_temporaries(path: Path) -> None:
             continue
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
 
+
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` if the block succeeds.
 
     On any exception the temporary file is removed and `path` is left untouched; the
@@ -68,8 +70,9 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         if tmp.exists():
             tmp.unlink()
 
+
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield an empty temporary directory beside `path`; if the block succeeds, it
     replaces `path` (a directory output, e.g. a folder of scenes) in two renames.
 
@@ -95,12 +98,14 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
             if leftover.exists():
                 shutil.rmtree(leftover)
 
-def write_json(path: str | os.PathLike, obj) -> None:
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
-def require_file(path: str | os.PathLike, what: str) -> Path:
+
+def require_file(path: str | os.PathLike[str], what: str) -> Path:
     """Return `path` as a Path, or raise InputError if it is not a readable file."""
     path = Path(path)
     if not path.is_file():
@@ -109,7 +114,8 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
         raise InputError(f"{path}: {what} is not readable")
     return path
 
-def read_vector(path: str | os.PathLike, what: str, columns: Sequence[str] | None = None):
+
+def read_vector(path: str | os.PathLike[str], what: str, columns: Sequence[str] | None = None) -> gpd.GeoDataFrame:
     """Read a vector file (GeoParquet, or anything GDAL/pyogrio reads) as a GeoDataFrame.
 
     Raises InputError naming the file if it is missing, unreadable, lacks a CRS or lacks
@@ -129,6 +135,7 @@ def read_vector(path: str | os.PathLike, what: str, columns: Sequence[str] | Non
     if missing:
         raise InputError(f"{path}: {what} lacks column(s) {', '.join(missing)}")
     return frame
+
 
 def _polygon_wkb(cols: np.ndarray, rows: np.ndarray, cell_size: float) -> pa.Array:
     """WKB of the square cells: little-endian Polygon, one ring of 5 points, 93 bytes.
@@ -151,8 +158,9 @@ def _polygon_wkb(cols: np.ndarray, rows: np.ndarray, cell_size: float) -> pa.Arr
     offsets = np.arange(0, (n + 1) * size, size, dtype=offset_type)
     return pa.Array.from_buffers(array_type, n, [None, pa.py_buffer(offsets), pa.py_buffer(wkb)])
 
+
 def write_cells(
-    path: str | os.PathLike, table: pd.DataFrame, cell_size: float, crs: str | CRS
+    path: str | os.PathLike[str], table: pd.DataFrame, cell_size: float, crs: str | CRS
 ) -> None:
     """Write a per-cell table as GeoParquet with each cell's square polygon, atomically.
 
@@ -194,8 +202,9 @@ def write_cells(
     with atomic_output(path) as tmp:
         pq.write_table(arrow, tmp, row_group_size=256_000)
 
+
 def read_cells(
-    path: str | os.PathLike, what: str, columns: Sequence[str] | None = None
+    path: str | os.PathLike[str], what: str, columns: Sequence[str] | None = None
 ) -> tuple[pd.DataFrame, float, CRS]:
     """Read a per-cell table written by `write_cells`, without decoding geometries.
 

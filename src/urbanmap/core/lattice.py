@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from affine import Affine
@@ -63,7 +64,7 @@ class PixelLattice:
     nrows: int
 
     @classmethod
-    def from_cells(cls, cols, rows, cell_size: float, patch_size: int, crs) -> PixelLattice:
+    def from_cells(cls, cols: ArrayLike, rows: ArrayLike, cell_size: float, patch_size: int, crs: Any) -> PixelLattice:
         """The lattice of the bounding box of cells given by lattice indices."""
         cols, rows = np.asarray(cols), np.asarray(rows)
         if cols.size == 0:
@@ -81,10 +82,12 @@ class PixelLattice:
 
     @property
     def width(self) -> int:
+        """Raster width in pixels."""
         return self.ncols * self.patch_size
 
     @property
     def height(self) -> int:
+        """Raster height in pixels."""
         return self.nrows * self.patch_size
 
     @property
@@ -99,7 +102,7 @@ class PixelLattice:
         xmin, _, _, ymax = self.bounds
         return Affine(self.pixel_size, 0.0, xmin, 0.0, -self.pixel_size, ymax)
 
-    def cell_offsets(self, cols, rows) -> tuple[np.ndarray, np.ndarray]:
+    def cell_offsets(self, cols: ArrayLike, rows: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """Raster (row_off, col_off) of the upper-left pixel of each cell; int arrays."""
         col_off = (np.asarray(cols) - self.col0) * self.patch_size
         row_off = (self.row0 + self.nrows - 1 - np.asarray(rows)) * self.patch_size
@@ -110,7 +113,7 @@ class PixelLattice:
         row_off, col_off = self.cell_offsets(col, row)
         return Window(int(col_off), int(row_off), self.patch_size, self.patch_size)
 
-    def same_pixels(self, crs, transform: Affine, width: int, height: int) -> bool:
+    def same_pixels(self, crs: Any, transform: Affine, width: int, height: int) -> bool:
         """Whether a raster has exactly this lattice's pixels (CRS, transform, size)."""
         return (
             CRS.from_user_input(crs) == self.crs
@@ -141,7 +144,7 @@ class Block:
         return np.repeat(np.repeat(self.cells, self.patch, axis=0), self.patch, axis=1)
 
 
-def plan_blocks(lattice, cols, rows, block_cells: int) -> list[Block]:
+def plan_blocks(lattice: PixelLattice, cols: ArrayLike, rows: ArrayLike, block_cells: int) -> list[Block]:
     """Blocks of `block_cells` x `block_cells` cells covering the lattice, north to south,
     west to east; blocks without any grid cell are left out (their pixels stay nodata)."""
     present = np.zeros((lattice.nrows, lattice.ncols), bool)
@@ -160,12 +163,13 @@ def plan_blocks(lattice, cols, rows, block_cells: int) -> list[Block]:
     return blocks
 
 
-def block_transform(lattice, block: Block, halo: int = 0):
+def block_transform(lattice: PixelLattice, block: Block, halo: int = 0) -> Affine:
     """Affine transform of a block grown by `halo` pixels on every side."""
     return lattice.transform @ Affine.translation(block.col_off - halo, block.row_off - halo)
 
 
-def block_bounds(lattice, block: Block, halo: int = 0) -> tuple[float, float, float, float]:
+def block_bounds(lattice: PixelLattice, block: Block, halo: int = 0) -> tuple[float, float, float, float]:
+    """(xmin, ymin, xmax, ymax) in the lattice's CRS of a block grown by `halo` pixels."""
     t = block_transform(lattice, block, halo)
     h, w = block.height + 2 * halo, block.width + 2 * halo
     return (t.c, t.f + t.e * h, t.c + t.a * w, t.f)

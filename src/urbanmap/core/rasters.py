@@ -4,16 +4,19 @@ grid of an existing composite) and imagery (composites) phases."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import rasterio
 import shapely
 from pyproj import CRS, Transformer
+from rasterio.io import DatasetReader
 
 from urbanmap.core import io
 from urbanmap.core.errors import InputError
 
 
-def footprint(src, crs) -> shapely.Polygon:
+def footprint(src: DatasetReader, crs: Any) -> shapely.Polygon:
     """The raster's extent as a polygon in `crs` (edges densified, so a reprojected
     rectangle keeps its curved sides)."""
     if src.crs is None:
@@ -23,7 +26,7 @@ def footprint(src, crs) -> shapely.Polygon:
     return shapely.transform(box, lambda xy: np.column_stack(to_grid.transform(xy[:, 0], xy[:, 1])))
 
 
-def source_pixel_m(src, crs) -> float:
+def source_pixel_m(src: DatasetReader, crs: Any) -> float:
     """The file's pixel side measured in `crs` metres at the raster's centre."""
     to_grid = Transformer.from_crs(CRS.from_user_input(src.crs), CRS.from_user_input(crs), always_xy=True)
     t = src.transform
@@ -32,7 +35,7 @@ def source_pixel_m(src, crs) -> float:
     return float(np.sqrt(abs((x[1] - x[0]) * (y[2] - y[0]) - (x[2] - x[0]) * (y[1] - y[0]))))
 
 
-def open_raster(path: str, what: str):
+def open_raster(path: str, what: str) -> DatasetReader:
     """Open a raster that must have a CRS; InputError naming it (as `what`) if it is
     missing, unreadable or without a CRS."""
     io.require_file(path, what)
