@@ -34,7 +34,7 @@ lint: install
 	mypy
 
 docs: install
-	mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 mkdocs build --strict --site-dir site
 
 # Rewrite params.yaml from conf/ after editing the defaults (a test checks they agree).
 params: install

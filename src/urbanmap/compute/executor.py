@@ -1,7 +1,9 @@
 """The one executor that runs the heavy stages tile by tile (tiles.py cuts the tiles).
 
-**Executor.** `run_tiles(cfg, fn, tiles)` calls `fn(tile)` once per tile and yields
-`(tile, result)` as tiles finish:
+A stage reads `ComputeSettings.from_config(cfg)` once, at its entry (the `compute`
+config group, checked, and the tile size every heavy stage shares), and passes it down.
+`run_tiles(settings, fn, tiles)` calls `fn(tile)` once per tile and yields
+`(position, result)` as tiles finish:
 
 * `compute=local`: in this process, on a thread pool of `compute.threads` threads (or
   fewer, when the stage's `fn` is itself multi-threaded);
