@@ -100,6 +100,7 @@ def test_bad_compute_config_exits_2(monkeypatch, region, capsys):
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_worker_without_the_package_is_refused_with_exit_2(monkeypatch, region, tmp_path, capsys):
     """A scheduler whose only worker runs in an environment with every dependency installed
     but not urbanmap itself: the stage stops before any task, with one clear line."""
