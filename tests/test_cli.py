@@ -33,8 +33,6 @@ def test_grid_stage_does_not_import_torch(tmp_path, shared_data):
     assert (tmp_path / "valle_de_mexico" / "grid.parquet").is_file()
 
 
-
-
 @pytest.fixture
 def out(tmp_path):
     return f"out_dir={tmp_path / 'out'}"
