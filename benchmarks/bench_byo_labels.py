@@ -9,7 +9,7 @@ EPSG:32633`, in the grid's CRS at 10 m. The grid is the 300 m cells of WGS 84 / 
 over the raster's extent. Then times, in this process:
 
   stage     the `labels` stage (urbanmap.census.labels.run with data.landcover): read the grid,
-            the urban fraction of every cell by area (labels_raster), the label rule,
+            the urban fraction of every cell by area (landcover.landcover_areas), the label rule,
             GeoParquet + JSON written
   core      landcover.landcover_areas alone
   baseline  the naive way, one rasterio.mask.mask per cell polygon (projected to the

@@ -26,14 +26,12 @@ STEPS = ("grid", "grid-core", "baseline", "labels")
 
 
 def _region(cfg):
-    from pyproj import CRS
-
     from urbanmap.census import grid
     from urbanmap.core import io
 
-    boundary = io.read_vector(cfg.data.boundary, "boundary")
-    window = list(cfg.data.window) if cfg.data.window is not None else None
-    return grid.region_geometry(boundary, window, CRS.from_user_input(cfg.data.crs), cfg.data.boundary)
+    settings = grid.GridSettings.from_config(cfg)
+    boundary = io.read_vector(settings.boundary, "boundary")
+    return grid.region_geometry(boundary, settings.window, settings.crs, str(settings.boundary))
 
 
 def run_step(step: str, overrides: list[str]) -> dict:
@@ -45,7 +43,7 @@ def run_step(step: str, overrides: list[str]) -> dict:
     from urbanmap.core import config
 
     cfg = config.load(ROOT, overrides)
-    cell_size = float(cfg.data.cell_size)
+    cell_size = grid.GridSettings.from_config(cfg).cell_size
     cells = None
     if step in ("grid-core", "baseline"):
         region = _region(cfg)

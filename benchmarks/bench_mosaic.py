@@ -77,14 +77,27 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _load(cfg):
+    """What the mosaic stage reads before it builds, as mosaic.run reads it: (the grid's
+    cells, the pixel lattice, MosaicSettings, the year's products)."""
+    from urbanmap.imagery import mosaic
+    from urbanmap.imagery.blocks import MosaicSettings
+
+    stage = mosaic.MosaicStageSettings.from_config(cfg)
+    cells, lattice = mosaic.read_lattice(stage.grid, stage.pixel_size, stage.patch_size)
+    opts = MosaicSettings.from_config(cfg, lattice.pixel_size)
+    products, _ = mosaic.find_products(stage.source, lattice)
+    return cells, lattice, opts, products
+
+
 def step_read(cfg) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
     import rasterio
 
-    from urbanmap.imagery import mosaic, scenes
+    from urbanmap.imagery import scenes
 
-    _, _, lattice, opts, products, _ = mosaic.load(cfg)
+    _, lattice, opts, products = _load(cfg)
     files = [p.href(name) for p in products for name in scenes.FILES]
 
     def read(path):
@@ -110,9 +123,9 @@ def step_stacks(cfg, work: Path) -> dict:
 
     import rasterio
 
-    from urbanmap.imagery import blocks, mosaic
+    from urbanmap.imagery import blocks
 
-    _, cells, lattice, opts, products, _ = mosaic.load(cfg)
+    cells, lattice, opts, products = _load(cfg)
     planned = blocks.plan(products, lattice, cells["col"].to_numpy(), cells["row"].to_numpy(), opts)
     folder = _stacks_dir(work)
     shutil.rmtree(folder, ignore_errors=True)
@@ -121,7 +134,7 @@ def step_stacks(cfg, work: Path) -> dict:
             "spread": list(opts.spread)}
     for kind, o in (("gm", dataclasses.replace(opts, spread=())), ("full", opts)):
         (folder / kind).mkdir(parents=True)
-        reader = blocks._Reader(products, planned)
+        reader = blocks.SceneReader(products, planned)
         with rasterio.Env(GDAL_CACHEMAX=o.gdal_cache_mb * 2**20):
             for b, block in enumerate(planned):
                 x, calibration, used, _ = blocks.prepare_block(b, block, reader, lattice, o)
@@ -207,8 +220,9 @@ def step_agreement(work: Path, cog_path: str) -> dict:
 #: steps import rasterio and geomad before theirs (interpreter start-up and imports are
 #: no part of read + mask + warp + geomedian + write; their time is printed apart).
 STAGE_IMPORTS = ("rasterio", "rasterio.warp", "rasterio.shutil", "geomad", "pystac", "pyproj", "pandas",
-                 "pyarrow.parquet", "tqdm", "urbanmap.imagery.scenes", "urbanmap.core.cog", "urbanmap.compute.executor",
-                 "urbanmap.core.io", "urbanmap.core.lattice", "urbanmap.imagery.geomedian", "urbanmap.imagery.blocks")
+                 "pyarrow.parquet", "tqdm", "urbanmap.imagery.scenes", "urbanmap.imagery.warp", "urbanmap.core.cog",
+                 "urbanmap.compute.executor", "urbanmap.core.io", "urbanmap.core.lattice", "urbanmap.imagery.geomedian",
+                 "urbanmap.imagery.blocks")
 
 
 def step_stage(cfg) -> dict:
@@ -286,10 +300,8 @@ def run_step(step: str, work: Path, extra: list[str]) -> dict:
     return result
 
 
-def main(args: list[str]) -> None:
-    if {"-h", "--help"} & set(args):
-        print(__doc__)
-        return
+def parse_options(args: list[str]) -> tuple[Path, bool, int, list[str]]:
+    """(--work DIR, not --no-big, --repeat N, the config overrides left)."""
     work = Path("/tmp/urbanmap-bench")
     big = "--no-big" not in args
     args = [a for a in args if a != "--no-big"]
@@ -302,11 +314,12 @@ def main(args: list[str]) -> None:
         i = args.index("--repeat")
         repeat = max(1, int(args[i + 1]))
         args = args[:i] + args[i + 2:]
-    ensure_scenes(work, "valle_de_mexico", DEFAULT_WINDOW)
-    if big:
-        ensure_scenes(work, "big", BIG_WINDOW)
-    steps = ["stacks", "read", "stage", "kernel", "stage-gm", "agreement", "quality"] + (["stage-big"] if big else [])
-    repeated = ["read", "stage", "kernel", "stage-gm"]
+    return work, big, repeat, args
+
+
+def run_steps(work: Path, args: list[str], steps: list[str], repeated: list[str], repeat: int) -> tuple[dict, dict]:
+    """Run every step in its own process, the `repeated` ones `repeat` times in turns;
+    returns (step -> its result, the median run's for the repeated ones; step -> its runs)."""
     # Every step with the stage's OpenMP wait policy (urbanmap/__init__.py), the bare
     # kernel too, which imports geomad before urbanmap: the same conditions for both
     # sides of the ratio.
@@ -330,12 +343,18 @@ def main(args: list[str]) -> None:
     for step in steps:
         if step not in r:
             r[step] = run(step)
+    return r, runs
 
+
+def report(r: dict, runs: dict, steps: list[str], repeated: list[str], big: bool) -> None:
+    """Print the figures: seconds, CPU and peak memory per step, the overhead ratios,
+    throughput, agreement, memory and quality."""
     s = r["stage"]["summary"]
     print(f"\nregion valle_de_mexico {YEAR}: {s['pixels']:,} pixels, {s['scenes_found']} scenes, "
           f"{s['mean_clear_per_pixel']:.2f} clear observations per pixel; threads = compute.threads")
     for step in repeated:
-        print(f"{step} runs: {', '.join('%.2f' % x['seconds'] for x in runs[step])} s (median used)")
+        times = ", ".join(f"{x['seconds']:.2f}" for x in runs[step])
+        print(f"{step} runs: {times} s (median used)")
     print(f"\n{'step':<10} {'seconds':>8} {'CPU s':>8} {'peak MB':>8}")
     for step in steps:
         if "seconds" in r[step]:
@@ -371,6 +390,20 @@ def main(args: list[str]) -> None:
     for name, c in q["per_class"].items():
         print(f"  {name:<11} {c['pixels']:>9,} px  max |median mosaic - median truth| = {c['max_abs_median_diff']:.4f}"
               f"  {c['diff_by_band']}  (target <= 0.02)")
+
+
+def main(args: list[str]) -> None:
+    if {"-h", "--help"} & set(args):
+        print(__doc__)
+        return
+    work, big, repeat, args = parse_options(args)
+    ensure_scenes(work, "valle_de_mexico", DEFAULT_WINDOW)
+    if big:
+        ensure_scenes(work, "big", BIG_WINDOW)
+    steps = ["stacks", "read", "stage", "kernel", "stage-gm", "agreement", "quality"] + (["stage-big"] if big else [])
+    repeated = ["read", "stage", "kernel", "stage-gm"]
+    r, runs = run_steps(work, args, steps, repeated, repeat)
+    report(r, runs, steps, repeated, big)
 
 
 if __name__ == "__main__":

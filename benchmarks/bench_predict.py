@@ -62,7 +62,7 @@ def train_lenet(folder: Path, epochs: int) -> float:
 
     from urbanmap.core import config
     from urbanmap.training import models
-    from urbanmap.training.patches import CLASSES, load_patches
+    from urbanmap.training.patchset import CLASSES, load_patches
 
     cfg = config.load(ROOT, ["model=lenet", f"model.trainer.max_epochs={epochs}"])
     ps = load_patches(ROOT / "data" / REGION / "patches.npz")
@@ -85,7 +85,7 @@ def measure(work: Path, name: str, year: int, repeats: int) -> dict:
     from urbanmap.core.lattice import PixelLattice, patch_size
     from urbanmap.mapping.classify import predict_cells
     from urbanmap.training import models
-    from urbanmap.training.patches import check_mosaic, read_patches, valid_patches
+    from urbanmap.training.patchset import check_mosaic, read_patches, valid_patches
 
     overrides = [f"out_dir={work / name}", f"year={year}", "tracking.enabled=false"]
     start = time.perf_counter()

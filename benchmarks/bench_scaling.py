@@ -126,7 +126,8 @@ def exponent(cells: list[int], seconds: list[float]) -> float | None:
     return float(np.polyfit(np.log(cells), np.log(seconds), 1)[0])
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,4", help="area factors, comma-separated (default 1,4)")
     parser.add_argument("--with-16x", action="store_true", help="add the 16x region (benchmark-only, long)")
@@ -145,26 +146,45 @@ def main() -> None:
                              "(default: none, the configured tiles of 32 cells: 4 mosaic tasks on the default "
                              "region, 16 on 4x, 64 on 16x; smaller tiles decode more source tiles twice, along "
                              "their borders)")
-    args = parser.parse_args()
-    factors = sorted({int(f) for f in args.sizes.split(",")} | ({16} if args.with_16x else set()))
+    return parser.parse_args(argv)
+
+
+def time_stage(st: str, extra: list[str], units: int | None, common: list[str], region: Path, name: str, f: int,
+               cells: int, work: Path, modes: list[str], address: list[str] | None, tiles: list[str]) -> list[dict]:
+    """Time one stage on one region in every mode (each in its own process), print a line
+    per mode and whether the modes wrote the same bytes; returns the rows (one per mode)."""
+    rows = []
+    written = {}
+    for mode, opts in (("local", LOCAL), ("dask", DASK), ("dask-address", address)):
+        if mode not in modes:
+            continue
+        stats = work / f"stats-{name}-{st}-{mode}.jsonl"  # kept: every task's seconds and peak
+        seconds = stage([st, *common, *opts, *tiles, *extra], stats)
+        if st == "patches":  # the cells cut: the same sample in every mode
+            summary = json.loads((region / "patches_summary.json").read_text())
+            units = summary["patches"] + summary["nodata_dropped"]
+        row = {"size": f, "cells": cells, "stage": st, "mode": mode, "units": units, "wall_s": seconds,
+               **task_stats(stats)}
+        rows.append(row)
+        # A digest, not the bytes: this process's memory would count in the next
+        # stage's peak (Linux carries the parent's peak RSS across fork + exec).
+        written[mode] = digest(region, st)
+        print(f"  {st:7s} {mode:5s} {seconds:7.1f} s  {1e3 * seconds / units:7.2f} ms/unit  "
+              f"peak {row['peak_mb'] or 0:6.0f} MB/process  ({row['tasks']} tasks)", flush=True)
+    same = len(set(written.values())) == 1
+    rows[-1]["same_bytes_as_local"] = same
+    print(f"  {st:7s} outputs of {', '.join(written)}: {'the same bytes' if same else 'DIFFERENT'}", flush=True)
+    return rows
+
+
+def run_regions(args: argparse.Namespace, factors: list[int], modes: list[str], stages: list[str],
+                address: list[str] | None) -> list[dict]:
+    """Grid and labels (untimed) of each region (the start-up region, then each size),
+    then each stage timed in each mode (time_stage); returns every row."""
     work = Path(args.workdir)
     centre = tuple(float(v) for v in args.centre.split(","))
     tiles = args.tiles.split()
-    modes = [m for m in MODES if m in args.modes.split(",")]
-    stages = [st for st in OUTPUTS if st in args.stages.split(",")]
-    work.mkdir(parents=True, exist_ok=True)
     model = ROOT / "data" / "valle_de_mexico" / "model"
-    if not (model / "model_card.json").is_file():
-        sys.exit(f"{model}: the default region's model is needed (dvc repro train)")
-
-    # Only when timed: idle, its scheduler and two workers took ~12% of a core (ps, 40 min).
-    persistent = address = None
-    if "dask-address" in modes:
-        from distributed import LocalCluster
-
-        persistent = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None, memory_limit="4GiB")
-        address = ["compute=dask", f"compute.address={persistent.scheduler_address}", "compute.threads_per_worker=1"]
     rows = []
     # size 0: the start-up region, one tile of 16 cells (a 4 km window) 10 km east of the
     # default centre, where both labels occur (7 urban, 6 non-urban cells) for patches
@@ -182,39 +202,18 @@ def main() -> None:
         print(f"{name}: {cells:,} cells, window {win}", flush=True)
         for st, extra, units in (("synth", [], cells), ("mosaic", [], cells),
                                  ("patches", [f"patches.n_per_class={per_class}"], None), ("predict", [], cells)):
-            if st not in stages:
-                continue
-            written = {}
-            for mode, opts in (("local", LOCAL), ("dask", DASK), ("dask-address", address)):
-                if mode not in modes:
-                    continue
-                stats = work / f"stats-{name}-{st}-{mode}.jsonl"  # kept: every task's seconds and peak
-                seconds = stage([st, *common, *opts, *tiles, *extra], stats)
-                if st == "patches":  # the cells cut: the same sample in every mode
-                    summary = json.loads((region / "patches_summary.json").read_text())
-                    units = summary["patches"] + summary["nodata_dropped"]
-                row = {"size": f, "cells": cells, "stage": st, "mode": mode, "units": units, "wall_s": seconds,
-                       **task_stats(stats)}
-                rows.append(row)
-                # A digest, not the bytes: this process's memory would count in the next
-                # stage's peak (Linux carries the parent's peak RSS across fork + exec).
-                written[mode] = digest(region, st)
-                print(f"  {st:7s} {mode:5s} {seconds:7.1f} s  {1e3 * seconds / units:7.2f} ms/unit  "
-                      f"peak {row['peak_mb'] or 0:6.0f} MB/process  ({row['tasks']} tasks)", flush=True)
-            same = len(set(written.values())) == 1
-            rows[-1]["same_bytes_as_local"] = same
-            print(f"  {st:7s} outputs of {', '.join(written)}: {'the same bytes' if same else 'DIFFERENT'}", flush=True)
+            if st in stages:
+                rows += time_stage(st, extra, units, common, region, name, f, cells, work, modes, address, tiles)
+    return rows
 
-    if persistent is not None:
-        persistent.close()
 
-    # --- figures ---
-    out = {"machine": f"{platform.node()} ({os.cpu_count()} cores, shared with other jobs: noisy)",
-           "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-           "command": "python benchmarks/bench_scaling.py " + " ".join(sys.argv[1:]), "rows": rows}
+def growth(rows: list[dict], factors: list[int]) -> dict:
+    """Per stage and mode: print the start-up cost and the cost per unit at each size;
+    returns the growth exponents (of wall time, of wall time less the start-up cost, from
+    each size to the next, of the tasks' busy time), the start-up costs, the Dask/local
+    ratios by size and the peak memory per Dask worker by size."""
     print("\nstage    mode         start-up s " + "".join(f"{f:>4d}x: s/unit (ms)   " for f in factors))
     exps, net, steps, busy, by_size, memory, startup = {}, {}, {}, {}, {}, {}, {}
-    big = 4 if 4 in factors else factors[-1]  # the size of the overhead target and of the per-cell costs
     for st in ("synth", "mosaic", "patches", "predict"):
         for mode in MODES:
             first = [r for r in rows if r["stage"] == st and r["mode"] == mode and r["size"] == 0]
@@ -240,19 +239,28 @@ def main() -> None:
                 at = {r["mode"]: r["wall_s"] for r in rows if r["stage"] == st and r["size"] == f}
                 if mode in at and "local" in at:
                     by_size.setdefault(f"{st}/{mode}", {})[f] = at[mode] / at["local"]
-    print("\ngrowth exponent of wall time with area (target 1.0 +/- 0.1):")
+    return {"exponents": exps, "exponents_less_startup": net, "startup_s": startup, "exponents_busy": busy,
+            "dask_over_local_by_size": by_size, "exponents_each_step": steps, "peak_mb_per_worker": memory}
+
+
+def _print_exponents(title: str, exps: dict) -> None:
+    print(title)
     for key, e in exps.items():
         print(f"  {key:20s} {e:.2f}" if e is not None else f"  {key:20s} (one size)")
-    print("growth exponent of wall time less the start-up cost (the one-tile region's wall time):")
-    for key, e in net.items():
-        print(f"  {key:20s} {e:.2f}" if e is not None else f"  {key:20s} (one size)")
+
+
+def print_growth(g: dict, rows: list[dict], factors: list[int], modes: list[str], big: int) -> tuple[dict, dict]:
+    """Print the growth exponents, the Dask/local ratios and the memory per worker;
+    returns (the ratios on the `big` region per stage, those of the four stages' total)."""
+    _print_exponents("\ngrowth exponent of wall time with area (target 1.0 +/- 0.1):", g["exponents"])
+    _print_exponents("growth exponent of wall time less the start-up cost (the one-tile region's wall time):",
+                     g["exponents_less_startup"])
     if len(factors) > 2:
         print("the same, from each size to the next:")
-        for key, e in steps.items():
+        for key, e in g["exponents_each_step"].items():
             print(f"  {key:20s} " + ", ".join(f"{k} {v:.2f}" for k, v in e.items()))
-    print("growth exponent of the tasks' busy seconds (fixed start-up costs left out):")
-    for key, e in busy.items():
-        print(f"  {key:20s} {e:.2f}" if e is not None else f"  {key:20s} (one size)")
+    _print_exponents("growth exponent of the tasks' busy seconds (fixed start-up costs left out):", g["exponents_busy"])
+    by_size = g["dask_over_local_by_size"]
     ratios = {key: r[big] for key, r in by_size.items() if big in r}
     print(f"\nDask (2 workers x 1 thread) / local (2 threads) wall time on the {big}x region (target <= 1.15):")
     for key, r in ratios.items():
@@ -268,24 +276,15 @@ def main() -> None:
         for key, r in by_size.items():
             print(f"  {key:22s} " + ", ".join(f"{f}x {v:.2f}" for f, v in r.items()))
     print("\npeak memory per Dask worker (MB) by size, and against the default region's:")
-    for st, m in memory.items():
+    for st, m in g["peak_mb_per_worker"].items():
         base = m.get(factors[0])
         print(f"  {st:8s} " + ", ".join(f"{f}x {v:.0f} ({v / base:.2f})" for f, v in m.items()))
+    return ratios, total
 
-    if not {"local", "dask"} <= set(modes):
-        out.update({"exponents": exps, "exponents_less_startup": net, "startup_s": startup, "exponents_busy": busy,
-                    "dask_over_local": ratios, "dask_over_local_by_size": by_size,
-                    "exponents_each_step": steps, "peak_mb_per_worker": memory})
-        (work / "bench_scaling.json").write_text(json.dumps(out, indent=2) + "\n")
-        print(f"\n(per-cell costs and the Mexico extrapolation need the local and dask modes) -> {work / 'bench_scaling.json'}")
-        return
 
-    # Per-cell figures for `urbanmap plan`, from the 4x region when measured: the embedded
-    # default's two scene footprints (185 x 180 km) cover it whole, but not the 16x region
-    # (240 km a side: a fifth of its pixels has no scene, which synth then skips and
-    # patches redraws). The stages this run did not time keep theirs (each stage says
-    # when, how and on what size it was measured).
-    cost_file = ROOT / "benchmarks" / "cost_per_cell.json"
+def cost_per_cell(rows: list[dict], big: int, out: dict, cost_file: Path) -> dict:
+    """Write the per-cell figures that `urbanmap plan` reads into `cost_file`, from the
+    `big` region; the stages this run did not time keep their earlier figures."""
     earlier = json.loads(cost_file.read_text()).get("stages", {}) if cost_file.is_file() else {}
     costs = {"machine": out["machine"],
              "note": "local_s_per_cell: wall seconds per unit with compute=local (2 threads); worker_s_per_cell: busy "
@@ -304,7 +303,12 @@ def main() -> None:
             c["dask_s_per_cell_2_workers"] = sel["dask"]["wall_s"] / sel["dask"]["units"]
         costs["stages"][st] = c
     cost_file.write_text(json.dumps(costs, indent=2) + "\n")
+    return costs
 
+
+def extrapolate(costs: dict) -> tuple[float, float]:
+    """Print and return the wall seconds of Mexico's cells (one year, the pilot's patches)
+    on this machine and on 32 workers (busy seconds per cell / 32: a lower bound)."""
     print(f"\nextrapolated to Mexico ({MEXICO_CELLS:,} cells, one year, {PILOT_PER_CLASS:,} patches per class):")
     local_total = cluster_total = 0.0
     for st, c in costs["stages"].items():
@@ -321,10 +325,60 @@ def main() -> None:
             line += "; not tiled (one process, as on this machine)"
         print(line)
     print(f"  total    this machine {local_total / 3600:8.1f} h; 32 workers {cluster_total / 3600:6.2f} h")
-    out.update({"exponents": exps, "exponents_less_startup": net, "startup_s": startup, "exponents_busy": busy,
+    return local_total, cluster_total
+
+
+def main() -> None:
+    args = parse_args()
+    factors = sorted({int(f) for f in args.sizes.split(",")} | ({16} if args.with_16x else set()))
+    work = Path(args.workdir)
+    modes = [m for m in MODES if m in args.modes.split(",")]
+    stages = [st for st in OUTPUTS if st in args.stages.split(",")]
+    work.mkdir(parents=True, exist_ok=True)
+    model = ROOT / "data" / "valle_de_mexico" / "model"
+    if not (model / "model_card.json").is_file():
+        sys.exit(f"{model}: the default region's model is needed (dvc repro train)")
+
+    # Only when timed: idle, its scheduler and two workers took ~12% of a core (ps, 40 min).
+    persistent = address = None
+    if "dask-address" in modes:
+        from distributed import LocalCluster
+
+        persistent = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None, memory_limit="4GiB")
+        address = ["compute=dask", f"compute.address={persistent.scheduler_address}", "compute.threads_per_worker=1"]
+    rows = run_regions(args, factors, modes, stages, address)
+    if persistent is not None:
+        persistent.close()
+
+    # --- figures ---
+    out = {"machine": f"{platform.node()} ({os.cpu_count()} cores, shared with other jobs: noisy)",
+           "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+           "command": "python benchmarks/bench_scaling.py " + " ".join(sys.argv[1:]), "rows": rows}
+    big = 4 if 4 in factors else factors[-1]  # the size of the overhead target and of the per-cell costs
+    g = growth(rows, factors)
+    ratios, total = print_growth(g, rows, factors, modes, big)
+    if not {"local", "dask"} <= set(modes):
+        out.update({"exponents": g["exponents"], "exponents_less_startup": g["exponents_less_startup"],
+                    "startup_s": g["startup_s"], "exponents_busy": g["exponents_busy"], "dask_over_local": ratios,
+                    "dask_over_local_by_size": g["dask_over_local_by_size"],
+                    "exponents_each_step": g["exponents_each_step"], "peak_mb_per_worker": g["peak_mb_per_worker"]})
+        (work / "bench_scaling.json").write_text(json.dumps(out, indent=2) + "\n")
+        print(f"\n(per-cell costs and the Mexico extrapolation need the local and dask modes) -> {work / 'bench_scaling.json'}")
+        return
+
+    # Per-cell figures for `urbanmap plan`, from the 4x region when measured: the embedded
+    # default's two scene footprints (185 x 180 km) cover it whole, but not the 16x region
+    # (240 km a side: a fifth of its pixels has no scene, which synth then skips and
+    # patches redraws). The stages this run did not time keep theirs (each stage says
+    # when, how and on what size it was measured).
+    costs = cost_per_cell(rows, big, out, ROOT / "benchmarks" / "cost_per_cell.json")
+    local_total, cluster_total = extrapolate(costs)
+    out.update({"exponents": g["exponents"], "exponents_less_startup": g["exponents_less_startup"],
+                "startup_s": g["startup_s"], "exponents_busy": g["exponents_busy"],
                 "dask_over_local": ratios, "dask_over_local_all": total,
-                "dask_over_local_by_size": by_size, "exponents_each_step": steps,
-                "peak_mb_per_worker": memory, "costs": costs,
+                "dask_over_local_by_size": g["dask_over_local_by_size"], "exponents_each_step": g["exponents_each_step"],
+                "peak_mb_per_worker": g["peak_mb_per_worker"], "costs": costs,
                 "mexico_hours": {"this_machine": local_total / 3600, "workers_32": cluster_total / 3600}})
     (work / "bench_scaling.json").write_text(json.dumps(out, indent=2) + "\n")
     print(f"\n-> {ROOT / 'benchmarks' / 'cost_per_cell.json'}, {work / 'bench_scaling.json'}")

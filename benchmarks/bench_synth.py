@@ -1,6 +1,6 @@
 """Benchmark: the `synth` stage for one year of the default region, against baselines.
 
-    python benchmarks/bench_synth.py [year=2019] [other overrides]
+    python benchmarks/bench_synth.py [--help] [year=2019] [other overrides]
 
 Each step runs in its own process so that its peak memory (max RSS) is its own:
   synth        the stage: one task per tile (executor.run_tiles: landscape, sky, DN, QA
@@ -35,93 +35,119 @@ SCENE_SHAPE = (2150, 1900)  # about one default-region scene window
 
 def _landscape(cfg):
     """The region's whole world landscape in one piece (the stage builds it tile by tile:
-    the values are the same), end-members and seasonal states."""
-    from pyproj import Transformer
-
-    from urbanmap.core import io, paths
-    from urbanmap.core.lattice import PixelLattice, patch_size
-    from urbanmap.imagery.synth import landcover, schedule, tiles
+    the values are the same), end-members and seasonal states, through the stage's own
+    steps."""
+    from urbanmap.imagery.synth import landcover, schedule, stage, tiles
+    from urbanmap.imagery.synth.acquisitions import footprints
     from urbanmap.imagery.synth.endmembers import read_endmembers
-    from urbanmap.imagery.synth.stage import World, _footprints, _landscape_params, _settlements
+    from urbanmap.imagery.synth.settings import SynthSettings
 
-    s = cfg.synth
-    em = read_endmembers(s.spectra, {k: list(v) for k, v in s.endmembers.items()}, float(s.max_reflectance))
-    cells, cell_size, crs = io.read_cells(paths.grid(cfg), "grid", columns=["cell_id"])
-    lattice = PixelLattice.from_cells(cells["col"], cells["row"], cell_size, patch_size(cell_size, 30, None), crs)
-    x0, y0, x1, y1 = lattice.bounds
-    utm = schedule.utm_crs(*Transformer.from_crs(crs, 4326, always_xy=True).transform((x0 + x1) / 2, (y0 + y1) / 2))
-    world = World.around(lattice.bounds, crs, utm, float(s.margin), float(s.pixel_size))
-    year = paths.stage_year(cfg)
+    s = SynthSettings.from_config(cfg)
+    em = read_endmembers(s.spectra, s.endmembers, s.max_reflectance)
+    _, lattice = stage.read_lattice(s)
+    world = stage.scene_world(s, lattice)
     settlements = Path(cfg.out_dir) / "settlements.parquet"
-    _settlements(cfg, world, lattice).to_parquet(settlements)
-    job = tiles.Job(int(cfg.seed), float(s.pixel_size), _landscape_params(cfg), em, str(settlements), float(s.urban_min.pixel))
+    tiles.write_polygons(stage.settlements(s, world, lattice), settlements)  # as the stage writes them for its tasks
+    job = tiles.Job(s.seed, s.pixel, dict(s.landscape), em, str(settlements), s.urban_min_pixel)
     land = tiles.landscape(world.win, job, grown=False)
-    sensors = schedule.sensors_for_year(year, s.sensors)
-    acqs = schedule.acquisitions(year, sensors, _footprints(s, world.bounds), int(s.scenes_per_footprint))
-    ph = s.phenology
-    return land, em, [landcover.seasonal_state(a.acquired, ph.peak_doy, ph.crop_peak_doy, ph.crop_days) for a in acqs]
+    acqs = schedule.acquisitions(s.year, s.sensors, footprints(s, world.bounds), s.scenes_per_footprint)
+    return land, em, [landcover.seasonal_state(a.acquired, s.peak_doy, s.crop_peak_doy, s.crop_days) for a in acqs]
+
+
+def step_synth(cfg, prepared) -> tuple[float | None, dict]:
+    """The stage itself; its products' size."""
+    from urbanmap.core import paths
+    from urbanmap.imagery.synth import run
+
+    summary = run(cfg)
+    folder = paths.scenes_dir(cfg, summary["year"])
+    return None, {"scenes": summary["scenes"],
+                  "output_mb": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6}
+
+
+def step_io_floor(cfg, prepared) -> tuple[float | None, dict]:
+    """Writing the stage's products again (each read first, untimed): its own seconds."""
+    import numpy as np
+    import rasterio
+
+    from urbanmap.core import paths
+    from urbanmap.imagery.landsat import BANDS, scene_from_folder
+    from urbanmap.imagery.synth.scenes import write_product
+
+    year = paths.stage_year(cfg)
+    seconds, count = 0.0, 0
+    for folder in sorted(p for p in paths.scenes_dir(cfg, year).iterdir() if p.is_dir()):
+        scene = scene_from_folder(folder)
+        with rasterio.open(scene.qa_pixel) as src:
+            qa, crs, transform = src.read(1), src.crs, src.transform
+        dn = np.stack([rasterio.open(scene.bands[b]).read(1) for b in BANDS])
+        t0 = time.perf_counter()
+        write_product(Path(cfg.out_dir) / "floor" / scene.product_id, scene.product_id, dn, qa, crs, transform, 2)
+        seconds += time.perf_counter() - t0
+        count += 1
+    return seconds, {"scenes": count}
+
+
+def step_field(cfg, prepared) -> tuple[float | None, dict]:
+    """One cloud field of a scene's size (fields.field)."""
+    from urbanmap.imagery.synth.fields import Win, field
+
+    field((0, 1), Win(0, 0, *SCENE_SHAPE), 4000 / 30)
+    return None, {}
+
+
+def step_field_direct(cfg, prepared) -> tuple[float | None, dict]:
+    """The same field by a full-resolution Gaussian filter."""
+    import numpy as np
+    from scipy import ndimage
+
+    white = np.random.default_rng(0).standard_normal(SCENE_SHAPE).astype(np.float32)
+    ndimage.gaussian_filter(white, sigma=4000 / 30 / 2)
+    return None, {}
+
+
+def step_truth(cfg, prepared) -> tuple[float | None, dict]:
+    """The truth at the median seasonal state (saved, decimated, for truth-stack)."""
+    import numpy as np
+
+    from urbanmap.imagery.synth.landcover import reflectance
+
+    land, em, states = prepared
+    med = [float(np.median([s[k] for s in states])) for k in (0, 1)]
+    out = reflectance(land, em, *med)
+    np.save(Path(cfg.out_dir) / "truth.npy", out[:, ::7, ::7])
+    return None, {}
+
+
+def step_truth_stack(cfg, prepared) -> tuple[float | None, dict]:
+    """The truth by stacking every date and taking the median; its difference to truth's."""
+    import numpy as np
+
+    from urbanmap.imagery.synth.landcover import reflectance
+
+    land, em, states = prepared
+    per_date = [reflectance(land, em, *s) for s in states]
+    out = np.empty_like(per_date[0])
+    for b in range(out.shape[0]):
+        out[b] = np.median(np.stack([r[b] for r in per_date]), axis=0)
+    ref = np.load(Path(cfg.out_dir) / "truth.npy")
+    return None, {"max_abs_diff_vs_truth": float(np.abs(out[:, ::7, ::7] - ref).max())}
+
+
+STEP_FUNCTIONS = {"synth": step_synth, "io-floor": step_io_floor, "field": step_field, "field-direct": step_field_direct,
+                  "truth": step_truth, "truth-stack": step_truth_stack}
 
 
 def run_step(step: str, overrides: list[str]) -> dict:
-    """Run one step in this process; return its figures."""
-    import numpy as np
-
-    from urbanmap.core import config, paths
+    """Run one step in this process; return its figures (seconds: from the clock's start,
+    after the untimed preparation, unless the step times itself)."""
+    from urbanmap.core import config
 
     cfg = config.load(ROOT, overrides)
-    extra = {}
-    if step in ("truth", "truth-stack"):
-        land, em, states = _landscape(cfg)
+    prepared = _landscape(cfg) if step in ("truth", "truth-stack") else None
     start = time.perf_counter()
-    if step == "synth":
-        from urbanmap.imagery.synth import run
-
-        summary = run(cfg)
-        folder = paths.scenes_dir(cfg, summary["year"])
-        extra = {"scenes": summary["scenes"], "output_mb": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6}
-    elif step == "io-floor":
-        import rasterio
-
-        from urbanmap.imagery.landsat import BANDS, scene_from_folder
-        from urbanmap.imagery.synth.scenes import write_product
-
-        year = paths.stage_year(cfg)
-        seconds, count = 0.0, 0
-        for folder in sorted(p for p in paths.scenes_dir(cfg, year).iterdir() if p.is_dir()):
-            scene = scene_from_folder(folder)
-            with rasterio.open(scene.qa_pixel) as src:
-                qa, crs, transform = src.read(1), src.crs, src.transform
-            dn = np.stack([rasterio.open(scene.bands[b]).read(1) for b in BANDS])
-            t0 = time.perf_counter()
-            write_product(Path(cfg.out_dir) / "floor" / scene.product_id, scene.product_id, dn, qa, crs, transform, 2)
-            seconds += time.perf_counter() - t0
-            count += 1
-        extra = {"scenes": count}
-    elif step == "field":
-        from urbanmap.imagery.synth.fields import Win, field
-
-        field((0, 1), Win(0, 0, *SCENE_SHAPE), 4000 / 30)
-    elif step == "field-direct":
-        from scipy import ndimage
-
-        white = np.random.default_rng(0).standard_normal(SCENE_SHAPE).astype(np.float32)
-        ndimage.gaussian_filter(white, sigma=4000 / 30 / 2)
-    elif step == "truth":
-        from urbanmap.imagery.synth.landcover import reflectance
-
-        med = [float(np.median([s[k] for s in states])) for k in (0, 1)]
-        out = reflectance(land, em, *med)
-        np.save(Path(cfg.out_dir) / "truth.npy", out[:, ::7, ::7])
-    elif step == "truth-stack":
-        from urbanmap.imagery.synth.landcover import reflectance
-
-        per_date = [reflectance(land, em, *s) for s in states]
-        out = np.empty_like(per_date[0])
-        for b in range(out.shape[0]):
-            out[b] = np.median(np.stack([r[b] for r in per_date]), axis=0)
-        ref = np.load(Path(cfg.out_dir) / "truth.npy")
-        extra = {"max_abs_diff_vs_truth": float(np.abs(out[:, ::7, ::7] - ref).max())}
-    if step != "io-floor":
+    seconds, extra = STEP_FUNCTIONS[step](cfg, prepared)
+    if seconds is None:
         seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"step": step, "seconds": seconds, "peak_mb": peak_mb, **extra}
@@ -152,7 +178,9 @@ def main(overrides: list[str]) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    if args[:1] == ["--step"]:
+    if {"-h", "--help"} & set(args):
+        print(__doc__)
+    elif args[:1] == ["--step"]:
         print(json.dumps(run_step(args[1], args[2:])))
     else:
         main(args)

@@ -8,7 +8,7 @@ Each figure is paired with a baseline measured in the same run, and each measure
 repeated (`--repeats`, alternating with its baseline) keeping the best, because other
 processes on the machine make single timings noisy:
 
-  patches     `patches.read_patches` (block-wise windowed reads, one pass) for every
+  patches     `patchset.read_patches` (block-wise windowed reads, one pass) for every
               labelled cell, patches/s; baseline: one windowed read per cell from the
               same open file.
   extra trees fit seconds of the default Extra Trees (200 trees) on `--samples`
@@ -30,15 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
 from timing import best_of
 from urbanmap.examples import tiny
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def bench_patches(folder: Path, cells_side: int, repeats: int):
     import rasterio
 
-    from urbanmap.training.patches import read_patches
+    from urbanmap.training.patchset import read_patches
 
     cells = tiny.labelled_cells(cells_side, cells_side)
     tiny.write_mosaic(folder / "mosaic.tif", cells)
@@ -47,7 +48,6 @@ def bench_patches(folder: Path, cells_side: int, repeats: int):
     cols, rows = sel["col"].to_numpy(), sel["row"].to_numpy()
     idx = [1, 2, 3, 4, 5, 6]
     with rasterio.open(folder / "mosaic.tif") as src:
-
         def blockwise():
             return read_patches(src, lattice, cols, rows, idx)
 
@@ -67,7 +67,7 @@ def sample_patches(samples: int, seed: int = 0):
     """`samples` patches (half urban) of a synthetic scene, in memory."""
     import rasterio
 
-    from urbanmap.training.patches import extract
+    from urbanmap.training.sampler import extract
 
     side = int(np.ceil(np.sqrt(samples * 1.6))) + 4
     cells = tiny.labelled_cells(side, side, seed=seed)

@@ -92,8 +92,6 @@ def test_region_is_the_mosaic_extent_without_boundary(in_repo, example, tmp_path
 # --- bad input: one line, exit 2, nothing written -------------------------------------------
 
 
-
-
 def test_geographic_grid_crs(in_repo, example, tmp_path, capsys):
     expect_error(capsys, tmp_path, ["grid", *cli_args(example, tmp_path, "data.crs=EPSG:4326")], "not projected")
 

@@ -5,7 +5,9 @@ import shapely
 from pyproj import CRS
 
 from helpers.grids import brute_force
-from urbanmap.census.grid import build_grid, cell_ids, cell_polygons, check_projected, parse_cell_ids
+from helpers.project import REPO
+from urbanmap.census.grid import GridSettings, build_grid, cell_ids, cell_polygons, check_projected, parse_cell_ids
+from urbanmap.core import config
 from urbanmap.core.errors import InputError
 
 
@@ -59,3 +61,16 @@ def test_geographic_crs_is_refused():
     with pytest.raises(InputError, match="not projected"):
         check_projected(CRS.from_epsg(4326), "data.crs")
     check_projected(CRS.from_epsg(6372), "data.crs")
+
+
+def test_grid_settings_are_read_once_and_checked():
+    settings = GridSettings.from_config(config.load(REPO))
+    assert settings.crs.to_epsg() == 6372 and settings.cell_size == 1000.0
+    assert settings.window == (2770000, 799000, 2830000, 859000) and settings.mosaic_file is None
+    assert settings.out.name == "grid.parquet"
+    for override, message in (("data.crs=EPSG:4326", "data.crs: the grid CRS EPSG:4326 is not projected"),
+                              ("data.crs=nonsense", "data.crs: 'nonsense' is not a CRS"),
+                              ("data.cell_size=-5", "data.cell_size: must be positive"),
+                              ("data.cell_size=50", "smaller than two pixels")):
+        with pytest.raises(InputError, match=message):
+            GridSettings.from_config(config.load(REPO, [override]))

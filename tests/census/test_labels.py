@@ -3,7 +3,9 @@ import pandas as pd
 import pytest
 import shapely
 
-from urbanmap.census.labels import apply_rule, census_measures
+from helpers.project import REPO
+from urbanmap.census.labels import LabelSettings, apply_rule, census_measures
+from urbanmap.core import config
 from urbanmap.core.errors import InputError
 
 
@@ -60,3 +62,17 @@ def test_density_rule_and_excluded_band():
     ]
     with pytest.raises(InputError, match="must not exceed"):
         apply_rule(np.array([0.3]), 0.1, 0.5)
+
+
+def test_label_settings_name_the_config_key_that_is_wrong():
+    settings = LabelSettings.from_config(config.load(REPO, ["labels.rule=population_density"]))
+    assert settings.rule == "population_density"
+    assert (settings.thresholds.urban_min, settings.thresholds.non_urban_max) == (1500.0, 300.0)
+    assert settings.census.class_column == "ambito" and settings.census.urban_values == ("URBANO",)
+    for overrides, message in ((["labels.rule=density"], "labels.rule: unknown rule 'density'"),
+                               (["labels.urban_fraction.non_urban_max=0.9"],
+                                r"labels.urban_fraction: non_urban_max \(0.9\) must not exceed urban_min \(0.5\)"),
+                               (["labels.urban_fraction.urban_min=half"], "labels.urban_fraction.urban_min: expected a number"),
+                               (["data.census=null"], "data.census: null")):
+        with pytest.raises(InputError, match=message):
+            LabelSettings.from_config(config.load(REPO, overrides))

@@ -212,7 +212,7 @@ def test_patches_are_the_same_bytes_whatever_the_tiles_and_executor(monkeypatch,
 
     from urbanmap.core import io
     from urbanmap.core.lattice import PixelLattice
-    from urbanmap.training import patches
+    from urbanmap.training import patchset, sampler
 
     region_dir = tmp_path / "small"
     region_dir.mkdir()
@@ -236,9 +236,9 @@ def test_patches_are_the_same_bytes_whatever_the_tiles_and_executor(monkeypatch,
         assert _run(monkeypatch, "patches", tmp_path, *args, *extra) == 0
         written.append((region_dir / "patches.npz").read_bytes())
     assert written[0] == written[1] == written[2]
-    got = patches.load_patches(region_dir / "patches.npz")
+    got = patchset.load_patches(region_dir / "patches.npz")
     with rasterio.open(region_dir / "mosaic_2010.tif") as src:
-        want = patches.extract(labels, lattice, src, list(got.bands), n, 42, 2010)
+        want = sampler.extract(labels, lattice, src, list(got.bands), n, 42, 2010)
     assert got.nodata_dropped == want.nodata_dropped == 3
     assert list(got.cell_id) == list(want.cell_id)
     assert np.array_equal(got.patches, want.patches)

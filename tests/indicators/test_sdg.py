@@ -13,6 +13,7 @@ import shapely
 from helpers.project import REPO
 from urbanmap.cli import main
 from urbanmap.core import config, io, paths
+from urbanmap.core.errors import InputError
 from urbanmap.examples.tiny import CELL, CRS
 from urbanmap.indicators import sdg
 
@@ -121,3 +122,14 @@ def test_sdg_without_estimate(in_repo, region, capsys):
     assert main(["sdg", *over]) == 2
     err = capsys.readouterr().err
     assert "estimate.json" in err and "not found" in err and not paths.sdg_table(cfg).exists()
+
+
+def test_sdg_settings_name_the_config_key_that_is_wrong():
+    settings = sdg.SdgSettings.from_config(config.load(REPO))
+    assert settings.years == (2010, 2019) and settings.min_coverage == 0.9
+    assert settings.population == sdg.PopulationSettings(None, 2020, 0.0115)
+    for override, message in (("data.municipalities=null", "data.municipalities: null"),
+                              ("sdg.min_coverage=most", "sdg.min_coverage: expected a number"),
+                              ("sdg.population.growth_rate=fast", "sdg.population.growth_rate: expected a number")):
+        with pytest.raises(InputError, match=message):
+            sdg.SdgSettings.from_config(config.load(REPO, [override]))

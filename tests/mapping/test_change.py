@@ -14,8 +14,9 @@ from shapely.geometry import box
 
 from helpers.project import REPO
 from urbanmap.cli import main
-from urbanmap.core import io
-from urbanmap.mapping.change import CODES, change_classes
+from urbanmap.core import config, io
+from urbanmap.core.errors import InputError
+from urbanmap.mapping.change import CODES, ChangeSettings, change_classes
 
 COL0, ROW0, N = 2790, 820, 8  # an 8 x 8 region of 1 km cells, EPSG:6372
 
@@ -151,3 +152,11 @@ def test_without_municipalities_the_table_is_the_region(region, monkeypatch):
     assert table["name"].tolist() == ["(none)"]
     expected = change_classes(first, second)
     assert [table.loc[0, f"cells_{c}"] for c in CODES] == [(expected == c).sum() for c in CODES]
+
+
+def test_change_settings_refuse_one_year_twice():
+    settings = ChangeSettings.from_config(config.load(REPO, ["data.municipalities=null"]))
+    assert settings.years == (2010, 2019) and settings.municipalities is None
+    assert [p.name for p in settings.predictions] == ["predictions_2010.parquet", "predictions_2019.parquet"]
+    with pytest.raises(InputError, match="years: train and target are both 2019"):
+        ChangeSettings.from_config(config.load(REPO, ["years.train=2019"]))

@@ -15,12 +15,14 @@ from helpers.cli import heavy_imports_after
 from helpers.project import REPO
 from urbanmap.cli import main
 from urbanmap.core import config, io, paths
+from urbanmap.core.errors import InputError
 from urbanmap.core.lattice import PixelLattice
 from urbanmap.examples import tiny
 from urbanmap.mapping import predict_tiles
 from urbanmap.mapping.classify import classes, predict_cells
+from urbanmap.mapping.predict import PredictSettings
 from urbanmap.training import models
-from urbanmap.training.patches import load_patches
+from urbanmap.training.patchset import load_patches
 
 OUTPUTS = ("predictions_{}.parquet", "p_urban_{}.tif", "predictions_{}.png", "predictions_{}.json")
 
@@ -190,6 +192,18 @@ def test_a_mosaic_of_another_patch_size_is_refused(trained, tmp_path, monkeypatc
 def test_config_has_the_predict_section():
     cfg = config.load(REPO)
     assert cfg.predict.threshold == 0.5 and cfg.predict.block_cells >= 1
+
+
+def test_predict_settings_are_read_once_and_checked():
+    settings = PredictSettings.from_config(config.load(REPO, ["year=2019"]))
+    assert (settings.year, settings.threshold, settings.block_cells) == (2019, 0.5, 32)
+    assert settings.mosaic.name == "mosaic_2019.tif" and settings.predictions.name == "predictions_2019.parquet"
+    assert settings.compute.mode == "local"
+    for override, message in (("predict.threshold=1.5", "predict.threshold: expected a number between 0 and 1"),
+                              ("predict.block_cells=2.5", "predict.block_cells: expected a positive whole number"),
+                              ("year=soon", "year='soon': not a year")):
+        with pytest.raises(InputError, match=message):
+            PredictSettings.from_config(config.load(REPO, [override]))
 
 
 # --- start-up: what a process (the stage's, a Dask worker) loads ----------------------------

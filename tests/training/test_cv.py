@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
+from helpers.project import REPO
+from urbanmap.core import config
 from urbanmap.core.errors import InputError
-from urbanmap.training.cv import assign_folds, spatial_blocks
+from urbanmap.training.cv import CvSettings, assign_folds, spatial_blocks
 
 
 @pytest.fixture
@@ -56,3 +58,22 @@ def test_bad_fold_requests(cells):
         assign_folds(np.ones(50, np.uint8), x[:50], yc[:50], "kfold", 5, seed=0)
     with pytest.raises(InputError, match="fewer than cv.n_splits=10 per class"):
         assign_folds(np.r_[np.zeros(20), np.ones(4)].astype(np.uint8), x[:24], yc[:24], "kfold", 10, seed=0)
+
+
+def test_cv_settings_read_the_group():
+    assert CvSettings.from_config(config.load(REPO)) == CvSettings("kfold", 10, True, None)
+    assert CvSettings.from_config(config.load(REPO, ["cv=spatial"])) == CvSettings("spatial", 10, True, 20000)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["cv.name=random"], "cv.name: unknown scheme 'random' (kfold or spatial)"),
+        (["cv.n_splits=1"], "cv.n_splits: must be at least 2, got 1"),
+        (["cv=spatial", "cv.block_size=0"], "cv.block_size: must be a positive number of metres, got 0"),
+    ],
+)
+def test_cv_settings_name_the_bad_key(overrides, message):
+    with pytest.raises(InputError) as err:
+        CvSettings.from_config(config.load(REPO, overrides))
+    assert str(err.value) == message

@@ -13,7 +13,7 @@ from urbanmap.core import config
 from urbanmap.core.errors import InputError
 from urbanmap.examples.tiny import BANDS, labelled_cells, lattice_of, write_mosaic
 from urbanmap.training import models
-from urbanmap.training.patches import extract
+from urbanmap.training.sampler import extract
 
 
 @pytest.fixture(scope="module")

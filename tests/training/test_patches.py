@@ -15,7 +15,9 @@ from urbanmap.cli import main
 from urbanmap.core import config, paths
 from urbanmap.core.errors import InputError
 from urbanmap.examples import tiny
-from urbanmap.training.patches import CLASSES, balanced_sample, extract, load_patches, read_patches, run
+from urbanmap.training.patches import PatchSettings, run
+from urbanmap.training.patchset import CLASSES, load_patches, read_patches
+from urbanmap.training.sampler import balanced_sample, extract
 
 
 @pytest.fixture
@@ -211,3 +213,11 @@ def test_labels_without_urban_cells_are_refused(tmp_path, capsys, in_repo):
     assert main(["patches", *synthetic.overrides(tmp_path), "patches.n_per_class=0"]) == 2
     assert "patches.n_per_class: expected a positive whole number, got 0" in capsys.readouterr().err
     assert not (tmp_path / "tiny" / "patches.npz").exists()
+
+
+def test_settings_are_read_once_and_checked(tmp_path):
+    settings = PatchSettings.from_config(cfg_for(tmp_path, "compute.tile_size=5"))
+    assert settings.bands == tuple(tiny.BANDS) and settings.n_per_class == 100 and settings.year == 2010
+    assert settings.mosaic == tmp_path / "tiny" / "mosaic_2010.tif" and settings.compute.tile_size >= 5
+    with pytest.raises(InputError, match=r"patches.bands: expected a list of band names, got \[\]"):
+        PatchSettings.from_config(cfg_for(tmp_path, "patches.bands=[]"))

@@ -18,6 +18,7 @@ from helpers import synthetic
 from helpers.project import REPO
 from urbanmap.core import config, paths
 from urbanmap.training import evaluate
+from urbanmap.training.tracking import TrackingSettings
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,17 @@ def check_logged(uri: str, cfg, local_artifacts: bool = True):
     versions = client.search_model_versions("name='urbanmap-tiny-extra_trees'")
     assert [v.run_id for v in versions] == [parent.info.run_id]
     return client, parent
+
+
+def test_settings_are_read_once_with_the_environment_first(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert TrackingSettings.from_config(config.load(REPO, ["tracking.enabled=false"])) is None
+    cfg = config.load(REPO, ["tracking.uri=sqlite:///elsewhere.db", "tracking.registered_model=maps"])
+    settings = TrackingSettings.from_config(cfg)
+    assert settings is not None and settings.uri == "sqlite:///elsewhere.db" and settings.registered_model == "maps"
+    assert settings.params["cv.n_splits"] == "10" and settings.params["model.estimator._target_"].endswith("ExtraTreesClassifier")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert TrackingSettings.from_config(cfg).uri == "http://127.0.0.1:5000"
 
 
 def test_runs_in_a_sqlite_store(trained, tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ from helpers.project import REPO
 from urbanmap.cli import main
 from urbanmap.core import config, paths
 from urbanmap.examples import tiny
-from urbanmap.training import evaluate, patches, train
+from urbanmap.training import evaluate, patches, patchset, train
 from urbanmap.training.cv import spatial_blocks
 
 
@@ -30,7 +30,7 @@ def test_extra_trees_cv_predicts_every_cell_once_then_saves_the_final_model(regi
     cfg = cfg_for(region)
     train.run(cfg)
     pred = pd.read_parquet(paths.cv_predictions(cfg))
-    ps = patches.load_patches(paths.patches(cfg))
+    ps = patchset.load_patches(paths.patches(cfg))
     assert sorted(pred["cell_id"]) == sorted(ps.cell_id)
     assert sorted(pred["fold"].unique()) == [0, 1, 2]
     assert pred.groupby("fold")["y_true"].mean().between(0.45, 0.55).all()  # stratified
@@ -66,7 +66,7 @@ def test_same_seed_gives_identical_metrics(region, tmp_path, model):
 def write_patches(root, ps):
     folder = root / "bad"
     folder.mkdir(exist_ok=True)
-    patches.save_patches(folder / "patches.npz", ps)
+    patchset.save_patches(folder / "patches.npz", ps)
     return ["out_dir=" + str(root), "data.name=bad", "cv.n_splits=3", *synthetic.FAST["extra_trees"]]
 
 
@@ -79,7 +79,7 @@ def write_patches(root, ps):
     ],
 )
 def test_bad_patches_fail_cleanly(region, tmp_path, capsys, in_repo, change, fragment):
-    ps = patches.load_patches(region / "tiny" / "patches.npz")
+    ps = patchset.load_patches(region / "tiny" / "patches.npz")
     if change == "one_class":
         ps = ps.subset(ps.label == 1)
     elif change == "few":

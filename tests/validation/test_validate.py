@@ -16,7 +16,10 @@ from urbanmap.cli import main
 from urbanmap.core import config, io, paths
 from urbanmap.core.errors import InputError
 from urbanmap.examples.tiny import CELL, CRS, labelled_cells, write_mosaic
-from urbanmap.validation import estimate, validate
+from urbanmap.validation import estimate
+from urbanmap.validation.interpret import simulate_interpreter
+from urbanmap.validation.sample import MAP_CLASSES, allocate, draw_sample, sample_design, sample_size
+from urbanmap.validation.settings import ValidationSettings
 
 # --- Olofsson, Foody, Herold, Stehman, Woodcock & Wulder (2014), Good practices for
 # estimating area and assessing accuracy of land change, Remote Sensing of Environment
@@ -78,16 +81,16 @@ def test_sample_size_and_allocation_of_the_paper():
     """Section 5.1.1 / Table 5: target SE 0.01 of overall accuracy and anticipated user's
     accuracies 0.7, 0.6, 0.9, 0.95 give n = 641; proportional allocation 13/10/205/413."""
     weights = PIXELS / PIXELS.sum()
-    n = estimate.sample_size(weights, [0.70, 0.60, 0.90, 0.95], 0.01)
+    n = sample_size(weights, [0.70, 0.60, 0.90, 0.95], 0.01)
     assert n == 641
     big = [10**9] * 4
-    assert estimate.allocate(n, weights, 0, big).tolist() == [13, 10, 205, 413]
+    assert allocate(n, weights, 0, big).tolist() == [13, 10, 205, 413]
     # 75 for the rare strata, the remainder proportional to area (the paper's rule).
-    assert estimate.allocate(n, weights, 75, big).tolist() == [75, 75, 163, 328]
+    assert allocate(n, weights, 75, big).tolist() == [75, 75, 163, 328]
     # A stratum with fewer cells than its share gives all of them; the rest goes elsewhere.
-    got = estimate.allocate(100, [0.5, 0.5], 10, [20, 1000])
+    got = allocate(100, [0.5, 0.5], 10, [20, 1000])
     assert got.tolist() == [20, 80]
-    assert estimate.allocate(100, [0.0, 1.0], 10, [50, 1000]).tolist() == [0, 100]
+    assert allocate(100, [0.0, 1.0], 10, [50, 1000]).tolist() == [0, 100]
 
 
 def test_census_of_every_unit_gives_the_population_values():
@@ -117,8 +120,6 @@ def test_undefined_accuracies_are_null_with_a_note():
     # A stratum of area 0 without units is ignored.
     r0 = estimate.stratified_estimates(["a", "a"], ["a", "a"], pd.Series({"a": 10.0, "b": 0.0}))
     assert list(r0["strata"]) == ["a"]
-
-
 
 
 @pytest.mark.parametrize(
@@ -181,9 +182,9 @@ def test_interval_of_urban_area_covers_the_truth_in_most_repetitions():
     covered, errors = 0, []
     for seed in range(20):
         truth, mapped = synthetic_map(seed)
-        design = validate.sample_design(mapped, {"urban": 0.85, "non_urban": 0.9}, 0.02, 50, 1.0, validate.MAP_CLASSES)
-        picked = validate.draw_sample(mapped, design, seed)
-        ref = validate.simulate_interpreter(truth[picked], 0.0, validate.MAP_CLASSES, seed)
+        design = sample_design(mapped, {"urban": 0.85, "non_urban": 0.9}, 0.02, 50, 1.0, MAP_CLASSES)
+        picked = draw_sample(mapped, design, seed)
+        ref = simulate_interpreter(truth[picked], 0.0, MAP_CLASSES, seed)
         r = estimate.stratified_estimates(mapped[picked], ref, design.set_index("class")["area"])
         est = r["area"]["urban"]
         true_area = (truth == "urban").sum()
@@ -195,19 +196,36 @@ def test_interval_of_urban_area_covers_the_truth_in_most_repetitions():
 
 def test_draws_are_deterministic_and_exact():
     strata = np.array(["urban"] * 300 + ["non_urban"] * 700, dtype=object)
-    design = validate.sample_design(strata, {"urban": 0.85, "non_urban": 0.9}, 0.03, 40, 1.0, validate.MAP_CLASSES)
+    design = sample_design(strata, {"urban": 0.85, "non_urban": 0.9}, 0.03, 40, 1.0, MAP_CLASSES)
     assert design["class"].tolist() == ["urban", "non_urban"]
     assert design["n_sample"].sum() >= 40 * 2
-    a, b = validate.draw_sample(strata, design, 7), validate.draw_sample(strata, design, 7)
+    a, b = draw_sample(strata, design, 7), draw_sample(strata, design, 7)
     assert a.tolist() == b.tolist() and len(set(a)) == len(a)
-    assert a.tolist() != validate.draw_sample(strata, design, 8).tolist()
+    assert a.tolist() != draw_sample(strata, design, 8).tolist()
     assert (strata[a] == "urban").sum() == design.set_index("class").loc["urban", "n_sample"]
     truth = strata[a]
-    ref = validate.simulate_interpreter(truth, 0.1, validate.MAP_CLASSES, 7)
+    ref = simulate_interpreter(truth, 0.1, MAP_CLASSES, 7)
     assert (ref != truth).sum() == round(0.1 * len(a))
-    assert ref.tolist() == validate.simulate_interpreter(truth, 0.1, validate.MAP_CLASSES, 7).tolist()
+    assert ref.tolist() == simulate_interpreter(truth, 0.1, MAP_CLASSES, 7).tolist()
     with pytest.raises(InputError, match="anticipated_accuracy"):
-        validate.sample_design(strata, {"urban": 0.85}, 0.03, 40)
+        sample_design(strata, {"urban": 0.85}, 0.03, 40)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("validation.strata=grid", "validation.strata: 'grid' is not map or change"),
+        ("validation.target_se=0", "validation.target_se: 0.0 is not in (0, 1)"),
+        ("validation.min_per_stratum=1", "validation.min_per_stratum: 1 is below 2"),
+        ("validation.interpreter_error=1.5", "validation.interpreter_error: 1.5 is not in [0, 1]"),
+        ("validation.anticipated_accuracy.urban=1.2", "validation.anticipated_accuracy: accuracies must be in [0, 1], got urban: 1.2"),
+        ("validation.chips.true_colour=[red,green]", "validation.chips: true_colour and false_colour need 3 band names each"),
+    ],
+)
+def test_settings_name_the_bad_key(override, message):
+    with pytest.raises(InputError) as err:
+        ValidationSettings.from_config(config.load(REPO, [override]))
+    assert str(err.value).startswith(message), err.value
 
 
 # --- the stages on a small region ----------------------------------------------------------

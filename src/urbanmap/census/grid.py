@@ -10,12 +10,19 @@ digits (``E00512300N04412100``); negative coordinates use W / S.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import rasterio.features
 import shapely
 from affine import Affine
+from numpy.typing import ArrayLike
+from omegaconf import DictConfig
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 from scipy import ndimage
@@ -28,7 +35,7 @@ from urbanmap.core.lattice import patch_size
 ID_DIGITS_KM, ID_DIGITS_M = 4, 8
 
 
-def cell_ids(cols: np.ndarray, rows: np.ndarray, cell_size: float) -> pd.Series:
+def cell_ids(cols: ArrayLike, rows: ArrayLike, cell_size: float) -> pd.Series:
     """Stable ids of cells from their lattice indices (see module docstring).
 
     Args:
@@ -57,8 +64,10 @@ def cell_ids(cols: np.ndarray, rows: np.ndarray, cell_size: float) -> pd.Series:
     ids = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), n, [None, pa.py_buffer(text)])
     return pd.Series(ids.cast(pa.binary()).cast(pa.string()), dtype=pd.ArrowDtype(pa.string()))
 
-def parse_cell_ids(ids, cell_size: float) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of `cell_ids`: lattice indices (cols, rows) of ids for this cell size."""
+
+def parse_cell_ids(ids: Sequence[str] | pd.Series, cell_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of `cell_ids`: lattice indices (cols, rows), two (n,) int64 arrays, of n
+    ids for this cell size (metres)."""
     parts = pd.Series(ids, dtype="string").str.extract(r"^([EW])(\d+)([NS])(\d+)$")
     if parts.isna().any().any():
         bad = pd.Series(ids)[parts.isna().any(axis=1).to_numpy()].iloc[0]
@@ -68,11 +77,14 @@ def parse_cell_ids(ids, cell_size: float) -> tuple[np.ndarray, np.ndarray]:
     y = parts[3].astype(np.int64).to_numpy() * np.where(parts[2] == "S", -1, 1) * unit
     return x // int(cell_size), y // int(cell_size)
 
-def cell_polygons(cols: np.ndarray, rows: np.ndarray, cell_size: float) -> np.ndarray:
-    """Shapely polygons of shape (n,) for cells given by lattice indices."""
+
+def cell_polygons(cols: ArrayLike, rows: ArrayLike, cell_size: float) -> np.ndarray:
+    """Shapely polygons of shape (n,) for cells given by (n,) lattice indices, in the
+    grid's CRS (metres; `cell_size` is the side in metres)."""
     x0 = np.asarray(cols, dtype=np.float64) * cell_size
     y0 = np.asarray(rows, dtype=np.float64) * cell_size
     return shapely.box(x0, y0, x0 + cell_size, y0 + cell_size)
+
 
 def check_projected(crs: CRS, where: str) -> None:
     """Refuse a geographic (degrees) CRS: cells must be squares in metres."""
@@ -81,6 +93,7 @@ def check_projected(crs: CRS, where: str) -> None:
     unit = crs.axis_info[0].unit_name if crs.axis_info else "metre"
     if unit not in ("metre", "meter", "m"):
         raise InputError(f"{where}: the grid CRS {crs.to_string()} has units of {unit}, not metres")
+
 
 def build_grid(region: shapely.Geometry, cell_size: float) -> pd.DataFrame:
     """Cells of the lattice whose interior overlaps `region`'s interior.
@@ -124,12 +137,19 @@ def build_grid(region: shapely.Geometry, cell_size: float) -> pd.DataFrame:
     rows = (row1 - 1 - r).astype(np.int32)
     return pd.DataFrame({"cell_id": cell_ids(cols, rows, cell_size), "col": cols, "row": rows})
 
-def region_geometry(boundary, window, crs: CRS, boundary_path: str) -> shapely.Geometry:
+
+def region_geometry(
+    boundary: gpd.GeoDataFrame | None, window: Sequence[float] | None, crs: CRS, boundary_path: str
+) -> shapely.Geometry:
     """The region in the grid CRS: the boundary's union, clipped to the window if any.
 
     Args:
         boundary: GeoDataFrame of the boundary (any CRS), or None to use the window alone.
         window: [xmin, ymin, xmax, ymax] in `crs` metres, or None.
+        crs: the grid's projected CRS.
+        boundary_path: the boundary's file, for error messages.
+    Returns:
+        (Multi)Polygon in `crs`, metres.
     """
     window_box = shapely.box(*window) if window is not None else None
     if boundary is None:
@@ -143,50 +163,98 @@ def region_geometry(boundary, window, crs: CRS, boundary_path: str) -> shapely.G
         shape = shapely.intersection(shape, window_box)
         if shape.is_empty or shape.area == 0:
             raise InputError(
-                f"{boundary_path}: the window {list(window)} does not overlap the boundary"
+                f"{boundary_path}: the window {list(window or [])} does not overlap the boundary"
             )
     return shape
 
-def mosaic_region(cfg, boundary, window, crs: CRS) -> shapely.Geometry:
+
+def mosaic_region(
+    boundary: gpd.GeoDataFrame | None, window: Sequence[float] | None, crs: CRS, boundary_path: str,
+    mosaic_file: str | None,
+) -> shapely.Geometry:
     """The region, given that the imagery may be one existing file (data.imagery.source:
-    file, see imagery.composite): with no boundary and no window, the file's extent; otherwise
-    boundary ∩ window, which must overlap the file's extent."""
-    im = cfg.data.get("imagery")
-    if im is None or str(im.get("source")) != "file" or not im.get("file"):
-        return region_geometry(boundary, window, crs, str(cfg.data.boundary))
-    path = paths.fill_path(im.file, cfg, paths.train_year(cfg))
-    with rasters.open_raster(path, "mosaic file (data.imagery.file)") as src:
+    file, see imagery.composite).
+
+    With no mosaic file: `region_geometry`. With one: with no boundary and no window, the
+    file's extent; otherwise boundary ∩ window, which must overlap the file's extent.
+
+    Args:
+        boundary, window, crs, boundary_path: as for `region_geometry`.
+        mosaic_file: the mosaic file of years.train (`GridSettings.mosaic_file`), or None.
+    Returns:
+        (Multi)Polygon in `crs`, metres.
+    """
+    if mosaic_file is None:
+        return region_geometry(boundary, window, crs, boundary_path)
+    with rasters.open_raster(mosaic_file, "mosaic file (data.imagery.file)") as src:
         extent = rasters.footprint(src, crs)
     if boundary is None and window is None:
         return extent
-    region = region_geometry(boundary, window, crs, str(cfg.data.boundary))
+    region = region_geometry(boundary, window, crs, boundary_path)
     if shapely.intersection(region, extent).area <= 0:
-        where = cfg.data.boundary if boundary is not None else f"data.window {list(window)}"
-        raise InputError(f"{path}: the mosaic file does not overlap the region ({where})")
+        where = boundary_path if boundary is not None else f"data.window {list(window or [])}"
+        raise InputError(f"{mosaic_file}: the mosaic file does not overlap the region ({where})")
     return region
 
-def run(cfg) -> None:
+
+@dataclass(frozen=True)
+class GridSettings:
+    """What the `grid` stage reads from the config, checked.
+
+    Attributes:
+        crs: the grid's projected CRS (data.crs), in metres.
+        cell_size: cell side, metres (data.cell_size), > 0 and at least two pixels of
+            data.pixel_size.
+        boundary: the boundary's vector file, any CRS (data.boundary), or None.
+        window: [xmin, ymin, xmax, ymax] in `crs` metres (data.window), or None.
+        mosaic_file: the existing mosaic file of years.train (data.imagery.file, its
+            placeholders filled in) when data.imagery.source is file, else None.
+        out: where grid.parquet goes (`<out_dir>/<data.name>/grid.parquet`).
+    """
+
+    crs: CRS
+    cell_size: float
+    boundary: str | None
+    window: tuple[float, ...] | None
+    mosaic_file: str | None
+    out: Path
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> GridSettings:
+        """Read the `data` section; InputError naming the config key that is wrong."""
+        try:
+            crs = CRS.from_user_input(cfg.data.crs)
+        except CRSError as exc:
+            raise InputError(f"data.crs: {cfg.data.crs!r} is not a CRS: {exc}".splitlines()[0]) from None
+        check_projected(crs, "data.crs")
+        cell_size = float(cfg.data.cell_size)
+        if cell_size <= 0:
+            raise InputError(f"data.cell_size: must be positive, got {cell_size}")
+        # Refuse a cell smaller than two pixels now, not in a later stage.
+        patch_size(cell_size, float(cfg.data.pixel_size), cfg.data.get("patch_size"))
+        im = cfg.data.get("imagery")
+        mosaic_file = None
+        if im is not None and str(im.get("source")) == "file" and im.get("file"):
+            mosaic_file = paths.fill_path(im.file, cfg, paths.train_year(cfg))
+        return cls(
+            crs=crs,
+            cell_size=cell_size,
+            boundary=str(cfg.data.boundary) if cfg.data.boundary else None,
+            window=tuple(cfg.data.window) if cfg.data.window is not None else None,
+            mosaic_file=mosaic_file,
+            out=paths.grid(cfg),
+        )
+
+
+def run(cfg: DictConfig) -> None:
     """Stage: read the boundary, build the grid, write `<out_dir>/<region>/grid.parquet`.
 
     The region is data.boundary ∩ data.window; when both are null and the imagery is one
     file (data.imagery.source: file), the extent of that file (for years.train).
     """
-    try:
-        crs = CRS.from_user_input(cfg.data.crs)
-    except CRSError as exc:
-        raise InputError(f"data.crs: {cfg.data.crs!r} is not a CRS: {exc}".splitlines()[0]) from None
-    check_projected(crs, "data.crs")
-    cell_size = float(cfg.data.cell_size)
-    if cell_size <= 0:
-        raise InputError(f"data.cell_size: must be positive, got {cell_size}")
-    # Refuse a cell smaller than two pixels now, not in a later stage.
-    patch_size(cell_size, float(cfg.data.pixel_size), cfg.data.get("patch_size"))
-    boundary = None
-    if cfg.data.boundary:
-        boundary = io.read_vector(cfg.data.boundary, "boundary")
-    window = list(cfg.data.window) if cfg.data.window is not None else None
-    region = mosaic_region(cfg, boundary, window, crs)
-    cells = build_grid(region, cell_size)
-    out = paths.grid(cfg)
-    io.write_cells(out, cells, cell_size, crs)
-    print(f"grid: {len(cells):,} cells of {cell_size:g} m in {crs.to_string()} -> {out}")
+    settings = GridSettings.from_config(cfg)
+    boundary = io.read_vector(settings.boundary, "boundary") if settings.boundary else None
+    region = mosaic_region(boundary, settings.window, settings.crs, str(settings.boundary), settings.mosaic_file)
+    cells = build_grid(region, settings.cell_size)
+    io.write_cells(settings.out, cells, settings.cell_size, settings.crs)
+    print(f"grid: {len(cells):,} cells of {settings.cell_size:g} m in {settings.crs.to_string()} -> {settings.out}")

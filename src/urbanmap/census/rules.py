@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike
 
 from urbanmap.core.errors import InputError
 
@@ -10,9 +15,47 @@ from urbanmap.core.errors import InputError
 LABELS = ("urban", "non_urban", "excluded")
 
 
-def apply_rule(values: np.ndarray, urban_min: float, non_urban_max: float) -> np.ndarray:
+@dataclass(frozen=True)
+class RuleThresholds:
+    """The two thresholds of a label rule (`labels.<rule>` in the config), checked.
+
+    Attributes:
+        urban_min: a cell is "urban" when its measure is >= urban_min (the measure's unit:
+            a fraction 0..1 for urban_fraction, inhabitants per km² for population_density).
+        non_urban_max: a cell is "non_urban" when its measure is < non_urban_max (same
+            unit); cells in between are "excluded". Never above urban_min.
+    """
+
+    urban_min: float
+    non_urban_max: float
+
+    @classmethod
+    def from_config(cls, section: Any, key: str) -> RuleThresholds:
+        """Read `section` (the config node at `key`, e.g. labels.urban_fraction);
+        InputError naming the key that is wrong."""
+        values = []
+        for name in ("urban_min", "non_urban_max"):
+            value: Any = section.get(name) if section is not None else None
+            try:
+                values.append(float(value))
+            except (TypeError, ValueError):
+                raise InputError(f"{key}.{name}: expected a number, got {value!r}") from None
+        urban_min, non_urban_max = values
+        if non_urban_max > urban_min:
+            raise InputError(f"{key}: non_urban_max ({non_urban_max}) must not exceed urban_min ({urban_min})")
+        return cls(urban_min, non_urban_max)
+
+
+def apply_rule(values: ArrayLike, urban_min: float, non_urban_max: float) -> np.ndarray:
     """Label cells: "urban" if value >= urban_min, "non_urban" if < non_urban_max, else
-    "excluded" (ambiguous cells kept out of training). Returns a str array."""
+    "excluded" (ambiguous cells kept out of training).
+
+    Args:
+        values: (n,) the rule's measure per cell (NaN: "excluded").
+        urban_min, non_urban_max: the thresholds, in the measure's unit.
+    Returns:
+        (n,) str array of labels.
+    """
     if non_urban_max > urban_min:
         raise InputError(
             f"labels: non_urban_max ({non_urban_max}) must not exceed urban_min ({urban_min})"
@@ -21,3 +64,8 @@ def apply_rule(values: np.ndarray, urban_min: float, non_urban_max: float) -> np
     return np.where(
         values >= urban_min, "urban", np.where(values < non_urban_max, "non_urban", "excluded")
     )
+
+
+def label_counts(labels: pd.Series) -> dict[str, int]:
+    """Cells per label, in the order of LABELS (every label, 0 when absent)."""
+    return {name: int((labels == name).sum()) for name in LABELS}

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -84,12 +86,14 @@ def landscape(rng: np.random.Generator, n: int, growth: bool = False) -> tuple[n
     codes[(density >= built_min) & parks & (codes != WATER)] = GRASS
     return codes, density
 
-def reflectance(rng: np.random.Generator, codes: np.ndarray, em) -> tuple[np.ndarray, np.ndarray]:
+
+def reflectance(rng: np.random.Generator, codes: np.ndarray, em: Any) -> tuple[np.ndarray, np.ndarray]:
     """Six-band reflectance (float32 (6, n, n)) and emad (float32 (n, n)) of the classes."""
     n = codes.shape[0]
 
-    def draw(table, scale_px):
-        return table[fields.pick(fields.uniform(fields.smooth_noise(rng, (n, n), scale_px)), len(table))]
+    def draw(table: np.ndarray, scale_px: float) -> np.ndarray:
+        drawn: np.ndarray = table[fields.pick(fields.uniform(fields.smooth_noise(rng, (n, n), scale_px)), len(table))]
+        return drawn
 
     veg, imp, soil, npv, water = draw(em.vegetation, 8), draw(em.impervious, 2), draw(em.soil, 20), draw(em.npv, 10), draw(em.water, 30)
     mix = fields.uniform(fields.smooth_noise(rng, (n, n), 6))[..., None]
@@ -110,9 +114,10 @@ def reflectance(rng: np.random.Generator, codes: np.ndarray, em) -> tuple[np.nda
     emad *= 1 + 0.3 * fields.smooth_noise(rng, (n, n), 5)
     return np.moveaxis(out, -1, 0), np.clip(emad, 0.005, None)
 
-def _write(path: Path, data: np.ndarray, crs, transform, nodata, descriptions=None, scales=None, **extra) -> None:
 
-
+def _write(path: Path, data: np.ndarray, crs: str, transform: Affine, nodata: float | None,
+           descriptions: Sequence[str] | None = None, scales: Sequence[float] | None = None, **extra: Any) -> None:
+    """A tiled, deflate-compressed GeoTIFF of (bands, rows, cols) `data`, written atomically."""
     profile = {"driver": "GTiff", "width": data.shape[-1], "height": data.shape[-2], "count": data.shape[0],
                "dtype": data.dtype, "crs": crs, "transform": transform, "nodata": nodata, "tiled": True,
                "blockxsize": 256, "blockysize": 256, "compress": "deflate", **extra}
@@ -124,10 +129,84 @@ def _write(path: Path, data: np.ndarray, crs, transform, nodata, descriptions=No
             if scales:
                 dst.scales = tuple(scales)
 
-def _target(src_transform, n: int, dst_crs, res):
 
+def _target(src_transform: Affine, n: int, dst_crs: str, res: tuple[float, float]) -> tuple[Affine, int, int]:
+    """The transform, width and height of the n x n 10 m landscape reprojected to
+    `dst_crs` at resolution `res` (GDAL's default extent)."""
     bounds = (src_transform.c, src_transform.f - n * PIXEL, src_transform.c + n * PIXEL, src_transform.f)
-    return calculate_default_transform(GRID_CRS, dst_crs, n, n, *bounds, resolution=res)
+    target: tuple[Affine, int, int] = calculate_default_transform(GRID_CRS, dst_crs, n, n, *bounds, resolution=res)
+    return target
+
+
+def _write_gpkg(frame: gpd.GeoDataFrame, path: Path, layer: str) -> None:
+    """`frame` as a GeoPackage layer, written beside `path` and renamed into place (GDAL
+    wants the .gpkg extension, so atomic_output's temporary name does not do)."""
+    tmp = path.parent / f".{path.stem}-{os.getpid()}.gpkg"
+    try:
+        frame.to_file(tmp, driver="GPKG", layer=layer, engine="pyogrio")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def boundary_outline(km: float, seed: int) -> shapely.Polygon:
+    """The region's outline in the grid's CRS: a lobed polygon within the central
+    `km` x `km` (m) around CENTRE, its lobes' phase drawn from [seed, 0]."""
+    rng = np.random.default_rng([seed, 0])
+    angles = np.linspace(0, 2 * np.pi, 181)[:-1]
+    radius = km * 1000 / 2 * (0.85 + 0.1 * np.sin(3 * angles + rng.uniform(0, 6)) + 0.04 * np.cos(7 * angles))
+    return shapely.Polygon(np.column_stack([CENTRE[0] + radius * np.cos(angles), CENTRE[1] + radius * np.sin(angles)]))
+
+
+def districts_of(outline: shapely.Polygon, km: float) -> gpd.GeoDataFrame:
+    """Administrative units: `outline` cut into four quadrants around CENTRE, with key and
+    name columns named as conf/data/byo_example.yaml names them, in lon/lat."""
+    cx, cy = CENTRE
+    big = km * 1000
+    quadrants = [shapely.box(cx - big, cy, cx, cy + big), shapely.box(cx, cy, cx + big, cy + big),
+                 shapely.box(cx - big, cy - big, cx, cy), shapely.box(cx, cy - big, cx + big, cy)]
+    return gpd.GeoDataFrame(
+        {"cvegeo": ["D01", "D02", "D03", "D04"], "nom_mun": ["North-West", "North-East", "South-West", "South-East"]},
+        geometry=shapely.intersection(outline, quadrants), crs=GRID_CRS,
+    ).to_crs(LANDCOVER_CRS)
+
+
+def write_landcover(path: Path, codes: np.ndarray, transform: Affine, seed: int) -> None:
+    """The land-cover map of the census year (uint8 (n, n) `codes` at 10 m on `transform`)
+    in lon/lat at 0.0001°, nearest neighbour, with a real map's errors: in clumps over ~5%
+    of the area (drawn from [seed, 4]), built-up and crops/grass swap."""
+    n = codes.shape[0]
+    lc_t, w, h = _target(transform, n, LANDCOVER_CRS, (1e-4, 1e-4))
+    wrong = fields.uniform(fields.smooth_noise(np.random.default_rng([seed, 4]), (n, n), 8)) < 0.05
+    mapped = codes.copy()
+    mapped[wrong & (codes == BUILT)] = CROP
+    mapped[wrong & np.isin(codes, (CROP, GRASS))] = BUILT
+    lc = np.zeros((1, h, w), np.uint8)
+    reproject(mapped, lc[0], src_transform=transform, src_crs=GRID_CRS, dst_transform=lc_t,
+              dst_crs=LANDCOVER_CRS, resampling=Resampling.nearest, src_nodata=0, dst_nodata=0)
+    _write(path, lc, LANDCOVER_CRS, lc_t, 0, ["landcover"])
+
+
+def write_composite(path: Path, refl: np.ndarray, emad: np.ndarray, transform: Affine, seed: int, year: int) -> None:
+    """A year's composite: (6, n, n) reflectance and (n, n) emad at 10 m on `transform`,
+    area-weighted mean over 30 m LAEA pixels, sensor noise and small holes (from [seed, 3,
+    year]), as int16 DN (x 10,000; spread bands with their own scale; nodata -9999)."""
+    n = refl.shape[-1]
+    layers = np.concatenate([refl, emad[None], (0.3 * emad**2)[None], (1.5 * emad)[None]])
+    c_t, w, h = _target(transform, n, COMPOSITE_CRS, (30.0, 30.0))
+    comp = np.full((len(layers), h, w), np.nan, np.float32)
+    reproject(layers, comp, src_transform=transform, src_crs=GRID_CRS, dst_transform=c_t, dst_crs=COMPOSITE_CRS,
+              resampling=Resampling.average, src_nodata=np.nan, dst_nodata=np.nan)
+    noise_rng = np.random.default_rng([seed, 3, year])
+    comp[:6] += noise_rng.normal(0, 0.004, comp[:6].shape).astype(np.float32)
+    holes = fields.smooth_noise(noise_rng, (h, w), 4) > 3.0  # ~0.1% of pixels, in small clumps
+    comp[:, holes] = np.nan
+    scales = [1e-4] * 6 + [SPREAD_SCALE[b] for b in ("smad", "emad", "bcmad")]
+    dn = np.round(comp / np.asarray(scales, np.float32)[:, None, None])
+    dn = np.where(np.isnan(dn), -9999, np.clip(dn, -9998, 32767)).astype(np.int16)
+    _write(path, dn, COMPOSITE_CRS, c_t, -9999, ["SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7", "smad", "emad", "bcmad"],
+           scales, predictor=2)
+
 
 def generate(out: str | Path, km: float = 30.0, seed: int = 8, spectra: str | Path = DEFAULT_SPECTRA) -> dict[str, Path]:
     """Write the example's inputs under `out` (see the module docstring); return their paths.
@@ -141,78 +220,26 @@ def generate(out: str | Path, km: float = 30.0, seed: int = 8, spectra: str | Pa
     side = (km + 2) * 1000
     n = int(round(side / PIXEL))
     transform = Affine(PIXEL, 0, CENTRE[0] - side / 2, 0, -PIXEL, CENTRE[1] + side / 2)
-    written: dict[str, Path] = {}
-
-    # The boundary: a lobed outline within the central km x km, in lon/lat.
-    rng = np.random.default_rng([seed, 0])
-    angles = np.linspace(0, 2 * np.pi, 181)[:-1]
-    radius = km * 1000 / 2 * (0.85 + 0.1 * np.sin(3 * angles + rng.uniform(0, 6)) + 0.04 * np.cos(7 * angles))
-    outline = shapely.Polygon(np.column_stack([CENTRE[0] + radius * np.cos(angles), CENTRE[1] + radius * np.sin(angles)]))
+    written = {"boundary": out / "boundary.gpkg", "districts": out / "districts.gpkg"}
+    outline = boundary_outline(km, seed)
     boundary = gpd.GeoDataFrame({"name": ["example region"]}, geometry=[outline], crs=GRID_CRS).to_crs(LANDCOVER_CRS)
-    written["boundary"] = out / "boundary.gpkg"
-    tmp = out / f".boundary-{os.getpid()}.gpkg"  # GDAL wants the .gpkg extension: rename when written
-    try:
-        boundary.to_file(tmp, driver="GPKG", layer="boundary", engine="pyogrio")
-        os.replace(tmp, written["boundary"])
-    finally:
-        tmp.unlink(missing_ok=True)
-
-    # Administrative units: the boundary cut into four quadrants, with key and name columns
-    # named as conf/data/byo_example.yaml names them.
-    cx, cy = CENTRE
-    big = km * 1000
-    quadrants = [shapely.box(cx - big, cy, cx, cy + big), shapely.box(cx, cy, cx + big, cy + big),
-                 shapely.box(cx - big, cy - big, cx, cy), shapely.box(cx, cy - big, cx + big, cy)]
-    districts = gpd.GeoDataFrame(
-        {"cvegeo": ["D01", "D02", "D03", "D04"], "nom_mun": ["North-West", "North-East", "South-West", "South-East"]},
-        geometry=shapely.intersection(outline, quadrants), crs=GRID_CRS,
-    ).to_crs(LANDCOVER_CRS)
-    written["districts"] = out / "districts.gpkg"
-    tmp = out / f".districts-{os.getpid()}.gpkg"
-    try:
-        districts.to_file(tmp, driver="GPKG", layer="districts", engine="pyogrio")
-        os.replace(tmp, written["districts"])
-    finally:
-        tmp.unlink(missing_ok=True)
-
+    _write_gpkg(boundary, written["boundary"], "boundary")
+    _write_gpkg(districts_of(outline, km), written["districts"], "districts")
     for y, year in enumerate(YEARS):
         rng = np.random.default_rng([seed, 1])  # the same landscape every year ...
         codes, _ = landscape(rng, n, growth=y > 0)  # ... grown by the later year
         rng = np.random.default_rng([seed, 2])
         refl, emad = reflectance(rng, codes, em)
         if y == 0:
-            # The land-cover map (of the census year) in lon/lat, nearest neighbour.
-            lc_t, w, h = _target(transform, n, LANDCOVER_CRS, (1e-4, 1e-4))
-            # A real map errs: in clumps over ~5% of the area, built-up and crops/grass swap.
-            wrong = fields.uniform(fields.smooth_noise(np.random.default_rng([seed, 4]), (n, n), 8)) < 0.05
-            mapped = codes.copy()
-            mapped[wrong & (codes == BUILT)] = CROP
-            mapped[wrong & np.isin(codes, (CROP, GRASS))] = BUILT
-            lc = np.zeros((1, h, w), np.uint8)
-            reproject(mapped, lc[0], src_transform=transform, src_crs=GRID_CRS, dst_transform=lc_t,
-                      dst_crs=LANDCOVER_CRS, resampling=Resampling.nearest, src_nodata=0, dst_nodata=0)
             written["landcover"] = out / "landcover.tif"
-            _write(written["landcover"], lc, LANDCOVER_CRS, lc_t, 0, ["landcover"])
-        # The composite: area-weighted mean over 30 m LAEA pixels, sensor noise, holes.
-        layers = np.concatenate([refl, emad[None], (0.3 * emad**2)[None], (1.5 * emad)[None]])
-        c_t, w, h = _target(transform, n, COMPOSITE_CRS, (30.0, 30.0))
-        comp = np.full((len(layers), h, w), np.nan, np.float32)
-        reproject(layers, comp, src_transform=transform, src_crs=GRID_CRS, dst_transform=c_t, dst_crs=COMPOSITE_CRS,
-                  resampling=Resampling.average, src_nodata=np.nan, dst_nodata=np.nan)
-        noise_rng = np.random.default_rng([seed, 3, year])
-        comp[:6] += noise_rng.normal(0, 0.004, comp[:6].shape).astype(np.float32)
-        holes = fields.smooth_noise(noise_rng, (h, w), 4) > 3.0  # ~0.1% of pixels, in small clumps
-        comp[:, holes] = np.nan
-        scales = [1e-4] * 6 + [SPREAD_SCALE[b] for b in ("smad", "emad", "bcmad")]
-        dn = np.round(comp / np.asarray(scales, np.float32)[:, None, None])
-        dn = np.where(np.isnan(dn), -9999, np.clip(dn, -9998, 32767)).astype(np.int16)
+            write_landcover(written["landcover"], codes, transform, seed)
         written[f"composite_{year}"] = out / f"composite_{year}.tif"
-        _write(written[f"composite_{year}"], dn, COMPOSITE_CRS, c_t, -9999,
-               ["SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7", "smad", "emad", "bcmad"], scales,
-               predictor=2)
+        write_composite(written[f"composite_{year}"], refl, emad, transform, seed, year)
     return written
 
+
 def main(argv: list[str] | None = None) -> int:
+    """`python -m urbanmap.examples.byo <dir> [--km] [--seed] [--spectra]`: write the example."""
     parser = argparse.ArgumentParser(prog="python -m urbanmap.examples.byo", description=__doc__.splitlines()[0])
     parser.add_argument("out", help="folder to write (conf/data/byo_example.yaml reads data/examples/byo)")
     parser.add_argument("--km", type=float, default=30.0, help="side of the region, km (default 30)")
@@ -222,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in generate(args.out, args.km, args.seed, args.spectra).items():
         print(f"{name}: {path}")
     return 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -8,10 +8,12 @@ it unchanged. Everything follows from the seed."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import rasterio
+from affine import Affine
 
 from urbanmap.core import io
 from urbanmap.core.lattice import PixelLattice
@@ -31,8 +33,8 @@ def labelled_cells(ncols: int = 16, nrows: int = 16, col0: int = 2790, row0: int
     """A square grid with a round city: urban inside radius 0.3 of the side, excluded in a
     ring, non_urban outside. Columns cell_id, col, row, label, urban_fraction."""
     rng = np.random.default_rng(seed)
-    cc, rr = np.meshgrid(np.arange(ncols), np.arange(nrows))
-    cc, rr = cc.ravel(), rr.ravel()
+    grid_c, grid_r = np.meshgrid(np.arange(ncols), np.arange(nrows))
+    cc, rr = grid_c.ravel(), grid_r.ravel()
     d = np.hypot(cc - (ncols - 1) / 2, rr - (nrows - 1) / 2) / max(ncols, nrows)
     label = np.where(d < 0.3, "urban", np.where(d < 0.36, "excluded", "non_urban"))
     frac = np.where(label == "urban", rng.uniform(0.5, 1, d.size), np.where(label == "excluded", 0.3, rng.uniform(0, 0.1, d.size)))
@@ -76,7 +78,7 @@ def scene(cells: pd.DataFrame, seed: int = 0, noise: float = 0.02) -> np.ndarray
 
 
 def write_mosaic(path: Path, cells: pd.DataFrame, image: np.ndarray | None = None, crs: str = CRS,
-                 transform=None, extra_bands: bool = False, seed: int = 0) -> np.ndarray:
+                 transform: Affine | None = None, extra_bands: bool = False, seed: int = 0) -> np.ndarray:
     """Write `image` (default: `scene(cells)`) as a tiled float32 GeoTIFF on the cells'
     lattice (or the given crs/transform); return the array written."""
     lat = lattice_of(cells)
@@ -97,7 +99,7 @@ def write_mosaic(path: Path, cells: pd.DataFrame, image: np.ndarray | None = Non
 
 
 def make_region(root: Path, name: str = "tiny", ncols: int = 20, nrows: int = 20, year: int = 2010,
-                seed: int = 0, **mosaic_kwargs) -> tuple[pd.DataFrame, np.ndarray]:
+                seed: int = 0, **mosaic_kwargs: Any) -> tuple[pd.DataFrame, np.ndarray]:
     """Write `root/name/labels.parquet` and `root/name/mosaic_<year>.tif`; return the
     cells and the image written."""
     folder = Path(root) / name

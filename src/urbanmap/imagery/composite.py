@@ -38,8 +38,11 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import rasterio
 import shapely
 from rasterio.warp import Resampling, reproject
@@ -59,7 +62,8 @@ MOSAIC_FILE = "mosaic file (data.imagery.file)"
 
 
 def match_bands(
-    descriptions: Sequence[str | None], count: int, mapping: Mapping | None = None, extra: Sequence[str] = (), where: str = "mosaic"
+    descriptions: Sequence[str | None], count: int, mapping: Mapping[str, Any] | None = None, extra: Sequence[str] = (),
+    where: str = "mosaic",
 ) -> dict[str, int]:
     """Band name -> 1-based band index of the six bands, then of the `extra` bands present.
 
@@ -91,18 +95,22 @@ def match_bands(
         )
     return {name: found[name] for name in (*BANDS, *[e for e in extra if e in found])}
 
+
 def auto_resampling(src_pixel_m: float, lattice_pixel_m: float) -> str:
     """`average` when the source is >= 1.5x finer than the lattice, else `nearest`."""
     return "average" if src_pixel_m * 1.5 <= lattice_pixel_m else "nearest"
 
-def calibration(src, indexes: Sequence[int], scale, offset) -> tuple[np.ndarray, np.ndarray]:
+
+def calibration(src: Any, indexes: Sequence[int], scale: float | None, offset: float | None) -> tuple[np.ndarray, np.ndarray]:
     """Per-band (scale, offset) as float32 arrays: the config's, else the file's metadata."""
     n = len(indexes)
     s = np.full(n, float(scale), np.float32) if scale is not None else np.array([src.scales[i - 1] for i in indexes], np.float32)
     o = np.full(n, float(offset), np.float32) if offset is not None else np.array([src.offsets[i - 1] for i in indexes], np.float32)
     return s, o
 
-def check_reflectance(src, indexes: Sequence[int], scale: np.ndarray, offset: np.ndarray, nodata, where: str) -> float:
+
+def check_reflectance(src: Any, indexes: Sequence[int], scale: np.ndarray, offset: np.ndarray, nodata: float | None,
+                      where: str) -> float:
     """Median reflectance of the six bands on a decimated read; InputError if it cannot
     be reflectance (DN without scale, or a wrong scale). Returns the median."""
     factor = max(1, max(src.width, src.height) // 512)
@@ -121,8 +129,9 @@ def check_reflectance(src, indexes: Sequence[int], scale: np.ndarray, offset: np
         )
     return median
 
-def align_block(src, indexes: Sequence[int], scale, offset, nodata, crs, transform, shape, resampling: str,
-                threads: int = 1) -> np.ndarray:
+
+def align_block(src: Any, indexes: Sequence[int], scale: np.ndarray, offset: np.ndarray, nodata: float | None, crs: Any,
+                transform: Any, shape: tuple[int, int], resampling: str, threads: int = 1) -> np.ndarray:
     """Warp bands of an open raster onto one block of the lattice.
 
     Args:
@@ -144,82 +153,161 @@ def align_block(src, indexes: Sequence[int], scale, offset, nodata, crs, transfo
     out += np.asarray(offset, np.float32)[:, None, None]
     return out
 
+
+@dataclass(frozen=True)
+class CompositeSettings:
+    """What the `mosaic` stage reads from the config for `data.imagery.source: file`
+    (see the module docstring), checked.
+
+    Attributes:
+        year: the year (year=, else years.train).
+        file: the composite's path, data.imagery.file with `{year}`, `{region_dir}`,
+            `{out_dir}`, `{name}` filled in.
+        grid: the region's grid.parquet.
+        pixel_size: data.pixel_size, metres; patch_size: data.patch_size or None.
+        bands: data.imagery.bands, band name -> 1-based index, or None: by description.
+        extra_bands: data.imagery.extra_bands.
+        scale, offset: data.imagery.scale and offset for the six bands, or None: the
+            file's own metadata.
+        nodata: data.imagery.nodata, or None: the file's.
+        resampling: data.imagery.resampling (a rasterio Resampling name), or None: by
+            the pixel sizes (auto_resampling).
+        threads: GDAL's warp and COG threads (compute.threads).
+        cog: the output COG's options (mosaic.cog).
+        out: `<region_dir>/mosaic_<year>.tif`; summary: `<region_dir>/mosaic_<year>.json`.
+    """
+
+    year: int
+    file: str
+    grid: Path
+    pixel_size: float
+    patch_size: int | None
+    bands: dict[str, Any] | None
+    extra_bands: tuple[str, ...]
+    scale: float | None
+    offset: float | None
+    nodata: float | None
+    resampling: str | None
+    threads: int
+    cog: dict[str, Any]
+    out: Path
+    summary: Path
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> CompositeSettings:
+        """Read `cfg.data.imagery` (and the grid, compute.threads, mosaic.cog); InputError
+        naming the config key that is wrong."""
+        year = paths.stage_year(cfg)
+        im = cfg.data.imagery
+        if not im.get("file"):
+            raise InputError("data.imagery.file: source is file but no file is given")
+        resampling = im.get("resampling")
+        if resampling is not None and str(resampling) not in Resampling.__members__:
+            raise InputError(f"data.imagery.resampling: unknown {resampling!r} (e.g. nearest, bilinear, average)")
+        mapping, patch = im.get("bands"), cfg.data.get("patch_size")
+        scale, offset, nodata = im.get("scale"), im.get("offset"), im.get("nodata")
+        return cls(
+            year=year, file=paths.fill_path(im.file, cfg, year), grid=paths.grid(cfg), pixel_size=float(cfg.data.pixel_size),
+            patch_size=int(patch) if patch else None,
+            bands={str(k): v for k, v in mapping.items()} if mapping is not None else None,
+            extra_bands=tuple(str(b) for b in (im.get("extra_bands") or [])),
+            scale=float(scale) if scale is not None else None, offset=float(offset) if offset is not None else None,
+            nodata=float(nodata) if nodata is not None else None,
+            resampling=str(resampling) if resampling is not None else None,
+            threads=int(cfg.compute.get("threads", 1) or 1),
+            cog=dict(cfg.mosaic.cog) if cfg.get("mosaic") and cfg.mosaic.get("cog") else {},
+            out=paths.mosaic(cfg, year), summary=paths.mosaic_summary(cfg, year),
+        )
+
+
 @dataclass(frozen=True)
 class Spec:
-    """What to read from the file (from the config and the file's metadata)."""
+    """What to read from the file (from the config and the file's metadata).
+
+    Attributes:
+        path: the file.
+        bands: band name -> 1-based index: the six bands, then the extra bands present.
+        scale, offset: float32 (b,): value x scale + offset, in `bands` order.
+        nodata: the source's nodata value, or None.
+        resampling: a rasterio Resampling name.
+    """
 
     path: str
-    bands: dict  # name -> 1-based index
-    scale: np.ndarray  # (b,) float32
-    offset: np.ndarray  # (b,) float32
+    bands: dict[str, int]
+    scale: np.ndarray
+    offset: np.ndarray
     nodata: float | None
     resampling: str
 
-def spec(src, im, lattice, path: str) -> Spec:
-    """The Spec of an open file from the `data.imagery` config, checked."""
-    mapping = im.get("bands")
-    extra = [str(b) for b in (im.get("extra_bands") or [])]
-    bands = match_bands(list(src.descriptions), src.count, mapping, extra, path)
+
+def spec(src: Any, settings: CompositeSettings, lattice: PixelLattice) -> Spec:
+    """The Spec of the open file settings.file, checked (bands, reflectance)."""
+    path = settings.file
+    bands = match_bands(list(src.descriptions), src.count, settings.bands, settings.extra_bands, path)
     six = [bands[b] for b in BANDS]
-    s6, o6 = calibration(src, six, im.get("scale"), im.get("offset"))
+    s6, o6 = calibration(src, six, settings.scale, settings.offset)
     # Extra bands (e.g. spread bands stored as scaled integers) use the file's own
     # scale/offset metadata (1 and 0 when it has none).
     se, oe = calibration(src, [bands[b] for b in list(bands)[6:]], None, None)
     scale, offset = np.concatenate([s6, se]), np.concatenate([o6, oe])
-    nodata = im.get("nodata")
-    nodata = float(nodata) if nodata is not None else src.nodata
+    nodata = settings.nodata if settings.nodata is not None else src.nodata
     check_reflectance(src, six, s6, o6, nodata, path)
-    resampling = im.get("resampling")
+    resampling = settings.resampling
     if resampling is None:
         resampling = auto_resampling(rasters.source_pixel_m(src, lattice.crs), lattice.pixel_size)
-    if str(resampling) not in Resampling.__members__:
-        raise InputError(f"data.imagery.resampling: unknown {resampling!r} (e.g. nearest, bilinear, average)")
-    return Spec(path, bands, scale, offset, nodata, str(resampling))
+    return Spec(path, bands, scale, offset, nodata, resampling)
 
-def run(cfg) -> None:
+
+def write_composite(src: Any, sp: Spec, settings: CompositeSettings, cells: pd.DataFrame,
+                    lattice: PixelLattice) -> tuple[int, int]:
+    """Warp the open file onto the lattice block by block into the COG settings.out
+    (written atomically). Returns (pixels in the grid's cells, those with no data in one
+    of the six bands); InputError if every pixel has no data."""
+    names = list(sp.bands)
+    indexes = list(sp.bands.values())
+    size = lattice.patch_size
+    block_cells = max(1, BLOCK_PX // size)
+    blocks = plan_blocks(lattice, cells["col"].to_numpy(), cells["row"].to_numpy(), block_cells)
+    profile = {"width": lattice.width, "height": lattice.height, "count": len(names), "crs": lattice.crs,
+               "transform": lattice.transform, "nodata": float("nan")}
+    average = str(settings.cog.get("overview_resampling", "average")).lower() == "average"
+    pixels = no_data = 0
+    out = settings.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with cog.BlockWriter(
+        out.with_name(f".{out.stem}.blocks-{os.getpid()}"), profile, names,
+        int(settings.cog.get("blocksize", cog.DEFAULTS["blocksize"])), block_cells * size if average else None,
+    ) as writer:
+        for block in tqdm(blocks, desc="mosaic (file)", unit="block", disable=None, leave=False):
+            data = align_block(src, indexes, sp.scale, sp.offset, sp.nodata, lattice.crs,
+                               block_transform(lattice, block), (block.height, block.width), sp.resampling, settings.threads)
+            writer.write(data, block.row_off, block.col_off)
+            inside = block.in_cells
+            pixels += int(inside.sum())
+            no_data += int((np.isnan(data[:6]).any(axis=0) & inside).sum())
+        if pixels and no_data == pixels:
+            raise InputError(f"{sp.path}: the mosaic file has no data over the grid's cells")
+        with io.atomic_output(out) as tmp:
+            writer.to_cog(tmp, threads=settings.threads, **settings.cog)
+    return pixels, no_data
+
+
+def run(cfg: Any) -> None:
     """Stage `mosaic` for `source: file`: the year's file -> mosaic_<year>.tif (COG), .json."""
     start = time.perf_counter()
-    year = paths.stage_year(cfg)
-    im = cfg.data.imagery
-    if not im.get("file"):
-        raise InputError("data.imagery.file: source is file but no file is given")
-    path = paths.fill_path(im.file, cfg, year)
-    cells, cell_size, crs = io.read_cells(paths.grid(cfg), "grid", columns=["col", "row"])
-    size = patch_size(cell_size, float(cfg.data.pixel_size), cfg.data.get("patch_size"))
+    settings = CompositeSettings.from_config(cfg)
+    path = settings.file
+    cells, cell_size, crs = io.read_cells(settings.grid, "grid", columns=["col", "row"])
+    size = patch_size(cell_size, settings.pixel_size, settings.patch_size)
     lattice = PixelLattice.from_cells(cells["col"], cells["row"], cell_size, size, crs)
-    threads = int(cfg.compute.get("threads", 1) or 1)
-    out = paths.mosaic(cfg, year)
     with rasters.open_raster(path, MOSAIC_FILE) as src:
         if not rasters.footprint(src, crs).intersects(shapely.box(*lattice.bounds)):
             raise InputError(f"{path}: the mosaic file does not overlap the grid")
-        sp = spec(src, im, lattice, path)
-        names = list(sp.bands)
-        indexes = list(sp.bands.values())
-        block_cells = max(1, BLOCK_PX // size)
-        blocks = plan_blocks(lattice, cells["col"].to_numpy(), cells["row"].to_numpy(), block_cells)
-        profile = {"width": lattice.width, "height": lattice.height, "count": len(names), "crs": lattice.crs,
-                   "transform": lattice.transform, "nodata": float("nan")}
-        cog_opts = dict(cfg.mosaic.cog) if cfg.get("mosaic") and cfg.mosaic.get("cog") else {}
-        average = str(cog_opts.get("overview_resampling", "average")).lower() == "average"
-        pixels = no_data = 0
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with cog.BlockWriter(
-            out.with_name(f".{out.stem}.blocks-{os.getpid()}"), profile, names,
-            int(cog_opts.get("blocksize", cog.DEFAULTS["blocksize"])), block_cells * size if average else None,
-        ) as writer:
-            for block in tqdm(blocks, desc="mosaic (file)", unit="block", disable=None, leave=False):
-                data = align_block(src, indexes, sp.scale, sp.offset, sp.nodata, lattice.crs,
-                                   block_transform(lattice, block), (block.height, block.width), sp.resampling, threads)
-                writer.write(data, block.row_off, block.col_off)
-                inside = block.in_cells
-                pixels += int(inside.sum())
-                no_data += int((np.isnan(data[:6]).any(axis=0) & inside).sum())
-            if pixels and no_data == pixels:
-                raise InputError(f"{path}: the mosaic file has no data over the grid's cells")
-            with io.atomic_output(out) as tmp:
-                writer.to_cog(tmp, threads=threads, **cog_opts)
+        sp = spec(src, settings, lattice)
+        pixels, no_data = write_composite(src, sp, settings, cells, lattice)
+    names = list(sp.bands)
     summary = {
-        "year": year,
+        "year": settings.year,
         "source": f"file {path}",
         "bands": names,
         "band_indexes": dict(sp.bands),
@@ -231,8 +319,8 @@ def run(cfg) -> None:
         "valid_fraction": round(1 - no_data / max(pixels, 1), 6),
         "seconds": round(time.perf_counter() - start, 2),
     }
-    io.write_json(paths.mosaic_summary(cfg, year), summary)
+    io.write_json(settings.summary, summary)
     print(
-        f"mosaic {year}: {path} ({', '.join(names)}; {sp.resampling}) aligned to {lattice.width} x {lattice.height} "
-        f"px of {lattice.pixel_size:.2f} m; {no_data:,} of {pixels:,} pixels nodata -> {out}"
+        f"mosaic {settings.year}: {path} ({', '.join(names)}; {sp.resampling}) aligned to {lattice.width} x "
+        f"{lattice.height} px of {lattice.pixel_size:.2f} m; {no_data:,} of {pixels:,} pixels nodata -> {settings.out}"
     )

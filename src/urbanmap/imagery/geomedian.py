@@ -37,6 +37,7 @@ def flag_bits(flags: Sequence[str]) -> int:
         bits |= 1 << FLAGS[name]
     return bits
 
+
 def clear_mask(qa: np.ndarray, dn: np.ndarray, bits: int, buffer_px: int = 0) -> np.ndarray:
     """Which observations are clear.
 
@@ -52,6 +53,7 @@ def clear_mask(qa: np.ndarray, dn: np.ndarray, bits: int, buffer_px: int = 0) ->
     """
     return qa_clear(qa, bits, buffer_px) & ~dn_fill(dn)
 
+
 def dn_fill(dn: np.ndarray) -> np.ndarray:
     """Bool (rows, cols, ...): DN 0 (fill) in any band of dn uint16 (rows, cols, bands, ...).
 
@@ -63,6 +65,7 @@ def dn_fill(dn: np.ndarray) -> np.ndarray:
     for b in range(1, dn.shape[2]):
         np.minimum(low, dn[:, :, b], out=low)
     return low == landsat.SR_FILL
+
 
 def qa_clear(qa: np.ndarray, bits: int, buffer_px: int = 0, crop: int = 0) -> np.ndarray:
     """clear_mask from QA_PIXEL alone (fill bit, flags, buffer), without the DN fill test:
@@ -80,6 +83,7 @@ def qa_clear(qa: np.ndarray, bits: int, buffer_px: int = 0, crop: int = 0) -> np
         flagged, qa = flagged[inner], qa[inner]
     flagged |= (qa & np.uint16(1 << landsat.QA.FILL)) != 0
     return ~flagged
+
 
 def dilate_square(mask: np.ndarray, radius: int, axes: tuple[int, int] = (-2, -1)) -> np.ndarray:
     """bool, mask's shape: True within `radius` pixels (Chebyshev distance, a (2r+1) x
@@ -100,6 +104,7 @@ def dilate_square(mask: np.ndarray, radius: int, axes: tuple[int, int] = (-2, -1
         c_dst[:, k:] |= c_src[:, :-k]
         c_dst[:, :-k] |= c_src[:, k:]
     return out
+
 
 #: float32 addend of a clear (index 1) and a masked (index 0) observation.
 _NAN_IF_MASKED = np.array([np.nan, 0], np.float32)
@@ -138,12 +143,14 @@ def to_stack(dn: np.ndarray, clear: np.ndarray, scale: np.ndarray, offset: np.nd
     x += np.take(_NAN_IF_MASKED, clear.view(np.uint8))[:, :, None, :]
     return x
 
+
 def single_calibration(scale: np.ndarray, offset: np.ndarray) -> tuple[float, float] | None:
     """(scale, offset) when every band of every observation has that same calibration
     (float32 (obs, 6) each), else None (also with no observation)."""
     if not scale.size or (scale != scale.flat[0]).any() or (offset != offset.flat[0]).any():
         return None
     return float(scale.flat[0]), float(offset.flat[0])
+
 
 def to_dn_stack(dn: np.ndarray, clear: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """The geomad input of one block as DN (when every observation has the same scale
@@ -157,6 +164,7 @@ def to_dn_stack(dn: np.ndarray, clear: np.ndarray, out: np.ndarray | None = None
         uint16 (rows, cols, 6, obs), 0 (geomad's nodata) where not clear.
     """
     return np.multiply(dn, clear[:, :, None, :], dtype=np.uint16, out=out)
+
 
 def composite(
     x: np.ndarray, spread: Sequence[str] = (), count: bool = True, threads: int = 1,
@@ -181,8 +189,6 @@ def composite(
         (count 0 there). Each pixel's geomedian starts from the mean of its clear
         observations, so it does not depend on its neighbours.
     """
-    import geomad
-
     h, w, b, n = x.shape
     if out is None:
         out = np.full((b + len(spread) + int(count), h, w), np.nan, np.float32)
@@ -192,20 +198,41 @@ def composite(
         if count:
             out[-1] = 0
         return out
-    # One pixel per kernel row: geomad seeds each row's first pixel with the mean of its
-    # observations and every next pixel with its neighbour's solution, so in the usual
-    # (rows, cols) layout a pixel's value would depend on where its block starts (the
-    # geomedian of two observations is any point between them). Seeded per pixel, the
-    # mosaic is the same whatever the blocks, at the same speed (measured).
+    # One pixel per kernel row (x.reshape(h * w, 1, b, n) in both kernels): geomad seeds
+    # each row's first pixel with the mean of its observations and every next pixel with
+    # its neighbour's solution, so in the usual (rows, cols) layout a pixel's value would
+    # depend on where its block starts (the geomedian of two observations is any point
+    # between them). Seeded per pixel, the mosaic is the same whatever the blocks, at the
+    # same speed (measured).
     if x.dtype == np.uint16:
         if spread or scale is None or offset is None:
             raise ValueError("a uint16 stack needs scale and offset, and takes no spread band")
-        gm = geomad.nangeomedian_pcm(x.reshape(h * w, 1, b, n), num_threads=threads, eps=eps, maxiters=max_iters,
-                                     nodata=0, scale=scale, offset=offset)  # in DN units
-        out[:b] = gm.reshape(h, w, b).transpose(2, 0, 1) * np.float32(scale) + np.float32(offset)
-        if count:
-            out[-1] = np.count_nonzero(x[:, :, 0, :], axis=-1)
-        return out
+        return _composite_dn(x, count, threads, eps, max_iters, scale, offset, out)
+    return _composite_reflectance(x, spread, count, threads, eps, max_iters, out)
+
+
+def _composite_dn(x: np.ndarray, count: bool, threads: int, eps: float, max_iters: int, scale: float, offset: float,
+                  out: np.ndarray) -> np.ndarray:
+    """composite() of a uint16 DN stack (rows, cols, 6, obs), 0 where masked, into `out`
+    (NaN-filled): the geomedian in DN, scaled to reflectance, and the clear count."""
+    import geomad
+
+    h, w, b, n = x.shape
+    gm = geomad.nangeomedian_pcm(x.reshape(h * w, 1, b, n), num_threads=threads, eps=eps, maxiters=max_iters,
+                                 nodata=0, scale=scale, offset=offset)  # in DN units
+    out[:b] = gm.reshape(h, w, b).transpose(2, 0, 1) * np.float32(scale) + np.float32(offset)
+    if count:
+        out[-1] = np.count_nonzero(x[:, :, 0, :], axis=-1)
+    return out
+
+
+def _composite_reflectance(x: np.ndarray, spread: Sequence[str], count: bool, threads: int, eps: float, max_iters: int,
+                           out: np.ndarray) -> np.ndarray:
+    """composite() of a float32 reflectance stack (rows, cols, 6, obs), NaN where masked,
+    into `out` (NaN-filled): the geomedian, the spread bands, the clear count."""
+    import geomad
+
+    h, w, b, n = x.shape
     gm = geomad.nangeomedian_pcm(x.reshape(h * w, 1, b, n), num_threads=threads, eps=eps, maxiters=max_iters)
     gm = gm.reshape(h, w, b)
     out[:b] = gm.transpose(2, 0, 1)
@@ -226,6 +253,7 @@ def composite(
     if count:
         out[-1] = n_clear
     return out
+
 
 def band_names(spread: Sequence[str], count: bool) -> list[str]:
     """Band descriptions of the output, in order."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from urbanmap.core.errors import InputError
 
@@ -52,7 +53,7 @@ CIRRUS_SENSORS = ("LC08", "LC09")
 SLC_OFF_SINCE = dt.date(2003, 5, 31)
 
 
-def to_dn(reflectance) -> np.ndarray:
+def to_dn(reflectance: npt.ArrayLike) -> np.ndarray:
     """Surface reflectance (any shape, unitless) -> uint16 DN of Collection 2 Level-2.
 
     DN = round((reflectance - SR_OFFSET) / SR_SCALE), clipped to 1..65535 so that no
@@ -68,7 +69,7 @@ def to_dn(reflectance) -> np.ndarray:
     return dn.astype(np.uint16)
 
 
-def to_reflectance(dn) -> np.ndarray:
+def to_reflectance(dn: npt.ArrayLike) -> np.ndarray:
     """uint16 DN (any shape) -> float32 surface reflectance; fill (0) becomes NaN."""
     dn = np.asarray(dn)
     r = (dn.astype(np.float32) * np.float32(SR_SCALE) + np.float32(SR_OFFSET)).astype(np.float32)
@@ -118,6 +119,7 @@ class Scene:
 
     @property
     def year(self) -> int:
+        """The calendar year of acquisition."""
         return self.acquired.year
 
 

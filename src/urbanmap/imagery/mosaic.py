@@ -6,7 +6,7 @@ For every block of `mosaic.block_cells` x `mosaic.block_cells` cells:
 1. the QA_PIXEL of each scene overlapping the block is read (only the window it needs;
    the files stay open while later blocks need them, so GDAL's block cache decodes a
    source tile once) and warped by nearest neighbour onto the lattice
-   (scenes.warp_groups, scenes.gather);
+   (warp.warp_groups, warp.gather);
 2. each observation is masked from its QA_PIXEL: fill, and the flags listed in
    `mosaic.mask` (dilated cloud, cirrus, cloud, cloud shadow; snow optional), grown by
    `mosaic.buffer` pixels or metres (a square neighbourhood on the lattice); only the
@@ -47,74 +47,101 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+import pandas as pd
 import rasterio
 from rasterio.warp import transform_bounds
 
 from urbanmap.compute.executor import ComputeSettings, Executor, run_tiles
 from urbanmap.compute.tiles import part_output, parts_folder
 from urbanmap.core import cog, io, paths
-from urbanmap.core.errors import InputError
 from urbanmap.core.lattice import Block, PixelLattice, patch_size
-from urbanmap.imagery import composite, scenes
-from urbanmap.imagery.blocks import MosaicSettings, Result, build, plan
+from urbanmap.imagery import composite
+from urbanmap.imagery.blocks import BlockSink, MosaicSettings, Result, build, plan
 from urbanmap.imagery.geomedian import band_names
+from urbanmap.imagery.scenes import Product, SceneSource
 
 
-def find_products(cfg, year: int, lattice):
-    """The scenes of `year` from `data.imagery` (see scenes)."""
-    im = cfg.data.get("imagery")
-    if im is None:
-        raise InputError("data.imagery: not configured (source, catalog / folder / api)")
-    fill = {"region_dir": str(paths.region_dir(cfg)), "year": year, "out_dir": str(cfg.out_dir), "name": cfg.data.name}
-    months = [int(m) for m in im.months] if im.get("months") else None
-    if months and not all(1 <= m <= 12 for m in months):
-        raise InputError(f"data.imagery.months: months are 1-12, got {months}")
+@dataclass(frozen=True)
+class MosaicStageSettings:
+    """What the `mosaic` stage reads from the config besides MosaicSettings (which needs
+    the lattice's pixel size), checked; for `data.imagery.source: file` see
+    composite.CompositeSettings.
+
+    Attributes:
+        year: the year mosaicked (year=, else years.train).
+        grid: the region's grid.parquet.
+        pixel_size: data.pixel_size, metres (the lattice's is cell_size / patch_size).
+        patch_size: data.patch_size (lattice pixels per cell side), or None: from the
+            cell and pixel sizes.
+        source: where the year's scenes are found (data.imagery).
+        compute: the compute settings (mode, tile size).
+        out: `<region_dir>/mosaic_<year>.tif`; summary: `<region_dir>/mosaic_<year>.json`.
+    """
+
+    year: int
+    grid: Path
+    pixel_size: float
+    patch_size: int | None
+    source: SceneSource
+    compute: ComputeSettings
+    out: Path
+    summary: Path
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> MosaicStageSettings:
+        """Read the settings; InputError naming the config key that is wrong."""
+        year = paths.stage_year(cfg)
+        patch = cfg.data.get("patch_size")
+        return cls(
+            year=year, grid=paths.grid(cfg), pixel_size=float(cfg.data.pixel_size),
+            patch_size=int(patch) if patch else None, source=SceneSource.from_config(cfg, year),
+            compute=ComputeSettings.from_config(cfg), out=paths.mosaic(cfg, year), summary=paths.mosaic_summary(cfg, year),
+        )
+
+
+def read_lattice(grid: Path, pixel_size: float, patch: int | None) -> tuple[pd.DataFrame, PixelLattice]:
+    """The grid's cells (col, row) and its pixel lattice (pixel_size, patch: see
+    MosaicStageSettings)."""
+    cells, cell_size, crs = io.read_cells(grid, "grid", columns=["col", "row"])
+    size = patch_size(cell_size, pixel_size, patch)
+    return cells, PixelLattice.from_cells(cells["col"], cells["row"], cell_size, size, crs)
+
+
+def find_products(source: SceneSource, lattice: PixelLattice) -> tuple[list[Product], str]:
+    """The scenes of the source's year over the lattice (see scenes), and where they were
+    found (the summary's `source`)."""
     bbox = transform_bounds(lattice.crs, "EPSG:4326", *lattice.bounds, densify_pts=21)
-    source = str(im.source)
-    if source == "stac":
-        return scenes.from_catalog(str(im.catalog).format(**fill), year, months, bbox), str(im.catalog).format(**fill)
-    if source == "folder":
-        return scenes.from_folder(str(im.folder).format(**fill), year, months), str(im.folder).format(**fill)
-    if source == "api":
-        return scenes.from_api(str(im.api), str(im.collection), year, months, bbox), f"{im.api} {im.collection}"
-    raise InputError(f"data.imagery.source: must be stac, api or folder, got {source!r}")
-
-def load(cfg):
-    """Everything a run needs from the config: (year, grid cells (col, row), the pixel
-    lattice, MosaicSettings, the year's products, where they were found)."""
-    year = paths.stage_year(cfg)
-    cells, cell_size, crs = io.read_cells(paths.grid(cfg), "grid", columns=["col", "row"])
-    patch = patch_size(cell_size, float(cfg.data.pixel_size), cfg.data.get("patch_size"))
-    lattice = PixelLattice.from_cells(cells["col"], cells["row"], cell_size, patch, crs)
-    opts = MosaicSettings.from_config(cfg, lattice.pixel_size)
-    products, where = find_products(cfg, year, lattice)
-    return year, cells, lattice, opts, products, where
+    return source.find(bbox), source.where
 
 # --- tiles: the unit of work of compute=local and compute=dask -------------------------------
 
 
-class _PartWriter:
+class PartWriter:
     """build()'s sink for one tile: each block goes to `<folder>/<row_off>_<col_off>.npy`
     (float32 (bands, rows, cols)), so a task holds one block of output at a time."""
 
-    def __init__(self, folder):
-
+    def __init__(self, folder: str | os.PathLike[str]):
         self.folder = Path(folder)
 
     def write(self, block: np.ndarray, row_off: int, col_off: int) -> None:
+        """Save one block (float32 (bands, rows, cols)) at lattice pixel (row_off, col_off)."""
         np.save(self.folder / f"{row_off}_{col_off}.npy", block)
+
 
 @dataclass(frozen=True)
 class TileJob:
     """One task: the blocks of a tile (scenes assigned) and the folder of its part."""
 
     tile_id: str
-    blocks: list
+    blocks: list[Block]
     part: str
 
-def tile_jobs(blocks: list[Block], lattice, tile_size: int, folder) -> list[TileJob]:
+
+def tile_jobs(blocks: list[Block], lattice: PixelLattice, tile_size: int, folder: Path) -> list[TileJob]:
     """Group planned blocks by tile (tile_size cells, a multiple of the block side, from
     the lattice's north-west corner: see executor.tile_index)."""
     side = tile_size * lattice.patch_size
@@ -123,12 +150,13 @@ def tile_jobs(blocks: list[Block], lattice, tile_size: int, folder) -> list[Tile
         groups.setdefault((block.row_off // side, block.col_off // side), []).append(block)
     return [TileJob(f"r{ti}c{tj}", members, str(folder / f"r{ti}c{tj}")) for (ti, tj), members in groups.items()]
 
+
 #: What tile_cache_mb assumes of the source files: Collection 2 Level-2 COGs of 30 m
 #: pixels in tiles of 256 x 256 uint16 values, 7 files (6 bands and QA_PIXEL) per scene.
 _SOURCE_PIXEL_M, _SOURCE_TILE_PX, _SOURCE_FILES = 30.0, 256, 7
 
 
-def tile_cache_mb(job: TileJob, lattice, opts: MosaicSettings) -> int:
+def tile_cache_mb(job: TileJob, lattice: PixelLattice, opts: MosaicSettings) -> int:
     """GDAL's block cache for one tile task, MB: two rows of source tiles across the
     tile's width for each of its scenes' files (blocks go west to east, then north to
     south, so a row of blocks shares a row of source tiles with the next), at most
@@ -141,12 +169,14 @@ def tile_cache_mb(job: TileJob, lattice, opts: MosaicSettings) -> int:
     need = 2 * across * _SOURCE_TILE_PX**2 * 2 * _SOURCE_FILES * n_scenes
     return max(min(math.ceil(need / 2**20), int(opts.gdal_cache_mb)), 16)
 
-def build_tile(job: TileJob, products, lattice, opts: MosaicSettings) -> Result:
+
+def build_tile(job: TileJob, products: list[Product], lattice: PixelLattice, opts: MosaicSettings) -> Result:
     """The task of one tile (runs on a worker): build its blocks into its part folder,
     renamed into place when complete; returns the tile's Result (small)."""
     with part_output(job.part) as tmp:
-        return build(products, lattice, None, None, opts, _PartWriter(tmp), progress=False, blocks=job.blocks,
+        return build(products, lattice, None, None, opts, PartWriter(tmp), progress=False, blocks=job.blocks,
                      cache_mb=tile_cache_mb(job, lattice, opts))
+
 
 def merge_result(total: Result, part: Result) -> None:
     """Add a tile's Result to the region's (sums, minimum, per-scene sums)."""
@@ -159,7 +189,10 @@ def merge_result(total: Result, part: Result) -> None:
     for pid, n in part.per_scene.items():
         total.per_scene[pid] = total.per_scene.get(pid, 0) + n
 
-def build_tiled(settings: ComputeSettings, products, lattice, cols, rows, opts: MosaicSettings, writer, folder, executor) -> Result:
+
+def build_tiled(settings: ComputeSettings, products: list[Product], lattice: PixelLattice, cols: npt.ArrayLike,
+                rows: npt.ArrayLike, opts: MosaicSettings, writer: BlockSink, folder: str | os.PathLike[str],
+                executor: Executor) -> Result:
     """The mosaic tile by tile on compute=dask (one Dask task per tile on `executor`, an
     open executor.Executor, released when the last tile is in; compute=local runs one
     build() over every block instead); each finished tile's blocks are copied into
@@ -185,18 +218,14 @@ def build_tiled(settings: ComputeSettings, products, lattice, cols, rows, opts: 
     executor.release()  # a LocalCluster of the stage's own shuts down during the COG copy
     return total
 
-def run(cfg) -> None:
-    """The stage: scenes of `year` -> mosaic_<year>.tif (COG) and mosaic_<year>.json,
-    block by block in-process (compute=local) or tile by tile on Dask (the same bytes)."""
-    if str((cfg.data.get("imagery") or {}).get("source")) == "file":  # an existing composite (composite.py)
+# --- the stage ------------------------------------------------------------------------------
 
-        return composite.run(cfg)
 
-    start = time.perf_counter()
-    year, cells, lattice, opts, products, where = load(cfg)
-    settings = ComputeSettings.from_config(cfg)
-
-    out = paths.mosaic(cfg, year)
+def write_mosaic(stage: MosaicStageSettings, opts: MosaicSettings, cells: pd.DataFrame, lattice: PixelLattice,
+                 products: list[Product]) -> Result:
+    """Build the mosaic (build_tiled) into temporary GeoTIFFs, then copy it into the COG
+    stage.out (written atomically); returns what it measured."""
+    out = stage.out
     out.parent.mkdir(parents=True, exist_ok=True)
     profile = {"width": lattice.width, "height": lattice.height, "count": len(band_names(opts.spread, opts.count)),
                "crs": lattice.crs, "transform": lattice.transform, "nodata": float("nan")}
@@ -205,17 +234,22 @@ def run(cfg) -> None:
     with rasterio.Env(GDAL_CACHEMAX=opts.gdal_cache_mb * 2**20), cog.BlockWriter(
         out.with_name(f".{out.stem}.blocks-{os.getpid()}"), profile, band_names(opts.spread, opts.count),
         int(opts.cog.get("blocksize", cog.DEFAULTS["blocksize"])), block_px,
-    ) as writer, parts_folder(out) as folder, Executor(settings, local_workers=1) as executor:
-        result = build_tiled(settings, products, lattice, cells["col"].to_numpy(), cells["row"].to_numpy(), opts, writer,
-                             folder, executor)
+    ) as writer, parts_folder(out) as folder, Executor(stage.compute, local_workers=1) as executor:
+        result = build_tiled(stage.compute, products, lattice, cells["col"].to_numpy(), cells["row"].to_numpy(), opts,
+                             writer, folder, executor)
         # The copy streams tiles: a small cache keeps its memory independent of the
         # region's size (a cache the size of the output would grow with it).
         with io.atomic_output(out) as tmp, rasterio.Env(GDAL_CACHEMAX=64 * 2**20):
             writer.to_cog(tmp, threads=opts.threads, **opts.cog)
-    seconds = time.perf_counter() - start
+    return result
 
+
+def mosaic_summary(year: int, where: str, products: list[Product], result: Result, opts: MosaicSettings,
+                   seconds: float) -> dict[str, Any]:
+    """The summary JSON (DVC metrics) of a run: scenes found and used, clear observations
+    per pixel, pixels without any, the bands, the run's seconds, clear pixels per scene."""
     used = {pid: n for pid, n in result.per_scene.items() if n > 0}
-    summary = {
+    return {
         "year": year,
         "source": where,
         "scenes_found": len(products),
@@ -231,9 +265,24 @@ def run(cfg) -> None:
         "seconds": round(seconds, 2),
         "clear_pixels_per_scene": result.per_scene,
     }
-    io.write_json(paths.mosaic_summary(cfg, year), summary)
+
+
+def run(cfg: Any) -> None:
+    """The stage: scenes of `year` -> mosaic_<year>.tif (COG) and mosaic_<year>.json,
+    block by block in-process (compute=local) or tile by tile on Dask (the same bytes)."""
+    if str((cfg.data.get("imagery") or {}).get("source")) == "file":  # an existing composite (composite.py)
+        return composite.run(cfg)
+
+    start = time.perf_counter()
+    stage = MosaicStageSettings.from_config(cfg)
+    cells, lattice = read_lattice(stage.grid, stage.pixel_size, stage.patch_size)
+    opts = MosaicSettings.from_config(cfg, lattice.pixel_size)  # mosaic.buffer in m needs the lattice's pixel size
+    products, where = find_products(stage.source, lattice)
+    result = write_mosaic(stage, opts, cells, lattice, products)
+    summary = mosaic_summary(stage.year, where, products, result, opts, time.perf_counter() - start)
+    io.write_json(stage.summary, summary)
     print(
-        f"mosaic {year}: {len(used)} of {len(products)} scenes used, {summary['mean_clear_per_pixel']:.1f} clear "
-        f"observations per pixel; {result.pixels_no_clear:,} of {result.pixels:,} pixels "
-        f"({result.pixels_no_clear / max(result.pixels, 1):.3%}) with no clear observation (nodata) -> {out}"
+        f"mosaic {stage.year}: {summary['scenes_used']} of {len(products)} scenes used, {summary['mean_clear_per_pixel']:.1f} "
+        f"clear observations per pixel; {result.pixels_no_clear:,} of {result.pixels:,} pixels "
+        f"({result.pixels_no_clear / max(result.pixels, 1):.3%}) with no clear observation (nodata) -> {stage.out}"
     )

@@ -1,5 +1,5 @@
-"""Landsat Collection 2 Level-2 scenes for the mosaic: finding them, opening them, and
-reading one block of the region's pixel lattice from each, warped.
+"""Landsat Collection 2 Level-2 scenes for the mosaic: finding them (a STAC catalog
+file, a STAC API, a folder) and selecting the year's.
 
 Where scenes come from (`data.imagery.source`):
 
@@ -19,39 +19,22 @@ band number that does not match the sensor (``..._SR_B2.TIF`` as red of an LC08 
 is refused. Scale and offset come from the asset's raster:bands when given, else
 Collection 2's (2.75e-5, -0.2).
 
-Warping: every scene is read in its own CRS and grid (UTM zone of its path/row, 30 m)
-and warped by nearest neighbour (GDAL, through rasterio.warp.reproject) onto the
-lattice (the grid's CRS, cell_size / patch_size pixels). Scenes of different UTM zones
-or grids in one catalog are fine: each group of scenes sharing a grid is warped
-together. Nearest neighbour keeps every value a real observation (no mixing of a
-cloud's edge into clear pixels, QA bits intact), and it makes the warp a pure lookup:
-GDAL warps the source pixels' own (row, col) once per group and block (warp_groups),
-and every band of every scene of the group is then gathered with NumPy through that
-lookup (gather: the same pixels, byte for byte, as warping all the bands with GDAL, at
-a fraction of the cost), pixel by pixel, into the (rows, cols, file, scene) layout
-that geomad's kernels take.
+Reading them, warped onto the region's pixel lattice, is warp.py's part.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import re
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pystac
 import pystac_client
-import rasterio
-from affine import Affine
-from pyproj import Transformer
-from rasterio.errors import RasterioError
-from rasterio.warp import Resampling, reproject, transform_bounds
-from rasterio.windows import Window, from_bounds
 
+from urbanmap.core import paths
 from urbanmap.core.errors import InputError
 from urbanmap.imagery import landsat
 
@@ -76,6 +59,7 @@ class Product:
 
     @property
     def product_id(self) -> str:
+        """The Collection 2 product id (landsat.Scene.product_id)."""
         return self.scene.product_id
 
     def href(self, name: str) -> str:
@@ -87,6 +71,7 @@ class Product:
 
 def _in_period(date: dt.date, year: int, months: Sequence[int] | None) -> bool:
     return date.year == year and (not months or date.month in months)
+
 
 def select(products: Iterable[Product], year: int, months: Sequence[int] | None, where: str) -> list[Product]:
     """The products acquired in `year` (and `months`, 1-12, when given), sorted by date
@@ -104,7 +89,8 @@ def select(products: Iterable[Product], year: int, months: Sequence[int] | None,
         )
     return sorted(chosen, key=lambda p: (p.scene.acquired, p.product_id))
 
-def _asset_common_name(asset) -> str | None:
+
+def _asset_common_name(asset: Any) -> str | None:
     """eo:bands[0].common_name (STAC eo v1), or bands[0]["eo:common_name"] (STAC 1.1)."""
     fields = asset.extra_fields
     for key, name_key in (("eo:bands", "common_name"), ("bands", "eo:common_name")):
@@ -113,7 +99,8 @@ def _asset_common_name(asset) -> str | None:
             return bands[0].get(name_key)
     return None
 
-def _asset_scale_offset(asset) -> tuple[float, float]:
+
+def _asset_scale_offset(asset: Any) -> tuple[float, float]:
     fields = asset.extra_fields
     rb = (fields.get("raster:bands") or [{}])[0]
     b = (fields.get("bands") or [{}])[0]
@@ -121,7 +108,8 @@ def _asset_scale_offset(asset) -> tuple[float, float]:
     offset = rb.get("offset", b.get("raster:offset", landsat.SR_OFFSET))
     return float(scale), float(offset)
 
-def _item_sensor(item) -> str:
+
+def _item_sensor(item: Any) -> str:
     sensor = item.id[:4]
     if sensor in landsat.SENSOR_BANDS:
         return sensor
@@ -130,7 +118,8 @@ def _item_sensor(item) -> str:
         return _PLATFORM_SENSOR[platform]
     raise InputError(f"item {item.id}: cannot tell the Landsat sensor (id prefix or platform)")
 
-def product_from_item(item, where: str) -> Product:
+
+def product_from_item(item: Any, where: str) -> Product:
     """A Product from a STAC Item of Collection 2 Level-2 surface reflectance.
 
     Bands are matched by eo:bands common name (or asset key when an asset has no
@@ -144,7 +133,9 @@ def product_from_item(item, where: str) -> Product:
     by_name: dict[str, list[str]] = {}
     for key, asset in item.assets.items():
         by_name.setdefault(_asset_common_name(asset) or key, []).append(key)
-    bands, scale, offset = {}, [], []
+    bands: dict[str, str] = {}
+    scale: list[float] = []
+    offset: list[float] = []
     for band in landsat.BANDS:
         common = landsat.COMMON_NAMES[band]
         keys = by_name.get(common, [])
@@ -169,17 +160,20 @@ def product_from_item(item, where: str) -> Product:
     scene = landsat.Scene(item.id, sensor, when.date(), bands, qa.get_absolute_href() or qa.href)
     return Product(scene, tuple(scale), tuple(offset))
 
-def _bbox_overlaps(a, b) -> bool:
+
+def _bbox_overlaps(a: Sequence[float] | None, b: Sequence[float] | None) -> bool:
     return a is None or b is None or not (a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1])
 
-def from_catalog(path: str | Path, year: int, months=None, bbox=None) -> list[Product]:
+
+def from_catalog(path: str | Path, year: int, months: Sequence[int] | None = None,
+                 bbox: Sequence[float] | None = None) -> list[Product]:
     """Products of a STAC catalog file (Catalog / Collection, searched recursively, or an
     ItemCollection) in `year` (and `months`) whose bbox overlaps `bbox` (lon/lat)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: STAC catalog not found (run `urbanmap synth` for the embedded default)")
     try:
-        obj = pystac.read_file(str(path))
+        obj: Any = pystac.read_file(str(path))  # a Catalog, Collection, ItemCollection or Item
         if isinstance(obj, pystac.ItemCollection):
             items = list(obj)
         elif isinstance(obj, pystac.Item):
@@ -195,7 +189,9 @@ def from_catalog(path: str | Path, year: int, months=None, bbox=None) -> list[Pr
         raise InputError(f"{path}: none of its {len(items)} scene(s) overlaps the region")
     return select(products, year, months, str(path))
 
-def from_api(url: str, collection: str, year: int, months=None, bbox=None, max_items: int | None = None) -> list[Product]:
+
+def from_api(url: str, collection: str, year: int, months: Sequence[int] | None = None,
+             bbox: Sequence[float] | None = None, max_items: int | None = None) -> list[Product]:
     """Products found by a STAC API search (pystac-client): `collection`, the lon/lat
     `bbox`, the calendar `year` (then filtered by `months`)."""
     where = f"{url} ({collection})"
@@ -209,7 +205,8 @@ def from_api(url: str, collection: str, year: int, months=None, bbox=None, max_i
         raise InputError(f"{where}: STAC API search failed: {exc}".splitlines()[0]) from exc
     return select((product_from_item(item, where) for item in items), year, months, where)
 
-def from_folder(folder: str | Path, year: int, months=None) -> list[Product]:
+
+def from_folder(folder: str | Path, year: int, months: Sequence[int] | None = None) -> list[Product]:
     """Products in the sub-folders of `folder` (one product per folder with a
     *_QA_PIXEL.TIF), named and banded as USGS distributes them."""
     folder = Path(folder)
@@ -218,255 +215,62 @@ def from_folder(folder: str | Path, year: int, months=None) -> list[Product]:
     dirs = sorted({p.parent for p in folder.rglob("*_QA_PIXEL.TIF")})
     return select((Product(landsat.scene_from_folder(d)) for d in dirs), year, months, str(folder))
 
-# --- opening and reading -------------------------------------------------------------------
-
 
 @dataclass(frozen=True)
-class Grid:
-    """The pixel grid of a scene's files: CRS, north-up transform and size."""
+class SceneSource:
+    """Where a year's scenes are found: the `data.imagery` config group, checked (for
+    `source: file`, an existing composite, see composite.CompositeSettings).
 
-    crs: rasterio.crs.CRS
-    transform: Affine
-    width: int
-    height: int
+    Attributes:
+        kind: data.imagery.source: "stac" (a catalog file), "api" (a STAC API) or
+            "folder" (one sub-folder per product).
+        location: the catalog file (data.imagery.catalog) or the folder
+            (data.imagery.folder), `{region_dir}`, `{year}`, `{out_dir}`, `{name}` filled
+            in; the API's URL (data.imagery.api).
+        collection: the API's collection (data.imagery.collection); "" unless kind is api.
+        year: the calendar year of acquisition.
+        months: the months (1-12) kept (data.imagery.months), or None: the whole year.
+    """
+
+    kind: str
+    location: str
+    collection: str
+    year: int
+    months: tuple[int, ...] | None
+
+    @classmethod
+    def from_config(cls, cfg: Any, year: int) -> SceneSource:
+        """Read `cfg.data.imagery` for `year`; InputError naming the key that is wrong."""
+        im = cfg.data.get("imagery")
+        if im is None:
+            raise InputError("data.imagery: not configured (source, catalog / folder / api)")
+        fill = {"region_dir": str(paths.region_dir(cfg)), "year": year, "out_dir": str(cfg.out_dir), "name": cfg.data.name}
+        months = [int(m) for m in im.months] if im.get("months") else None
+        if months and not all(1 <= m <= 12 for m in months):
+            raise InputError(f"data.imagery.months: months are 1-12, got {months}")
+        source, collection = str(im.source), ""
+        if source == "stac":
+            location = str(im.catalog).format(**fill)
+        elif source == "folder":
+            location = str(im.folder).format(**fill)
+        elif source == "api":
+            location, collection = str(im.api), str(im.collection)
+        else:
+            raise InputError(f"data.imagery.source: must be stac, api or folder, got {source!r}")
+        return cls(source, location, collection, year, tuple(months) if months else None)
 
     @property
-    def key(self) -> tuple:
-        return (self.crs.to_wkt(), tuple(self.transform)[:6], self.width, self.height)
+    def where(self) -> str:
+        """The source as the mosaic's summary names it: the catalog file, the folder, or
+        "<API URL> <collection>"."""
+        return f"{self.location} {self.collection}" if self.kind == "api" else self.location
 
-def open_files(product: Product) -> list:
-    """Open the seven files of a product (FILES order) and check that they are single-band
-    uint16 rasters with a CRS, all on the same grid. InputError names the file."""
-    datasets = []
-    try:
-        for name in FILES:
-            href = product.href(name)
-            try:
-                ds = rasterio.open(href)
-            except RasterioError as exc:
-                raise InputError(f"{href}: cannot read GeoTIFF: {exc}".splitlines()[0]) from exc
-            datasets.append(ds)
-            if ds.count != 1 or ds.dtypes[0] != "uint16":
-                raise InputError(f"{href}: expected one uint16 band, found {ds.count} band(s) of {ds.dtypes[0]}")
-            if ds.crs is None:
-                raise InputError(f"{href}: GeoTIFF has no CRS")
-            first = datasets[0]
-            if (ds.crs, ds.transform, ds.width, ds.height) != (first.crs, first.transform, first.width, first.height):
-                raise InputError(f"{href}: its grid differs from {product.href(FILES[0])} of the same scene")
-    except BaseException:
-        for ds in datasets:
-            ds.close()
-        raise
-    return datasets
-
-def grid_of(datasets) -> Grid:
-    ds = datasets[0]
-    return Grid(ds.crs, ds.transform, ds.width, ds.height)
-
-def footprint(grid: Grid, crs) -> tuple[float, float, float, float]:
-    """Bounds (xmin, ymin, xmax, ymax) of a scene's raster in `crs` (densified edges)."""
-    left, top = grid.transform @ (0, 0)
-    right, bottom = grid.transform @ (grid.width, grid.height)
-    return transform_bounds(grid.crs, crs, min(left, right), min(top, bottom), max(left, right), max(top, bottom), densify_pts=21)
-
-def source_window(grid: Grid, dst_crs, dst_bounds, pad: int = 2) -> Window | None:
-    """The window of a scene's raster that covers `dst_bounds` (in `dst_crs`), padded by
-    `pad` pixels and clipped to the raster; None if they do not overlap."""
-    src_bounds = _transformer(str(dst_crs), grid.crs.to_wkt()).transform_bounds(*dst_bounds, densify_pts=21)
-    win = from_bounds(*src_bounds, transform=grid.transform)
-    col0 = max(int(np.floor(win.col_off)) - pad, 0)
-    row0 = max(int(np.floor(win.row_off)) - pad, 0)
-    col1 = min(int(np.ceil(win.col_off + win.width)) + pad, grid.width)
-    row1 = min(int(np.ceil(win.row_off + win.height)) + pad, grid.height)
-    if col1 <= col0 or row1 <= row0:
-        return None
-    return Window(col0, row0, col1 - col0, row1 - row0)
-
-class Scratch:
-    """Arrays reused from block to block: `get` returns an uninitialised array, a view of
-    a buffer kept under `key` (grown when too small). Blocks differ in size by a few
-    pixels only, so after the first blocks nothing is allocated: no page faults on fresh
-    memory, and the heap does not fragment. An array from `get` is valid until the next
-    `get` of the same key."""
-
-    def __init__(self) -> None:
-        self._buffers: dict[str, np.ndarray] = {}
-
-    def get(self, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-        dtype = np.dtype(dtype)
-        size = int(np.prod(shape)) * dtype.itemsize
-        buffer = self._buffers.get(key)
-        if buffer is None or buffer.size < size:
-            buffer = self._buffers[key] = np.empty(size + size // 8, np.uint8)  # room for slightly larger blocks
-        return buffer[:size].view(dtype).reshape(shape)
-
-def scratch_array(scratch: Scratch | None, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-    """An uninitialised array: scratch.get(key, ...), or a new one without a Scratch."""
-    return np.empty(shape, dtype) if scratch is None else scratch.get(key, shape, dtype)
-
-@dataclass(frozen=True)
-class WarpGroup:
-    """Scenes sharing one grid, warped onto one destination grid together.
-
-    members: their indices in the list of scenes; window: the part of their raster that
-    is read (source_window); lookup: intp (rows * cols,) the source pixel of every
-    destination pixel (nearest_lookup), win.height * win.width where there is none.
-    """
-
-    members: tuple[int, ...]
-    window: Window
-    lookup: np.ndarray
-
-@functools.lru_cache(maxsize=64)
-def _cached_transformer(src: str, dst: str, thread: int):
-
-    return Transformer.from_crs(src, dst, always_xy=True)
-
-def _transformer(src: str, dst: str):
-    """A pyproj Transformer from CRS `src` to `dst` (WKT or "EPSG:n"), made once per
-    thread (pyproj's objects are not shared between threads): creating one costs ~28 ms
-    and rasterio's transform_bounds creates one per call (1.7 ms against 0.04 ms a call;
-    both are PROJ's densified bounds, the same values to the bit on the default region)."""
-    return _cached_transformer(src, dst, threading.get_ident())
-
-def warp_groups(scenes: Sequence[tuple[Product, list]], dst_crs, dst_transform: Affine,
-                shape: tuple[int, int]) -> list[WarpGroup]:
-    """Group (product, its open datasets) pairs by grid and warp each group's pixel
-    indices once onto the destination grid (dst_crs, dst_transform, shape (rows, cols));
-    groups whose raster does not overlap it are left out."""
-    height, width = shape
-    a, _, c, _, e, f = tuple(dst_transform)[:6]
-    bounds = (c, f + e * height, c + a * width, f) if e < 0 else (c, f, c + a * width, f + e * height)
-    members: dict[tuple, list[int]] = {}
-    for i, (_, datasets) in enumerate(scenes):
-        members.setdefault(grid_of(datasets).key, []).append(i)
-    groups = []
-    for idx in members.values():
-        grid = grid_of(scenes[idx[0]][1])
-        win = source_window(grid, dst_crs, bounds)
-        if win is not None:
-            groups.append(WarpGroup(tuple(idx), win, nearest_lookup(grid, win, dst_crs, dst_transform, shape)))
-    return groups
-
-def gather(scenes: Sequence[tuple[Product, list]], groups: Sequence[WarpGroup], names: Sequence[str],
-           shape: tuple[int, int], which: Sequence[int] | None = None, crop: int = 0,
-           scratch: Scratch | None = None) -> np.ndarray:
-    """Files of the scenes on the destination grid of `groups` (warp_groups), by nearest
-    neighbour, in the pixel-major layout that geomad's kernels take.
-
-    Args:
-        scenes: (product, its open datasets from `open_files`) pairs.
-        groups: warp_groups(scenes, ..., shape).
-        names: which files, of FILES (landsat.BANDS and "qa_pixel").
-        shape: the destination grid's (rows, cols).
-        which: indices of the scenes to read (increasing), default all.
-        crop: leave out this many destination pixels on every side.
-        scratch: where the result and the source buffers come from (a view of its buffer
-            "gather-<names>", valid until the next gather of the same files), or None:
-            new arrays.
-    Returns:
-        uint16 (rows - 2 crop, cols - 2 crop, len(names), len(which)), 0 where a scene
-        has no pixel (outside its raster).
-
-    One gather per group moves every file of every scene of the group at once, pixel by
-    pixel, into the layout geomad takes: no transpose follows (the old float32 transpose
-    of the whole stack cost ~1.7 s of CPU on the default region).
-    """
-    height, width = shape
-    which = list(range(len(scenes))) if which is None else list(which)
-    rows, cols = height - 2 * crop, width - 2 * crop
-    out = scratch_array(scratch, "gather-" + "-".join(names), (rows * cols, len(names), len(which)), np.uint16)
-    position = {i: k for k, i in enumerate(which)}
-    files = [FILES.index(name) for name in names]
-    read = {i for group in groups for i in group.members}
-    for i in which:
-        if i not in read:  # no group: the scene's raster does not overlap
-            out[:, :, position[i]] = 0
-    for group in groups:
-        chosen = [i for i in group.members if i in position]
-        if not chosen:
-            continue
-        win = group.window
-        lookup = group.lookup
-        if crop:
-            lookup = lookup.reshape(height, width)[crop:height - crop, crop:width - crop].ravel()
-        # One row per file and scene, the window's pixels then a 0 that lookup's pixels
-        # outside the source take: each read is contiguous (GDAL's strided copy into a
-        # pixel-major buffer costs ~45% more CPU than decoding, measured).
-        src = scratch_array(scratch, "source", (len(names), len(chosen), win.height * win.width + 1), np.uint16)
-        src[:, :, -1] = 0
-        for j, i in enumerate(chosen):
-            product, datasets = scenes[i]
-            for k, f in enumerate(files):
-                try:
-                    datasets[f].read(1, window=win, out=src[k, j, :-1].reshape(win.height, win.width))
-                except RasterioError as exc:  # a truncated or corrupt tile
-                    cause = exc.__cause__ or exc  # rasterio wraps GDAL's message
-                    raise InputError(f"{product.href(FILES[f])}: cannot read GeoTIFF: {cause}".splitlines()[0]) from exc
-        # Transposed to pixel-major (numpy: ~1.3 ms for 8 scenes' six bands), then one
-        # gather moves all files of all the group's scenes, pixel by pixel, into the
-        # layout geomad takes. mode="clip": indices are in range, and numpy does not
-        # buffer the output (it does with "raise", at ~2.5x the cost).
-        pixel_major = scratch_array(scratch, "source-pixels", (src.shape[2], len(names), len(chosen)), np.uint16)
-        np.copyto(pixel_major, src.transpose(2, 0, 1))
-        at = [position[i] for i in chosen]
-        if len(at) == len(which):  # one group: straight into the result
-            np.take(pixel_major, lookup, axis=0, out=out, mode="clip")
-        else:  # several groups interleave in the result (a strided copy)
-            part = scratch_array(scratch, "gathered", (len(lookup), len(names), len(chosen)), np.uint16)
-            np.take(pixel_major, lookup, axis=0, out=part, mode="clip")
-            if at == list(range(at[0], at[0] + len(at))):
-                out[:, :, at[0]:at[0] + len(at)] = part
-            else:
-                out[:, :, at] = part
-    return out.reshape(rows, cols, len(names), len(which))
-
-def read_warped(
-    scenes: Sequence[tuple[Product, list]], dst_crs, dst_transform: Affine, shape: tuple[int, int]
-) -> np.ndarray:
-    """Each scene's seven files on a destination grid, by nearest neighbour.
-
-    Args:
-        scenes: (product, its open datasets from `open_files`) pairs.
-        dst_crs, dst_transform, shape: the destination grid (rows, cols).
-    Returns:
-        uint16 (rows, cols, 7, n_scenes): the six bands (landsat.BANDS) and QA_PIXEL of
-        each scene, 0 where a scene has no pixel (outside its raster).
-    """
-    return gather(scenes, warp_groups(scenes, dst_crs, dst_transform, shape), FILES, shape)
-
-def nearest_lookup(grid: Grid, win: Window, dst_crs, dst_transform: Affine, shape: tuple[int, int]) -> np.ndarray:
-    """Which source pixel each destination pixel takes by nearest neighbour.
-
-    Args:
-        grid, win: a scene's grid and the window of it that is read (source_window).
-        dst_crs, dst_transform, shape: the destination grid (rows, cols).
-    Returns:
-        intp (rows * cols,): row * win.width + col of the source pixel in the window, or
-        win.height * win.width where the destination pixel has none (outside the window).
-
-    GDAL warps the window's own (row + 1, col + 1), two uint16 bands, with the call that
-    would warp the bands themselves (same grids, nearest, no source nodata, 0 outside,
-    same data type, so the same GDAL kernel and approximate transformer): the lookup is
-    exactly GDAL's, and gathering the bands through it equals warping them. Written by
-    hand because GDAL has no "warp indices" operation; measured on the default region
-    (64 blocks, 16 scenes), warping went from 2.3 s of CPU (every file warped by GDAL)
-    to 0.7 s for the lookups and ~0.6 s for the gathers.
-    """
-    height, width = shape
-    dtype = np.uint16 if max(win.height, win.width) < 2**16 - 1 else np.uint32  # uint32: huge blocks only
-    rc = np.empty((2, win.height, win.width), dtype)
-    rc[0] = np.arange(1, win.height + 1, dtype=dtype)[:, None]
-    rc[1] = np.arange(1, win.width + 1, dtype=dtype)[None, :]
-    where = np.zeros((2, height, width), dtype)
-    reproject(
-        rc, where, src_transform=rasterio.windows.transform(win, grid.transform), src_crs=grid.crs,
-        dst_transform=dst_transform, dst_crs=dst_crs, resampling=Resampling.nearest, dst_nodata=0,
-    )
-    row, col = where.reshape(2, -1)
-    lookup = row.astype(np.intp)  # in place from here: 4 passes instead of np.where's temporaries
-    lookup *= win.width
-    lookup += col
-    lookup -= win.width + 1
-    lookup[row == 0] = win.height * win.width
-    return lookup
+    def find(self, bbox: Sequence[float]) -> list[Product]:
+        """The products of the year (and months) from this source, sorted by date and id;
+        `bbox` (lon/lat: west, south, east, north) is the region's, for a catalog or an
+        API search. InputError names the source when none is found."""
+        if self.kind == "stac":
+            return from_catalog(self.location, self.year, self.months, bbox)
+        if self.kind == "folder":
+            return from_folder(self.location, self.year, self.months)
+        return from_api(self.location, self.collection, self.year, self.months, bbox)

@@ -52,19 +52,104 @@ the region), `sdg_11_3_1.png` (chart) and `sdg_11_3_1.json` (the region's row, f
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
+from omegaconf import DictConfig
+from pyproj import CRS
 
 from urbanmap.core import io, paths
 from urbanmap.core.errors import InputError
 from urbanmap.core.io import require_file
+from urbanmap.indicators.chart import sdg_chart
 from urbanmap.mapping.change import assign_municipalities
 
 REGION = "region"
 
 
-def indicator(urban_t1, urban_t2, pop_t1, pop_t2, years: float) -> pd.DataFrame:
+@dataclass(frozen=True)
+class PopulationSettings:
+    """Where each municipality's population at t1 and t2 comes from (sdg.population).
+
+    Attributes:
+        table: a CSV with columns id, year, population (persons) holding both years for
+            every municipality, or None: the census population of labels.parquet carried
+            to each year at `growth_rate`.
+        census_year: the year the census population was counted (a calendar year).
+        growth_rate: continuous growth rate per year, P(t) = P(census_year) exp(rate (t - census_year)).
+    """
+
+    table: str | None
+    census_year: int
+    growth_rate: float
+
+    @classmethod
+    def from_config(cls, section: Any) -> PopulationSettings:
+        """Read `section`, the sdg.population config node; InputError naming the key that is wrong."""
+        values = []
+        for key, kind in (("census_year", int), ("growth_rate", float)):
+            try:
+                values.append(kind(section.get(key)))
+            except (TypeError, ValueError):
+                raise InputError(f"sdg.population.{key}: expected a number, got {section.get(key)!r}") from None
+        return cls(str(section.table) if section.get("table") is not None else None, int(values[0]), float(values[1]))
+
+
+@dataclass(frozen=True)
+class SdgSettings:
+    """What the `sdg` stage reads from the config, checked.
+
+    Attributes:
+        years: (t1, t2) = (years.train, years.target).
+        municipalities: the municipalities' vector file, any CRS (data.municipalities).
+        id_column, name_column: its key and name columns (data.municipality_id, data.municipality_name).
+        min_coverage: share 0..1 of a municipality's area its cells must cover, else it
+            is flagged `partial` (sdg.min_coverage).
+        population: the population source (sdg.population).
+        change_cells, labels, estimate: the inputs: change/change.parquet, labels.parquet
+            and validation/estimate.json.
+        out_dir: the sdg/ folder; table_out, chart_out, summary_out: sdg_11_3_1.csv, .png and .json.
+    """
+
+    years: tuple[int, int]
+    municipalities: str
+    id_column: str
+    name_column: str
+    min_coverage: float
+    population: PopulationSettings
+    change_cells: Path
+    labels: Path
+    estimate: Path
+    out_dir: Path
+    table_out: Path
+    chart_out: Path
+    summary_out: Path
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> SdgSettings:
+        """Read `years`, `sdg` and the data section; InputError naming the config key that is wrong."""
+        if not cfg.data.get("municipalities"):
+            raise InputError("data.municipalities: null; the sdg indicator is computed per municipality")
+        try:
+            min_coverage = float(cfg.sdg.min_coverage)
+        except (TypeError, ValueError):
+            raise InputError(f"sdg.min_coverage: expected a number, got {cfg.sdg.min_coverage!r}") from None
+        return cls(
+            years=(int(cfg.years.train), int(cfg.years.target)), municipalities=str(cfg.data.municipalities),
+            id_column=str(cfg.data.municipality_id), name_column=str(cfg.data.municipality_name),
+            min_coverage=min_coverage, population=PopulationSettings.from_config(cfg.sdg.population),
+            change_cells=paths.change_cells(cfg), labels=paths.labels(cfg), estimate=paths.validation_estimate(cfg),
+            out_dir=paths.sdg_dir(cfg), table_out=paths.sdg_table(cfg), chart_out=paths.sdg_chart(cfg),
+            summary_out=paths.sdg_summary(cfg),
+        )
+
+
+def indicator(urban_t1: ArrayLike, urban_t2: ArrayLike, pop_t1: ArrayLike, pop_t2: ArrayLike, years: float) -> pd.DataFrame:
     """LCR, PGR and LCRPGR with flags, element-wise.
 
     Args:
@@ -97,11 +182,13 @@ def indicator(urban_t1, urban_t2, pop_t1, pop_t2, years: float) -> pd.DataFrame:
         flags = np.where(hit, np.where(flags == "", name, flags + ";" + name), flags)
     return pd.DataFrame({"lcr": lcr, "pgr": pgr, "lcrpgr": lcrpgr, "flags": flags})
 
-def project_population(population, census_year: int, rate: float, year: int) -> np.ndarray:
+
+def project_population(population: ArrayLike, census_year: int, rate: float, year: int) -> np.ndarray:
     """Census population carried to `year`: P exp(rate (year - census_year))."""
     return np.asarray(population, float) * np.exp(float(rate) * (int(year) - int(census_year)))
 
-def table(per_muni: pd.DataFrame, years: tuple[int, int], ratio: float, region_adjusted: dict | None,
+
+def table(per_muni: pd.DataFrame, years: tuple[int, int], ratio: float, region_adjusted: dict[str, Any] | None,
           min_coverage: float) -> pd.DataFrame:
     """The indicator table: one row per municipality, then the region.
 
@@ -146,18 +233,31 @@ def table(per_muni: pd.DataFrame, years: tuple[int, int], ratio: float, region_a
     out["flags"] = [";".join(f for f in (a, b) if f) for a, b in zip(out["flags"], extra)]
     return out
 
+
 # --- stage --------------------------------------------------------------------------------
 
 
-def _population(cfg, labels: pd.DataFrame, key: np.ndarray, ids: pd.Index, years: tuple[int, int]) -> pd.DataFrame:
-    """population_<t1>, population_<t2> per municipality id (index `ids`)."""
-    p = cfg.sdg.population
-    if p.table is None:
-        census = labels["population"].fillna(0).groupby(key).sum().reindex(ids, fill_value=0.0)
-        return pd.DataFrame({f"population_{t}": project_population(census, int(p.census_year), float(p.growth_rate), t)
-                             for t in years}, index=ids)
+def population(settings: PopulationSettings, labels: pd.DataFrame, key: np.ndarray, ids: pd.Index,
+               years: tuple[int, int]) -> pd.DataFrame:
+    """population_<t1>, population_<t2> (persons) per municipality id (index `ids`).
 
-    path = require_file(p.table, "population table")
+    Args:
+        settings: the population source (sdg.population).
+        labels: labels.parquet's `population` per cell (used without a table).
+        key: (n,) the municipality key of each row of `labels`.
+    """
+    if settings.table is None:
+        census = labels["population"].fillna(0).groupby(key).sum().reindex(ids, fill_value=0.0)
+        return pd.DataFrame({f"population_{t}": project_population(census, settings.census_year, settings.growth_rate, t)
+                             for t in years}, index=ids)
+    return table_population(settings.table, ids, years)
+
+
+def table_population(table_path: str, ids: pd.Index, years: tuple[int, int]) -> pd.DataFrame:
+    """population_<t1>, population_<t2> per municipality id (index `ids`) from a CSV with
+    columns id, year, population; InputError naming the file when a column, a year or a
+    municipality is missing."""
+    path = require_file(table_path, "population table")
     frame = pd.read_csv(path, dtype={"id": str})
     missing = [c for c in ("id", "year", "population") if c not in frame.columns]
     if missing:
@@ -172,64 +272,36 @@ def _population(cfg, labels: pd.DataFrame, key: np.ndarray, ids: pd.Index, years
         raise InputError(f"{path}: no population for municipality {wide.index[lacking][0]} in {years[0]} or {years[1]}")
     return pd.DataFrame({f"population_{t}": wide[t].to_numpy(float) for t in years}, index=ids)
 
-def _chart(path, out: pd.DataFrame, years: tuple[int, int], top: int = 25) -> None:
-    """PNG: urban area at both years (adjusted) and LCRPGR, the `top` municipalities by
-    urban area at t2, then the region."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def mapped_per_municipality(change: pd.DataFrame, key: np.ndarray, name: np.ndarray, years: tuple[int, int],
+                            cell_km2: float) -> pd.DataFrame:
+    """Per municipality (key `id`, `name`, sorted by both): cells, mapped urban km² at
+    both years (urban_km2_<t>), nodata_cells (no class at a year) and cells_km2.
 
+    Args:
+        change: change.parquet's class_<t1>, class_<t2> per cell (n rows).
+        key, name: (n,) each cell's municipality (change.assign_municipalities).
+        cell_km2: a cell's area, km².
+    """
     t1, t2 = years
-    munis = out[out["id"] != REGION].nlargest(top, f"urban_km2_{t2}_adjusted")
-    rows = pd.concat([munis, out[out["id"] == REGION]]).iloc[::-1]
-    labels = [f"{n} ({i})" if i != REGION else "REGION" for n, i in zip(rows["name"], rows["id"])]
-    y = np.arange(len(rows))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, max(0.32 * len(rows) + 1.8, 4.0)), sharey=True)
-    region = rows["id"].to_numpy() == REGION
-    scale = np.where(region, 0.1, 1.0)  # the region's bars at a tenth, so municipalities stay legible
-    ax1.barh(y - 0.2, rows[f"urban_km2_{t1}_adjusted"] * scale, 0.4, label=str(t1), color="#9ecae1")
-    ax1.barh(y + 0.2, rows[f"urban_km2_{t2}_adjusted"] * scale, 0.4, label=str(t2), color="#3182bd")
-    ax1.set_xlabel("urban area, km² (error-adjusted; region ÷ 10)")
-    ax1.set_yticks(y, labels, fontsize=8)
-    ax1.legend(loc="upper right", bbox_to_anchor=(1.0, 1.0 + 0.9 / max(0.32 * len(rows) + 1.8, 4.0)), ncol=2, frameon=False)
-    ratio = rows["lcrpgr"].to_numpy()
-    ok = np.isfinite(ratio)
-    ax2.barh(y[ok], ratio[ok], 0.6, color=np.where(ratio[ok] > 1, "#d6604d", "#4393c3"))
-    for k in np.flatnonzero(~ok):
-        note = ax2.text(0.01, y[k], f"not computed: {rows['flags'].iloc[k]}", va="center", fontsize=7, color="0.4",
-                        transform=ax2.get_yaxis_transform())
-        note.set_in_layout(False)
-    ax2.axvline(1.0, color="k", lw=0.8, ls="--")
-    ax2.set_xlabel("LCRPGR (land consumption rate / population growth rate)")
-    fig.suptitle(f"SDG 11.3.1, {t1}-{t2}: >1 land is consumed faster than population grows")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")
-    plt.close(fig)
-
-def run(cfg) -> pd.DataFrame:
-    """Stage: change.parquet + estimate.json + labels.parquet + municipalities -> sdg/."""
-    t1, t2 = int(cfg.years.train), int(cfg.years.target)
-    change, cell_size, crs = io.read_cells(paths.change_cells(cfg), "change", ["cell_id", f"class_{t1}", f"class_{t2}"])
-    labels, _, _ = io.read_cells(paths.labels(cfg), "labels", ["cell_id", "population"])
-    id_column, name_column = str(cfg.data.municipality_id), str(cfg.data.municipality_name)
-    munis = io.read_vector(cfg.data.municipalities, "municipalities", [id_column, name_column])
-    key, name = assign_municipalities(change["col"], change["row"], cell_size, crs, munis, id_column, name_column)
-    labels = labels.merge(change[["cell_id"]].assign(key=key), on="cell_id", how="right")
-    cell_km2 = cell_size**2 / 1e6
-
     per = pd.DataFrame({"id": key, "name": name, "cells": 1})
     for t in (t1, t2):
         per[f"urban_km2_{t}"] = (change[f"class_{t}"].to_numpy() == "urban") * cell_km2
     per["nodata_cells"] = ((change[f"class_{t1}"] == "nodata") | (change[f"class_{t2}"] == "nodata")).to_numpy().astype(int)
     per = per.groupby(["id", "name"], sort=True).sum().reset_index()
     per["cells_km2"] = per["cells"] * cell_km2
-    areas = munis.to_crs(crs).assign(id=lambda f: f[id_column].astype(str)).set_index("id").area / 1e6
-    per["area_km2"] = per["id"].map(areas).fillna(0.0).to_numpy()
-    pop = _population(cfg, labels, labels["key"].to_numpy(), pd.Index(per["id"]), (t1, t2))
-    per = pd.concat([per, pop.reset_index(drop=True)], axis=1)
+    return per
 
-    est_path = io.require_file(paths.validation_estimate(cfg), "validation estimate")
+
+def municipality_areas(munis: gpd.GeoDataFrame, crs: CRS, id_column: str) -> pd.Series:
+    """Each municipality's own area, km² (measured in the grid's projected `crs`), indexed
+    by its key as str."""
+    return munis.to_crs(crs).assign(id=lambda f: f[id_column].astype(str)).set_index("id").area / 1e6
+
+
+def adjustment(est_path: Path) -> tuple[float, dict[str, Any]]:
+    """(r, adjusted): the region's error-adjusted / mapped urban area at t2, and the
+    estimate {"estimate", "ci95"} (km²) of validation/estimate.json at `est_path`."""
     try:
         est = json.loads(est_path.read_text())
         adjusted, mapped = est["area"]["urban"], float(est["mapped_area"]["urban"])
@@ -237,26 +309,63 @@ def run(cfg) -> pd.DataFrame:
         raise InputError(f"{est_path}: not a validation estimate with an urban area ({exc})") from None
     if adjusted["estimate"] is None or mapped <= 0:
         raise InputError(f"{est_path}: no mapped or estimated urban area to adjust by")
-    ratio = float(adjusted["estimate"]) / mapped
-    out = table(per, (t1, t2), ratio, adjusted, float(cfg.sdg.min_coverage))
+    return float(adjusted["estimate"]) / mapped, adjusted
 
-    rounded = out.round({c: 4 for c in out.columns if c.startswith("urban_km2") or c == "coverage"}
-                        | {c: 0 for c in out.columns if c.startswith("population")}
-                        | {c: 2 for c in out.columns if c.startswith("urban_m2")}
-                        | {"lcr": 6, "pgr": 6, "lcrpgr": 4})
-    for c in rounded.columns[rounded.columns.str.startswith("population")]:
-        rounded[c] = rounded[c].astype("Int64")
-    with io.atomic_output(paths.sdg_table(cfg)) as tmp:
-        rounded.to_csv(tmp, index=False)
-    with io.atomic_output(paths.sdg_chart(cfg)) as tmp:
-        _chart(tmp, out, (t1, t2))
+
+def rounded(out: pd.DataFrame) -> pd.DataFrame:
+    """The indicator table as written to CSV: km² and coverage to 4 decimals, persons
+    whole, m² per capita to 2, LCR and PGR to 6, LCRPGR to 4."""
+    table = out.round({c: 4 for c in out.columns if c.startswith("urban_km2") or c == "coverage"}
+                      | {c: 0 for c in out.columns if c.startswith("population")}
+                      | {c: 2 for c in out.columns if c.startswith("urban_m2")}
+                      | {"lcr": 6, "pgr": 6, "lcrpgr": 4})
+    for c in table.columns[table.columns.str.startswith("population")]:
+        table[c] = table[c].astype("Int64")
+    return table
+
+
+def region_summary(out: pd.DataFrame, years: tuple[int, int], ratio: float) -> dict[str, Any]:
+    """sdg_11_3_1.json: the years, the adjustment ratio and the region's row (NaN as null)."""
+    t1, t2 = years
     region = out.iloc[-1].drop(["id", "name"]).to_dict()
-    summary = {"years": [t1, t2], "adjustment_ratio": ratio,
-               **{k: (None if isinstance(v, float) and not np.isfinite(v) else (v.item() if hasattr(v, "item") else v))
-                  for k, v in region.items()}}
-    io.write_json(paths.sdg_summary(cfg), summary)
+    return {"years": [t1, t2], "adjustment_ratio": ratio,
+            **{str(k): (None if isinstance(v, float) and not np.isfinite(v) else (v.item() if hasattr(v, "item") else v))
+               for k, v in region.items()}}
+
+
+def sdg_indicator(settings: SdgSettings) -> pd.DataFrame:
+    """The stage's work: change.parquet + estimate.json + labels.parquet + municipalities
+    -> sdg/; returns the indicator table."""
+    t1, t2 = years = settings.years
+    change, cell_size, crs = io.read_cells(settings.change_cells, "change", ["cell_id", f"class_{t1}", f"class_{t2}"])
+    labels, _, _ = io.read_cells(settings.labels, "labels", ["cell_id", "population"])
+    id_column, name_column = settings.id_column, settings.name_column
+    munis = io.read_vector(settings.municipalities, "municipalities", [id_column, name_column])
+    key, name = assign_municipalities(change["col"], change["row"], cell_size, crs, munis, id_column, name_column)
+    labels = labels.merge(change[["cell_id"]].assign(key=key), on="cell_id", how="right")
+    cell_km2 = cell_size**2 / 1e6
+
+    per = mapped_per_municipality(change, key, name, years, cell_km2)
+    per["area_km2"] = per["id"].map(municipality_areas(munis, crs, id_column)).fillna(0.0).to_numpy()
+    pop = population(settings.population, labels, labels["key"].to_numpy(), pd.Index(per["id"]), years)
+    per = pd.concat([per, pop.reset_index(drop=True)], axis=1)
+
+    est_path = io.require_file(settings.estimate, "validation estimate")
+    ratio, adjusted = adjustment(est_path)
+    out = table(per, years, ratio, adjusted, settings.min_coverage)
+
+    with io.atomic_output(settings.table_out) as tmp:
+        rounded(out).to_csv(tmp, index=False)
+    with io.atomic_output(settings.chart_out) as tmp:
+        sdg_chart(tmp, out, years, REGION)
+    io.write_json(settings.summary_out, region_summary(out, years, ratio))
     r = out.iloc[-1]
     print(f"sdg 11.3.1 ({t1}-{t2}): region urban {r[f'urban_km2_{t1}_adjusted']:,.1f} -> "
           f"{r[f'urban_km2_{t2}_adjusted']:,.1f} km² (adjusted, ratio {ratio:.3f}), LCR {r['lcr']:.4f}, "
-          f"PGR {r['pgr']:.4f}, LCRPGR {r['lcrpgr']:.2f}; {len(out) - 1} municipalities -> {paths.sdg_dir(cfg)}")
+          f"PGR {r['pgr']:.4f}, LCRPGR {r['lcrpgr']:.2f}; {len(out) - 1} municipalities -> {settings.out_dir}")
     return out
+
+
+def run(cfg: DictConfig) -> pd.DataFrame:
+    """Stage: change.parquet + estimate.json + labels.parquet + municipalities -> sdg/."""
+    return sdg_indicator(SdgSettings.from_config(cfg))

@@ -11,28 +11,35 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
+from numpy.typing import ArrayLike, DTypeLike
 from rasterio.io import MemoryFile
 
 from urbanmap.core.cog import copy_to_cog
 from urbanmap.core.lattice import PixelLattice
 
 
-def cell_lattice(cols, rows, cell_size: float, crs) -> PixelLattice:
-    """The one-pixel-per-cell lattice of the bounding box of cells (lattice indices)."""
+def cell_lattice(cols: ArrayLike, rows: ArrayLike, cell_size: float, crs: Any) -> PixelLattice:
+    """The one-pixel-per-cell lattice of the bounding box of cells ((n,) lattice indices;
+    `cell_size` metres in the projected `crs`)."""
     return PixelLattice.from_cells(cols, rows, cell_size, 1, crs)
 
-def to_raster(lattice: PixelLattice, cols, rows, values, fill, dtype) -> np.ndarray:
+
+def to_raster(lattice: PixelLattice, cols: ArrayLike, rows: ArrayLike, values: ArrayLike, fill: Any,
+              dtype: DTypeLike) -> np.ndarray:
     """(nrows, ncols) array of `values` (n,) at the cells' pixels, `fill` elsewhere."""
     out = np.full((lattice.nrows, lattice.ncols), fill, dtype)
     r, c = lattice.cell_offsets(cols, rows)
     out[r, c] = values
     return out
 
-def write_cog(path: str | os.PathLike, array: np.ndarray, lattice: PixelLattice, nodata, description: str,
-              tags: dict | None = None, resampling: str = "average", colormap: dict | None = None) -> None:
+
+def write_cog(path: str | os.PathLike[str], array: np.ndarray, lattice: PixelLattice, nodata: float | None,
+              description: str, tags: dict[str, Any] | None = None, resampling: str = "average",
+              colormap: dict[int, tuple[int, int, int, int]] | None = None) -> None:
     """Write a one-band (nrows, ncols) array on `lattice` as a COG at `path` (in place:
     callers wrap it in io.atomic_output).
 
@@ -53,19 +60,22 @@ def write_cog(path: str | os.PathLike, array: np.ndarray, lattice: PixelLattice,
                 dst.colorinterp = [rasterio.enums.ColorInterp.palette]
         copy_to_cog(mem.name, Path(path), overview_resampling=resampling)
 
+
 def extent_km(lattice: PixelLattice) -> list[float]:
     """[left, right, bottom, top] of the lattice in km of the grid's CRS (for imshow)."""
     xmin, ymin, xmax, ymax = lattice.bounds
     return [xmin / 1000, xmax / 1000, ymin / 1000, ymax / 1000]
 
-def save_png(fig, path: str | os.PathLike) -> None:
+
+def save_png(fig: Any, path: str | os.PathLike[str]) -> None:
     """Save a matplotlib figure as PNG at `path` and close it."""
     import matplotlib.pyplot as plt
 
     fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
-def pyplot():
+
+def pyplot() -> Any:
     """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 

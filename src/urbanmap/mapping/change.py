@@ -35,14 +35,22 @@ Outputs under ``<region_dir>/change/``:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
+from omegaconf import DictConfig
+from pyproj import CRS
 from shapely.geometry import box
 
 from urbanmap.core import io, paths
 from urbanmap.core.errors import InputError
+from urbanmap.core.lattice import PixelLattice
 from urbanmap.mapping import cellmap
 from urbanmap.mapping.cellmap import extent_km, pyplot, save_png
 
@@ -55,7 +63,52 @@ COLOURS = {"stable_non_urban": (220, 235, 205, 255), "stable_urban": (120, 120, 
 MAP_CLASSES = ("urban", "non_urban", "nodata")
 
 
-def change_classes(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class ChangeSettings:
+    """What the `change` stage reads from the config, checked.
+
+    Attributes:
+        years: (t1, t2) = (years.train, years.target), two different years.
+        region: the region's name (data.name), for the map's title.
+        municipalities: the municipalities' vector file, any CRS (data.municipalities), or
+            None: one row, "(none)", for the whole region.
+        id_column, name_column: the municipalities' key and name columns
+            (data.municipality_id, data.municipality_name).
+        predictions: the two years' predictions_<year>.parquet, read.
+        out_dir: the change/ folder; cells_out, cog_out, map_out, municipalities_out,
+            region_out: change.parquet, change.tif, change.png, municipalities.csv, region.json.
+    """
+
+    years: tuple[int, int]
+    region: str
+    municipalities: str | None
+    id_column: str
+    name_column: str
+    predictions: tuple[Path, Path]
+    out_dir: Path
+    cells_out: Path
+    cog_out: Path
+    map_out: Path
+    municipalities_out: Path
+    region_out: Path
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> ChangeSettings:
+        """Read `years` and the data section; InputError naming the config key that is wrong."""
+        t1, t2 = int(cfg.years.train), int(cfg.years.target)
+        if t1 == t2:
+            raise InputError(f"years: train and target are both {t1}; change needs two different years")
+        return cls(
+            years=(t1, t2), region=str(cfg.data.name),
+            municipalities=str(cfg.data.municipalities) if cfg.data.get("municipalities") else None,
+            id_column=str(cfg.data.municipality_id), name_column=str(cfg.data.municipality_name),
+            predictions=(paths.predictions(cfg, t1), paths.predictions(cfg, t2)), out_dir=paths.change_dir(cfg),
+            cells_out=paths.change_cells(cfg), cog_out=paths.change_cog(cfg), map_out=paths.change_map(cfg),
+            municipalities_out=paths.change_municipalities(cfg), region_out=paths.change_region(cfg),
+        )
+
+
+def change_classes(first: ArrayLike, second: ArrayLike) -> np.ndarray:
     """(n,) change class of cells from their map classes (urban / non_urban / nodata)
     in the first and the second year (see the module docstring)."""
     first, second = np.asarray(first, str), np.asarray(second, str)
@@ -64,13 +117,17 @@ def change_classes(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     out = np.select([u1 & u2, ~u1 & u2, u1 & ~u2], ["stable_urban", "new_urban", "urban_lost"], "stable_non_urban")
     return np.where(missing, "nodata", out).astype(object)
 
-def compare(first: pd.DataFrame, second: pd.DataFrame, years: tuple[int, int], names=("first", "second")) -> pd.DataFrame:
+
+def compare(first: pd.DataFrame, second: pd.DataFrame, years: tuple[int, int],
+            names: Sequence[str] = ("first", "second")) -> pd.DataFrame:
     """One row per cell: cell_id, col, row, class_<t1>, class_<t2>, change, likely_error.
 
     Args:
         first, second: predictions of the two years (cell_id, col, row, class), on the
             same cells (InputError naming `names` otherwise).
         years: (t1, t2).
+    Returns:
+        The cells north to south, then west to east.
     """
     for frame, name in zip((first, second), names):
         bad = sorted(set(frame["class"].astype(str)) - set(MAP_CLASSES))
@@ -89,18 +146,21 @@ def compare(first: pd.DataFrame, second: pd.DataFrame, years: tuple[int, int], n
             f"{n2:,} only in the second); predict both years on the same grid"
         )
     merged = merged.drop(columns="_merge")
-    merged["change"] = change_classes(merged[f"class_{t1}"], merged[f"class_{t2}"])
+    merged["change"] = change_classes(merged[f"class_{t1}"].to_numpy(), merged[f"class_{t2}"].to_numpy())
     merged["likely_error"] = merged["change"] == "urban_lost"
     merged["col"], merged["row"] = merged["col"].astype(np.int64), merged["row"].astype(np.int64)
     return merged.sort_values(["row", "col"], ascending=[False, True], ignore_index=True)
 
-def assign_municipalities(cols, rows, cell_size: float, crs, municipalities, id_column: str, name_column: str):
+
+def assign_municipalities(cols: ArrayLike, rows: ArrayLike, cell_size: float, crs: Any, municipalities: gpd.GeoDataFrame,
+                          id_column: str, name_column: str) -> tuple[np.ndarray, np.ndarray]:
     """Key and name of the municipality holding each cell's centre.
 
     Args:
         cols, rows: (n,) lattice indices; centre = ((col + 0.5) * cell_size, (row + 0.5) *
             cell_size) metres in `crs`.
         municipalities: GeoDataFrame of polygons in any CRS (reprojected to `crs`).
+        id_column, name_column: its key and name columns.
     Returns:
         ((n,) key str, (n,) name str): "" and "(none)" for centres in no polygon; a centre
         on a shared border goes to the smallest key.
@@ -119,6 +179,7 @@ def assign_municipalities(cols, rows, cell_size: float, crs, municipalities, id_
     name[hits["cell"].to_numpy()] = hits[name_column].astype(str).to_numpy()
     return key, name
 
+
 def tally(change: pd.DataFrame, by: np.ndarray | None, years: tuple[int, int], cell_km2: float) -> pd.DataFrame:
     """Cells and km² per change class (and urban km² per year) per group `by` (n,), or one
     row for the whole table when `by` is None. Index: the groups."""
@@ -133,8 +194,16 @@ def tally(change: pd.DataFrame, by: np.ndarray | None, years: tuple[int, int], c
                           * cell_km2 for t in (t1, t2)})
     return pd.concat([cells, km2, urban.reindex(cells.index)], axis=1)
 
-def _map(path, lattice, codes_grid: np.ndarray, counts: dict, cell_km2: float, title: str, boundaries=None) -> None:
-    """PNG: change classes with a legend (km² each), municipality boundaries on top."""
+
+def _map(path: Path, lattice: PixelLattice, codes_grid: np.ndarray, counts: dict[str, int], cell_km2: float, title: str,
+         boundaries: gpd.GeoDataFrame | None = None) -> None:
+    """PNG: change classes with a legend (km² each), municipality boundaries on top.
+
+    Args:
+        lattice: the one-pixel-per-cell lattice of `codes_grid`, (nrows, ncols) uint8 codes.
+        counts: cells per change class; cell_km2: a cell's area, km².
+        boundaries: the municipalities, in the lattice's CRS, or None.
+    """
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
@@ -154,7 +223,8 @@ def _map(path, lattice, codes_grid: np.ndarray, counts: dict, cell_km2: float, t
         ax.set_xlim(xmin, xmax)
         ax.set_ylim(ymin, ymax)
     labels = {"urban_lost": "urban_lost (likely error)"}
-    handles = [Patch(color=col, label=f"{labels.get(c, c)}: {counts[c] * cell_km2:,.0f} km²") for c, col in zip(shown, colours)]
+    handles = [Patch(color=col, label=f"{labels.get(c, c)}: {counts[c] * cell_km2:,.0f} km²")  # type: ignore[arg-type]  # stubs: an RGBA array is a colour
+               for c, col in zip(shown, colours)]
     if counts["nodata"]:
         handles.append(Patch(facecolor="#f4f4f4", edgecolor="grey", label=f"nodata: {counts['nodata'] * cell_km2:,.0f} km²"))
     ax.legend(handles=handles, loc="lower left", fontsize=8, framealpha=0.9)
@@ -163,36 +233,52 @@ def _map(path, lattice, codes_grid: np.ndarray, counts: dict, cell_km2: float, t
     ax.set_title(title)
     save_png(fig, path)
 
-def run(cfg) -> None:
-    """The stage: predictions_<years.train>.parquet + predictions_<years.target>.parquet +
-    data.municipalities -> change/ (change.parquet, change.tif, change.png,
-    municipalities.csv, region.json)."""
-    t1, t2 = int(cfg.years.train), int(cfg.years.target)
+
+def read_maps(settings: ChangeSettings) -> tuple[pd.DataFrame, float, CRS]:
+    """The two years' predictions compared cell by cell (`compare`), with the cell size
+    (metres) and CRS of the grid."""
     tables = []
-    for year in (t1, t2):
-        table, cell_size, crs = io.read_cells(paths.predictions(cfg, year), f"predictions of {year}", ["cell_id", "class"])
+    for path, year in zip(settings.predictions, settings.years):
+        table, cell_size, crs = io.read_cells(path, f"predictions of {year}", ["cell_id", "class"])
         tables.append(table)
-    names = tuple(str(paths.predictions(cfg, y)) for y in (t1, t2))
-    change = compare(tables[0], tables[1], (t1, t2), names)
-    id_column, name_column = str(cfg.data.municipality_id), str(cfg.data.municipality_name)
-    raster = cellmap.cell_lattice(change["col"], change["row"], cell_size, crs)
-    if cfg.data.get("municipalities"):
-        munis = io.read_vector(cfg.data.municipalities, "municipalities", [id_column, name_column])
-        munis = munis.to_crs(crs)
-        munis = munis[munis.intersects(_box(raster.bounds))]
-        key, name = assign_municipalities(change["col"], change["row"], cell_size, crs, munis, id_column, name_column)
-    else:  # a region without municipalities: the table has the one row "(none)"
-        munis = None
-        key, name = np.full(len(change), "", object), np.full(len(change), "(none)", object)
-    cell_km2 = cell_size**2 / 1e6
-    per_muni = tally(change, key, (t1, t2), cell_km2)
+    names = tuple(str(p) for p in settings.predictions)
+    return compare(tables[0], tables[1], settings.years, names), cell_size, crs
+
+
+def municipality_keys(settings: ChangeSettings, change: pd.DataFrame, cell_size: float, crs: CRS,
+                      raster: PixelLattice) -> tuple[gpd.GeoDataFrame | None, np.ndarray, np.ndarray]:
+    """The municipalities over the region (in `crs`; None without data.municipalities) and
+    each cell's municipality key and name (`assign_municipalities`; "" and "(none)" for all
+    without municipalities)."""
+    if settings.municipalities is None:  # a region without municipalities: the table has the one row "(none)"
+        return None, np.full(len(change), "", object), np.full(len(change), "(none)", object)
+    id_column, name_column = settings.id_column, settings.name_column
+    munis = io.read_vector(settings.municipalities, "municipalities", [id_column, name_column])
+    munis = munis.to_crs(crs)
+    munis = munis[munis.intersects(box(*raster.bounds))]
+    key, name = assign_municipalities(change["col"], change["row"], cell_size, crs, munis, id_column, name_column)
+    return munis, key, name
+
+
+def municipality_table(change: pd.DataFrame, key: np.ndarray, name: np.ndarray, years: tuple[int, int],
+                       cell_km2: float, id_column: str) -> pd.DataFrame:
+    """municipalities.csv: one row per municipality key (`id_column`), its name, then the
+    `tally` of its cells."""
+    per_muni = tally(change, key, years, cell_km2)
     names_of = pd.Series(name, index=key).groupby(level=0).first()
     per_muni.insert(0, "name", names_of.reindex(per_muni.index).to_numpy())
     per_muni.index.name = id_column
-    per_muni = per_muni.reset_index()
-    region = tally(change, None, (t1, t2), cell_km2).iloc[0]
+    return per_muni.reset_index()
+
+
+def region_summary(change: pd.DataFrame, per_muni: pd.DataFrame, key: np.ndarray, years: tuple[int, int],
+                   cell_km2: float, id_column: str) -> dict[str, Any]:
+    """region.json: the region's cells and km² per change class, urban km² per year and
+    the counts of municipalities and of cells outside them."""
+    t1, t2 = years
+    region = tally(change, None, years, cell_km2).iloc[0]
     counts = {c: int(region[f"cells_{c}"]) for c in CHANGES}
-    summary = {
+    return {
         "years": [t1, t2],
         "cells": len(change),
         "cell_km2": cell_km2,
@@ -204,14 +290,21 @@ def run(cfg) -> None:
         "municipalities": int((per_muni[id_column] != "").sum()),
         "cells_outside_municipalities": int((key == "").sum()),
     }
+
+
+def write_change(settings: ChangeSettings, change: pd.DataFrame, raster: PixelLattice, per_muni: pd.DataFrame,
+                 summary: dict[str, Any], munis: gpd.GeoDataFrame | None, cell_size: float, crs: CRS) -> None:
+    """The stage's five outputs, renamed into place together (all or none)."""
+    t1, t2 = settings.years
+    counts, cell_km2 = summary["cells_per_change"], summary["cell_km2"]
     codes = change["change"].map(CODES).to_numpy(np.uint8)
     codes_grid = cellmap.to_raster(raster, change["col"], change["row"], codes, CODES["nodata"], np.uint8)
     legend = ", ".join(f"{v} {k}" for k, v in CODES.items())
-    title = f"{cfg.data.name}: urban change {t1} -> {t2}"
+    title = f"{settings.region}: urban change {t1} -> {t2}"
     with contextlib.ExitStack() as stack:  # all five renamed together, or none
-        tmp = {k: stack.enter_context(io.atomic_output(f(cfg))) for k, f in (
-            ("json", paths.change_region), ("csv", paths.change_municipalities), ("png", paths.change_map),
-            ("tif", paths.change_cog), ("parquet", paths.change_cells))}
+        tmp = {k: stack.enter_context(io.atomic_output(f)) for k, f in (
+            ("json", settings.region_out), ("csv", settings.municipalities_out), ("png", settings.map_out),
+            ("tif", settings.cog_out), ("parquet", settings.cells_out))}
         io.write_cells(tmp["parquet"], change, cell_size, crs)
         cellmap.write_cog(tmp["tif"], codes_grid, raster, CODES["nodata"], f"change {t1}-{t2}: {legend}",
                           {"CHANGE_CODES": legend, "years": f"{t1},{t2}"}, resampling="mode",
@@ -219,12 +312,28 @@ def run(cfg) -> None:
         _map(tmp["png"], raster, codes_grid, counts, cell_km2, title, munis)
         per_muni.to_csv(tmp["csv"], index=False, float_format="%.6g")
         io.write_json(tmp["json"], summary)
+
+
+def map_change(settings: ChangeSettings) -> None:
+    """The stage's work: the two years' predictions + municipalities -> change/."""
+    t1, t2 = settings.years
+    change, cell_size, crs = read_maps(settings)
+    raster = cellmap.cell_lattice(change["col"], change["row"], cell_size, crs)
+    munis, key, name = municipality_keys(settings, change, cell_size, crs, raster)
+    cell_km2 = cell_size**2 / 1e6
+    per_muni = municipality_table(change, key, name, settings.years, cell_km2, settings.id_column)
+    summary = region_summary(change, per_muni, key, settings.years, cell_km2, settings.id_column)
+    write_change(settings, change, raster, per_muni, summary, munis, cell_size, crs)
+    counts = summary["cells_per_change"]
     print(
         f"change ({t1} -> {t2}): {counts['new_urban']:,} new_urban, {counts['stable_urban']:,} stable_urban, "
         f"{counts['urban_lost']:,} urban_lost (likely errors), {counts['nodata']:,} nodata cells; "
-        f"{summary['municipalities']} municipalities -> {paths.change_dir(cfg)}"
+        f"{summary['municipalities']} municipalities -> {settings.out_dir}"
     )
 
-def _box(bounds):
 
-    return box(*bounds)
+def run(cfg: DictConfig) -> None:
+    """The stage: predictions_<years.train>.parquet + predictions_<years.target>.parquet +
+    data.municipalities -> change/ (change.parquet, change.tif, change.png,
+    municipalities.csv, region.json)."""
+    map_change(ChangeSettings.from_config(cfg))

@@ -7,18 +7,24 @@ and `classify`, the pure core (patches -> p_urban).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike
+from rasterio.io import DatasetReader
 from tqdm import tqdm
 
 from urbanmap.core.errors import InputError
 from urbanmap.core.lattice import PixelLattice, group_cells
-from urbanmap.training.patches import read_patches, valid_patches
+from urbanmap.training.models import PatchClassifier
+from urbanmap.training.patchset import read_patches, valid_patches
 
 #: Map classes; p_urban NaN is `nodata`.
 CLASSES = ("urban", "non_urban", "nodata")
 
 
-def classify(clf, patches: np.ndarray, nodata: float | None = None) -> np.ndarray:
+def classify(clf: PatchClassifier, patches: np.ndarray, nodata: float | None = None) -> np.ndarray:
     """p_urban of patches; NaN for patches holding nodata.
 
     Args:
@@ -34,12 +40,14 @@ def classify(clf, patches: np.ndarray, nodata: float | None = None) -> np.ndarra
         p[ok] = clf.predict_proba(patches[ok] if not ok.all() else patches)
     return p
 
-def predict_block(clf, src, lattice: PixelLattice, cols, rows, indexes) -> np.ndarray:
+
+def predict_block(clf: PatchClassifier, src: DatasetReader, lattice: PixelLattice, cols: ArrayLike, rows: ArrayLike,
+                  indexes: Sequence[int]) -> np.ndarray:
     """p_urban of a block of cells: one windowed read of the mosaic (the window bounding
     the cells), their patches cut as the `patches` stage cuts them, then `classify`.
 
     Args:
-        src: an open rasterio dataset on `lattice` (patches.check_mosaic).
+        src: an open rasterio dataset on `lattice` (patchset.check_mosaic).
         cols, rows: (k,) lattice indices of the cells (any set; memory ~ their bounding box).
         indexes: 1-based band indexes of the model's bands, in its order.
     Returns:
@@ -49,9 +57,20 @@ def predict_block(clf, src, lattice: PixelLattice, cols, rows, indexes) -> np.nd
     patches = read_patches(src, lattice, cols, rows, indexes, block_cells=whole)
     return classify(clf, patches, src.nodata)
 
-def predict_cells(clf, src, lattice: PixelLattice, cols, rows, indexes, block_cells: int,
-                  progress: bool = True) -> np.ndarray:
-    """p_urban (n,) float32 of cells (lattice indices), block by block with a progress bar."""
+
+def predict_cells(clf: PatchClassifier, src: DatasetReader, lattice: PixelLattice, cols: ArrayLike, rows: ArrayLike,
+                  indexes: Sequence[int], block_cells: int, progress: bool = True) -> np.ndarray:
+    """p_urban (n,) float32 of cells (lattice indices), block by block with a progress bar.
+
+    Args:
+        clf: a fitted PatchClassifier; src: an open mosaic on `lattice`.
+        cols, rows: (n,) lattice indices of the cells, in any order.
+        indexes: 1-based band indexes of the model's bands, in its order.
+        block_cells: cells per side of the square blocks read at once (`predict_block`).
+        progress: show a progress bar.
+    Returns:
+        (n,) float32 p_urban in the order of `cols`, NaN for cells whose patch holds nodata.
+    """
     cols, rows = np.asarray(cols), np.asarray(rows)
     p = np.full(len(cols), np.nan, np.float32)
     groups = group_cells(lattice, cols, rows, block_cells)
@@ -59,11 +78,13 @@ def predict_cells(clf, src, lattice: PixelLattice, cols, rows, indexes, block_ce
         p[members] = predict_block(clf, src, lattice, cols[members], rows[members], indexes)
     return p
 
+
 def classes(p_urban: np.ndarray, threshold: float) -> np.ndarray:
     """(n,) str class of each p_urban: urban (>= threshold), non_urban, nodata (NaN)."""
     return np.where(np.isnan(p_urban), "nodata", np.where(p_urban >= threshold, "urban", "non_urban"))
 
-def check_model(card: dict, card_name: str, src, cell_size: float, mosaic_name: str) -> None:
+
+def check_model(card: dict[str, Any], card_name: str, src: DatasetReader, cell_size: float, mosaic_name: str) -> None:
     """InputError unless the model was trained on the mosaic's bands and pixel size.
 
     Compares the model card (`bands`, `patch_size`, `cell_size`) with the mosaic's band

@@ -8,7 +8,7 @@ the change stage compares two maps made the same way) reads
 - ``model/``: the final model of `train` (models.load: Extra Trees or a torch network),
 
 and cuts each cell's ``patch_size x patch_size`` window exactly as the `patches` stage
-does (patches.read_patches), block by block: the cells are grouped in square blocks of
+does (patchset.read_patches), block by block: the cells are grouped in square blocks of
 ``predict.block_cells`` cells a side, each block is one windowed read of the mosaic,
 its patches are classified, and only the (n,) probabilities are kept, so memory is
 bounded by one block whatever the region's size. A cell whose patch holds nodata (NaN or
@@ -32,10 +32,15 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import rasterio
+from omegaconf import DictConfig
+from pyproj import CRS
 
 from urbanmap.compute.executor import ComputeSettings, Executor
 from urbanmap.core import io, paths
@@ -45,11 +50,70 @@ from urbanmap.mapping import cellmap, predict_tiles
 from urbanmap.mapping.cellmap import extent_km, pyplot, save_png
 from urbanmap.mapping.classify import CLASSES, check_model, classes
 from urbanmap.training import models
-from urbanmap.training.patches import check_mosaic
+from urbanmap.training.patchset import check_mosaic
 
 
-def _map(path, lattice: PixelLattice, p_grid: np.ndarray, cls_grid: np.ndarray, title: str, threshold: float) -> None:
-    """PNG: p_urban (colour bar) and the classes (legend), side by side."""
+@dataclass(frozen=True)
+class PredictSettings:
+    """What the `predict` stage reads from the config, checked.
+
+    Attributes:
+        year: the year mapped (year=, or years.train).
+        threshold: p_urban at or above which a cell is urban, 0 < threshold < 1
+            (predict.threshold).
+        block_cells: cells per side of a block read and classified at once (predict.block_cells).
+        compute: where and how the tiles run (the `compute` group).
+        region: the region's name (data.name), for the map's title.
+        pixel_size: the mosaic's nominal pixel size, metres (data.pixel_size).
+        patch_size: pixels per cell side (data.patch_size), or None: cell_size / pixel_size rounded.
+        grid, mosaic, model_dir: the inputs: grid.parquet, mosaic_<year>.tif and model/.
+        predictions, p_urban_cog, map_png, summary: the outputs: predictions_<year>.parquet,
+            p_urban_<year>.tif, predictions_<year>.png and predictions_<year>.json.
+    """
+
+    year: int
+    threshold: float
+    block_cells: int
+    compute: ComputeSettings
+    region: str
+    pixel_size: float
+    patch_size: int | None
+    grid: Path
+    mosaic: Path
+    model_dir: Path
+    predictions: Path
+    p_urban_cog: Path
+    map_png: Path
+    summary: Path
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> PredictSettings:
+        """Read `predict`, `compute`, year= and the data section; InputError naming the
+        config key that is wrong."""
+        year = paths.stage_year(cfg)
+        compute = ComputeSettings.from_config(cfg)
+        threshold, block_cells = cfg.predict.threshold, cfg.predict.block_cells
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+            raise InputError(f"predict.threshold: expected a number between 0 and 1, got {threshold!r}")
+        if isinstance(block_cells, bool) or not isinstance(block_cells, int) or block_cells < 1:
+            raise InputError(f"predict.block_cells: expected a positive whole number, got {block_cells!r}")
+        return cls(
+            year=year, threshold=float(threshold), block_cells=int(block_cells), compute=compute,
+            region=str(cfg.data.name), pixel_size=float(cfg.data.pixel_size), patch_size=cfg.data.patch_size,
+            grid=paths.grid(cfg), mosaic=paths.mosaic(cfg, year), model_dir=paths.model_dir(cfg),
+            predictions=paths.predictions(cfg, year), p_urban_cog=paths.p_urban_cog(cfg, year),
+            map_png=paths.predictions_map(cfg, year), summary=paths.predictions_summary(cfg, year),
+        )
+
+
+def _map(path: Path, lattice: PixelLattice, p_grid: np.ndarray, cls_grid: np.ndarray, title: str, threshold: float) -> None:
+    """PNG: p_urban (colour bar) and the classes (legend), side by side.
+
+    Args:
+        lattice: the one-pixel-per-cell lattice (cellmap.cell_lattice) of the grids.
+        p_grid: (nrows, ncols) float32 p_urban, NaN off the grid and on nodata cells.
+        cls_grid: (nrows, ncols) object classes, "" off the grid.
+    """
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
@@ -74,23 +138,13 @@ def _map(path, lattice: PixelLattice, p_grid: np.ndarray, cls_grid: np.ndarray, 
     fig.suptitle(title)
     save_png(fig, path)
 
-def run(cfg) -> None:
-    """The stage: grid.parquet + mosaic_<year>.tif + model/ -> predictions_<year>.parquet,
-    p_urban_<year>.tif, predictions_<year>.png, predictions_<year>.json."""
-    year = paths.stage_year(cfg)
-    settings = ComputeSettings.from_config(cfg)
-    threshold, block_cells = cfg.predict.threshold, cfg.predict.block_cells
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
-        raise InputError(f"predict.threshold: expected a number between 0 and 1, got {threshold!r}")
-    if isinstance(block_cells, bool) or not isinstance(block_cells, int) or block_cells < 1:
-        raise InputError(f"predict.block_cells: expected a positive whole number, got {block_cells!r}")
-    grid, cell_size, crs = io.read_cells(paths.grid(cfg), "grid", ["cell_id"])
-    size = patch_size(cell_size, cfg.data.pixel_size, cfg.data.patch_size)
-    lattice = PixelLattice.from_cells(grid["col"], grid["row"], cell_size, size, crs)
-    mosaic_path = io.require_file(paths.mosaic(cfg, year), f"mosaic of {year}")
-    model_dir = paths.model_dir(cfg)
-    card = models.read_card(model_dir)
-    card_name = str(model_dir / models.CARD)
+
+def check_inputs(settings: PredictSettings, card: dict[str, Any], mosaic_path: Path, cell_size: float,
+                 lattice: PixelLattice) -> list[int]:
+    """Open the mosaic and check it against the model card and the lattice (InputError
+    otherwise); with compute=local, load the model now, once (errors before any tile; the
+    tasks reuse it). Returns the 1-based band indexes of the model's bands in the mosaic."""
+    card_name = str(settings.model_dir / models.CARD)
     try:
         src = rasterio.open(mosaic_path)
     except rasterio.errors.RasterioIOError as exc:
@@ -98,55 +152,87 @@ def run(cfg) -> None:
     with src:
         check_model(card, card_name, src, cell_size, str(mosaic_path))
         indexes = check_mosaic(src, lattice, str(mosaic_path), card["bands"])
-        if settings.mode == "local":  # loaded here (errors before any tile), once: the tasks reuse it
-            predict_tiles.model(model_dir, predict_tiles.tile_threads(settings))
+        if settings.compute.mode == "local":
+            predict_tiles.model(settings.model_dir, predict_tiles.tile_threads(settings.compute))
+    return list(indexes)
+
+
+def predict_year(settings: PredictSettings) -> None:
+    """The stage's work: grid.parquet + mosaic_<year>.tif + model/ -> the four outputs."""
+    grid, cell_size, crs = io.read_cells(settings.grid, "grid", ["cell_id"])
+    size = patch_size(cell_size, settings.pixel_size, settings.patch_size)
+    lattice = PixelLattice.from_cells(grid["col"], grid["row"], cell_size, size, crs)
+    mosaic_path = io.require_file(settings.mosaic, f"mosaic of {settings.year}")
+    card = models.read_card(settings.model_dir)
+    indexes = check_inputs(settings, card, mosaic_path, cell_size, lattice)
     # Tile by tile, in-process or on Dask (compute=): predict_tiles.py. The executor is
     # released once the tiles are in, so a LocalCluster shuts down while the outputs are written.
     start = time.perf_counter()
-    with Executor(settings) as executor:
-        p = predict_tiles.predict_tiled(settings, lattice, mosaic_path, indexes, model_dir, grid["col"].to_numpy(),
-                                        grid["row"].to_numpy(), block_cells, executor)
+    with Executor(settings.compute) as executor:
+        p = predict_tiles.predict_tiled(settings.compute, lattice, mosaic_path, indexes, settings.model_dir,
+                                        grid["col"].to_numpy(), grid["row"].to_numpy(), settings.block_cells, executor)
         seconds = time.perf_counter() - start
         executor.release()
-        _write(cfg, year, grid, p, card, float(threshold), int(block_cells), seconds, cell_size, crs)
+        write_predictions(settings, grid, p, card, seconds, cell_size, crs)
 
-def _write(cfg, year, grid, p, card, threshold: float, block_cells: int, seconds: float, cell_size, crs) -> None:
-    """The stage's four outputs from the grid table and its (n,) p_urban."""
-    cls = classes(p, float(threshold))
-    table = pd.DataFrame({"cell_id": grid["cell_id"].to_numpy(str), "col": grid["col"].to_numpy(np.int64),
-                          "row": grid["row"].to_numpy(np.int64), "p_urban": p, "class": cls})
-    counts = {c: int((cls == c).sum()) for c in CLASSES}
-    model_name = str(card.get("name", card.get("kind", "model")))
-    summary = {
-        "year": year,
-        "model": model_name,
+
+def prediction_table(grid: pd.DataFrame, p: np.ndarray, threshold: float) -> pd.DataFrame:
+    """The predictions table: the grid's cells (cell_id, col, row) with their (n,) float32
+    p_urban and class (classify.classes at `threshold`)."""
+    return pd.DataFrame({"cell_id": grid["cell_id"].to_numpy(str), "col": grid["col"].to_numpy(np.int64),
+                         "row": grid["row"].to_numpy(np.int64), "p_urban": p, "class": classes(p, threshold)})
+
+
+def prediction_summary(settings: PredictSettings, table: pd.DataFrame, card: dict[str, Any], seconds: float,
+                       cell_size: float) -> dict[str, Any]:
+    """predictions_<year>.json: cells per class, urban km², mean p_urban, seconds, cells/s, model."""
+    p = table["p_urban"].to_numpy()
+    counts = {c: int((table["class"] == c).sum()) for c in CLASSES}
+    return {
+        "year": settings.year,
+        "model": str(card.get("name", card.get("kind", "model"))),
         "model_year": card.get("year"),
-        "threshold": float(threshold),
+        "threshold": settings.threshold,
         "cells": len(table),
         "cells_per_class": counts,
         "urban_km2": counts["urban"] * cell_size**2 / 1e6,
         "mean_p_urban": float(np.nanmean(p)) if counts["nodata"] < len(p) else None,
-        "block_cells": int(block_cells),
+        "block_cells": settings.block_cells,
         "seconds": round(seconds, 3),
         "cells_per_second": round(len(table) / seconds, 1) if seconds > 0 else None,
     }
+
+
+def write_predictions(settings: PredictSettings, grid: pd.DataFrame, p: np.ndarray, card: dict[str, Any],
+                      seconds: float, cell_size: float, crs: CRS) -> None:
+    """The stage's four outputs from the grid table and its (n,) float32 p_urban."""
+    table = prediction_table(grid, p, settings.threshold)
+    cls = table["class"].to_numpy()
+    summary = prediction_summary(settings, table, card, seconds, cell_size)
+    counts, model_name, year = summary["cells_per_class"], summary["model"], settings.year
     raster = cellmap.cell_lattice(table["col"], table["row"], cell_size, crs)
     p_grid = cellmap.to_raster(raster, table["col"], table["row"], p, np.nan, np.float32)
     cls_grid = cellmap.to_raster(raster, table["col"], table["row"], cls, "", object)
-    title = f"{cfg.data.name} {year}: {model_name} (trained on {card.get('year')}), {len(table):,} cells"
+    title = f"{settings.region} {year}: {model_name} (trained on {card.get('year')}), {len(table):,} cells"
     # All four files are written to temporary paths first and renamed together at the end,
     # so a failure in any leaves none of them half-written.
     with contextlib.ExitStack() as stack:
-        tmp = {k: stack.enter_context(io.atomic_output(f(cfg, year))) for k, f in (
-            ("json", paths.predictions_summary), ("png", paths.predictions_map),
-            ("tif", paths.p_urban_cog), ("parquet", paths.predictions))}
+        tmp = {k: stack.enter_context(io.atomic_output(f)) for k, f in (
+            ("json", settings.summary), ("png", settings.map_png),
+            ("tif", settings.p_urban_cog), ("parquet", settings.predictions))}
         io.write_cells(tmp["parquet"], table, cell_size, crs)
         cellmap.write_cog(tmp["tif"], p_grid, raster, float("nan"), "p_urban",
-                          {"year": year, "model": model_name, "threshold": float(threshold)})
-        _map(tmp["png"], raster, p_grid, cls_grid, title, float(threshold))
+                          {"year": year, "model": model_name, "threshold": settings.threshold})
+        _map(tmp["png"], raster, p_grid, cls_grid, title, settings.threshold)
         io.write_json(tmp["json"], summary)
     print(
         f"predict ({year}, {model_name}): {len(table):,} cells, {counts['urban']:,} urban, "
         f"{counts['non_urban']:,} non_urban, {counts['nodata']:,} nodata in {seconds:.1f} s "
-        f"({summary['cells_per_second']} cells/s) -> {paths.predictions(cfg, year)}"
+        f"({summary['cells_per_second']} cells/s) -> {settings.predictions}"
     )
+
+
+def run(cfg: DictConfig) -> None:
+    """The stage: grid.parquet + mosaic_<year>.tif + model/ -> predictions_<year>.parquet,
+    p_urban_<year>.tif, predictions_<year>.png, predictions_<year>.json."""
+    predict_year(PredictSettings.from_config(cfg))

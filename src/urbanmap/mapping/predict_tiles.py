@@ -13,26 +13,37 @@ scikit-learn or torch): each worker loads it once, the workers in parallel.
 from __future__ import annotations
 
 import functools
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
+from numpy.typing import ArrayLike
 
-from urbanmap.compute.executor import ComputeSettings, run_tiles
-from urbanmap.core.lattice import cell_blocks, group_cells
+from urbanmap.compute.executor import ComputeSettings, Executor, run_tiles
+from urbanmap.core.lattice import PixelLattice, cell_blocks, group_cells
 from urbanmap.mapping.classify import predict_cells
 from urbanmap.training import models
 
 
 @dataclass(frozen=True)
 class PredictJob:
-    """One task: the positions (in the grid table) and lattice indices of a tile's cells."""
+    """One task: the positions (in the grid table) and lattice indices of a tile's cells.
+
+    Attributes:
+        tile_id: `r<block row>c<block column>` of the tile, counted from the north-west.
+        index: (k,) positions of the tile's cells in the grid table.
+        cols, rows: (k,) their lattice indices.
+    """
 
     tile_id: str
     index: np.ndarray
     cols: np.ndarray
     rows: np.ndarray
+
 
 def tile_threads(settings: ComputeSettings) -> int:
     """Threads of one predict task: 1 with compute=local, which runs compute.threads tiles
@@ -42,7 +53,8 @@ def tile_threads(settings: ComputeSettings) -> int:
     with compute=dask."""
     return 1 if settings.mode == "local" else settings.task_threads
 
-def model(model_dir, threads: int):
+
+def model(model_dir: str | os.PathLike[str], threads: int) -> models.PatchClassifier:
     """The fitted classifier of `model_dir` (models.load), loaded once per process and
     kept while its files are unchanged (a persistent Dask worker reloads a retrained
     model); `threads`: the threads one task may use (scikit-learn's n_jobs, torch's)."""
@@ -50,11 +62,12 @@ def model(model_dir, threads: int):
     files = tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir() if p.is_file()))
     return _load(str(folder.resolve()), int(threads), files)
 
+
 @functools.lru_cache(maxsize=2)
-def _load(model_dir: str, threads: int, files: tuple):
+def _load(model_dir: str, threads: int, files: tuple[tuple[str, int, int], ...]) -> models.PatchClassifier:
     """models.load, cached by folder, threads and the folder's (name, mtime, size) files."""
-    clf, card = models.load(model_dir)
-    estimator = getattr(clf, "estimator", None)
+    clf, card = models.load(Path(model_dir))
+    estimator: Any = getattr(clf, "estimator", None)
     if hasattr(estimator, "n_jobs"):  # scikit-learn: a task's threads (Dask workers would force 1, with a warning)
         estimator.n_jobs = threads
     if card.get("kind") == "torch":
@@ -63,17 +76,27 @@ def _load(model_dir: str, threads: int, files: tuple):
         torch.set_num_threads(threads)
     return clf
 
-def predict_tile(job: PredictJob, mosaic: str, lattice, indexes, model_dir: str, block_cells: int,
-                 threads: int) -> np.ndarray:
-    """The task of one tile (runs on a worker): (k,) float32 p_urban of its cells."""
+
+def predict_tile(job: PredictJob, mosaic: str, lattice: PixelLattice, indexes: Sequence[int], model_dir: str,
+                 block_cells: int, threads: int) -> np.ndarray:
+    """The task of one tile (runs on a worker): (k,) float32 p_urban of its cells, from the
+    mosaic file `mosaic` on `lattice` and the model of `model_dir` (`threads` threads)."""
     clf = model(model_dir, threads)
     with rasterio.open(mosaic) as src:
         return predict_cells(clf, src, lattice, job.cols, job.rows, indexes, block_cells, progress=False)
 
-def predict_tiled(settings: ComputeSettings, lattice, mosaic, indexes, model_dir, cols, rows, block_cells: int,
-                  executor=None) -> np.ndarray:
+
+def predict_tiled(settings: ComputeSettings, lattice: PixelLattice, mosaic: str | os.PathLike[str],
+                  indexes: Sequence[int], model_dir: str | os.PathLike[str], cols: ArrayLike, rows: ArrayLike,
+                  block_cells: int, executor: Executor | None = None) -> np.ndarray:
     """(n,) float32 p_urban of the cells `cols`, `rows` (lattice indices), tile by tile
-    with executor.run_tiles (on `executor`, an open executor.Executor, if given)."""
+    with executor.run_tiles (on `executor`, an open executor.Executor, if given).
+
+    Args:
+        settings: the compute settings (tile size, mode); lattice: the mosaic's lattice.
+        mosaic: the mosaic file; indexes: 1-based band indexes of the model's bands.
+        model_dir: the model's folder; block_cells: cells per block side within a tile.
+    """
     cols, rows = np.asarray(cols), np.asarray(rows)
     size = settings.tile_size  # a multiple of predict.block_cells
     ti, tj = cell_blocks(lattice, cols, rows, size)

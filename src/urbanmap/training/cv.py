@@ -13,12 +13,18 @@ pair of neighbours closer than the block edge, is on both sides of a split.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+from numpy.typing import ArrayLike
+from omegaconf import DictConfig
 
 from urbanmap.core.errors import InputError
 
+SCHEMES = ("kfold", "spatial")
 
-def spatial_blocks(x: np.ndarray, y: np.ndarray, block_size: float) -> np.ndarray:
+
+def spatial_blocks(x: ArrayLike, y: ArrayLike, block_size: float | None) -> np.ndarray:
     """(n,) int64 block id of points x, y (metres, grid CRS) in blocks of `block_size` m."""
     if not block_size or block_size <= 0:
         raise InputError(f"cv.block_size: must be a positive number of metres, got {block_size}")
@@ -29,7 +35,7 @@ def spatial_blocks(x: np.ndarray, y: np.ndarray, block_size: float) -> np.ndarra
     return ids.ravel().astype(np.int64)
 
 
-def check_classes(y: np.ndarray, n_splits: int, context: str) -> None:
+def check_classes(y: ArrayLike, n_splits: int, context: str) -> None:
     """InputError unless both classes are present with at least `n_splits` samples each."""
     counts = np.bincount(np.asarray(y, np.int64), minlength=2)
     if (counts == 0).any():
@@ -45,9 +51,9 @@ def check_classes(y: np.ndarray, n_splits: int, context: str) -> None:
 
 
 def assign_folds(
-    y: np.ndarray,
-    x: np.ndarray,
-    yc: np.ndarray,
+    y: ArrayLike,
+    x: ArrayLike,
+    yc: ArrayLike,
     scheme: str,
     n_splits: int,
     seed: int,
@@ -89,9 +95,40 @@ def assign_folds(
     return folds
 
 
-def folds_from_config(cv_cfg, y, x, yc, seed: int, context: str = "patches") -> np.ndarray:
-    """assign_folds with the `cv` config section."""
-    return assign_folds(
-        y, x, yc, str(cv_cfg.name), int(cv_cfg.n_splits), int(seed),
-        shuffle=bool(cv_cfg.get("shuffle", True)), block_size=cv_cfg.get("block_size"), context=context,
-    )
+@dataclass(frozen=True)
+class CvSettings:
+    """The `cv` config group, checked.
+
+    Attributes:
+        name: the scheme, "kfold" (stratified k-fold, the pilot's) or "spatial" (blocks).
+        n_splits: folds (>= 2).
+        shuffle: kfold only: shuffle before splitting (from the seed); spatial always does.
+        block_size: spatial only: block side, metres in the grid's CRS (> 0); None for kfold.
+    """
+
+    name: str
+    n_splits: int
+    shuffle: bool = True
+    block_size: float | None = None
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> CvSettings:
+        """Read `cfg.cv`; InputError naming the key that is wrong."""
+        cv = cfg.cv
+        name = str(cv.name)
+        if name not in SCHEMES:
+            raise InputError(f"cv.name: unknown scheme {name!r} (kfold or spatial)")
+        n_splits = int(cv.n_splits)
+        if n_splits < 2:
+            raise InputError(f"cv.n_splits: must be at least 2, got {n_splits}")
+        block_size = cv.get("block_size")
+        if name == "spatial" and (not block_size or block_size <= 0):
+            raise InputError(f"cv.block_size: must be a positive number of metres, got {block_size}")
+        return cls(name, n_splits, bool(cv.get("shuffle", True)), block_size)
+
+    def folds(self, y: ArrayLike, x: ArrayLike, yc: ArrayLike, seed: int, context: str = "patches") -> np.ndarray:
+        """assign_folds with these settings: (n,) int64 test fold of each sample."""
+        return assign_folds(
+            y, x, yc, self.name, self.n_splits, int(seed), shuffle=self.shuffle, block_size=self.block_size,
+            context=context,
+        )

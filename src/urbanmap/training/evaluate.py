@@ -25,16 +25,21 @@ Then the run is logged to MLflow (tracking.py) unless ``tracking.enabled`` is fa
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from omegaconf import DictConfig
 
 from urbanmap.core import io, paths
 from urbanmap.core.errors import InputError
 from urbanmap.core.io import atomic_directory
 from urbanmap.training import models, tracking
-from urbanmap.training.patches import CLASSES
+from urbanmap.training.patchset import CLASSES
+from urbanmap.training.tracking import TrackingSettings
 
 #: The pilot's 10-fold cross-validation results (INEGI / UNECE HLG-MOS; ../shared/DESIGN.md).
 PILOT = {
@@ -52,6 +57,41 @@ PILOT = {
 
 TABLE = ["overall_accuracy", "macro_f1", "urban_precision", "urban_recall", "urban_f1",
          "non_urban_precision", "non_urban_recall", "non_urban_f1"]
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    """What the evaluate stage reads from the config.
+
+    Attributes:
+        predictions: cv_predictions.parquet (input, the train stage's).
+        model_dir: the final model's folder (input).
+        metrics: metrics.json (output, DVC metrics).
+        plots_dir: plots/ (output: confusion.csv, roc.csv, pr.csv for dvc plots).
+        evaluation_dir: evaluation/ (output: per-fold table, report, figures).
+        region: data.name, named in the report and the MLflow runs.
+        cv_name: cv.name, for predictions whose file does not name their scheme.
+        tracking: the MLflow settings, or None when tracking.enabled is false.
+    """
+
+    predictions: Path
+    model_dir: Path
+    metrics: Path
+    plots_dir: Path
+    evaluation_dir: Path
+    region: str
+    cv_name: str
+    tracking: TrackingSettings | None
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> EvaluateSettings:
+        """Read the settings (paths, data.name, cv.name, the tracking section)."""
+        return cls(
+            predictions=paths.cv_predictions(cfg), model_dir=paths.model_dir(cfg), metrics=paths.metrics(cfg),
+            plots_dir=paths.plots_dir(cfg), evaluation_dir=paths.evaluation_dir(cfg), region=str(cfg.data.name),
+            cv_name=str(cfg.cv.name), tracking=TrackingSettings.from_config(cfg),
+        )
+
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, p_urban: np.ndarray | None = None) -> dict[str, float]:
     """Plainly named metrics of one set of predictions (labels 1 = urban, 0 = non_urban).
@@ -76,15 +116,17 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, p_urban: np.n
         m["average_precision"] = float(average_precision_score(y_true, p_urban))
     return m
 
+
 def fold_table(predictions: pd.DataFrame) -> pd.DataFrame:
     """One row of `classification_metrics` per fold (index: fold)."""
     rows = {
-        int(k): classification_metrics(g["y_true"].to_numpy(), g["y_pred"].to_numpy(), g["p_urban"].to_numpy())
+        int(cast(int, k)): classification_metrics(g["y_true"].to_numpy(), g["y_pred"].to_numpy(), g["p_urban"].to_numpy())
         for k, g in predictions.groupby("fold", sort=True)
     }
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("fold")
 
-def summarize(predictions: pd.DataFrame) -> dict:
+
+def summarize(predictions: pd.DataFrame) -> dict[str, Any]:
     """{"folds": per-fold table, "mean": {...}, "std": {...}, "pooled": {...},
     "confusion": 2 x 2 counts (rows actual, columns predicted; non_urban, urban)}."""
     from sklearn.metrics import confusion_matrix
@@ -99,6 +141,7 @@ def summarize(predictions: pd.DataFrame) -> dict:
         "confusion": confusion_matrix(y, yp, labels=[0, 1]),
     }
 
+
 def curves(predictions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Pooled ROC (fpr, tpr, threshold) and precision-recall (recall, precision,
     threshold) curves of p_urban; thresholds clipped to 0..1 (scikit-learn's first ROC
@@ -112,29 +155,27 @@ def curves(predictions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     pr = pd.DataFrame({"recall": recall, "precision": precision, "threshold": np.r_[thr, 1.0]})
     return roc, pr
 
-def group_importances(names, groups, values) -> pd.DataFrame:
+
+def group_importances(names: list[str], groups: list[str], values: np.ndarray) -> pd.DataFrame:
     """Importances summed per feature group (band or index), largest first."""
     frame = pd.DataFrame({"group": groups, "importance": values})
     order = list(dict.fromkeys(groups))
     out = frame.groupby("group", sort=False)["importance"].sum().reindex(order).reset_index()
     return out.sort_values("importance", ascending=False, kind="stable").reset_index(drop=True)
 
-def metrics_json(summary: dict, meta: dict) -> dict:
+
+def metrics_json(summary: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     """The metrics.json document: run facts, then mean / std / pooled metric dicts."""
-    r = lambda d: {k: round(v, 6) for k, v in d.items()}  # noqa: E731  (stable, readable JSON)
+    def r(d: dict[str, float]) -> dict[str, float]:  # stable, readable JSON
+        return {k: round(v, 6) for k, v in d.items()}
+
     return {**meta, "mean": r(summary["mean"]), "std": r(summary["std"]), "pooled": r(summary["pooled"])}
 
-def report(summary: dict, meta: dict, importances: pd.DataFrame | None) -> str:
-    """The markdown report: our table beside the pilot's, per-class table, confusion."""
-    mean, std = summary["mean"], summary["std"]
+
+def _pilot_table(mean: dict[str, float], meta: dict[str, Any]) -> list[str]:
+    """The pilot's table with this run's row, and the difference to the pilot's model."""
     name = meta["model"]
-    fmt = lambda k: f"{mean[k]:.4f} ± {std[k]:.4f}"  # noqa: E731
     lines = [
-        f"# Evaluation: {name}, {meta['cv']} cross-validation ({meta['folds']} folds)",
-        "",
-        f"Region `{meta['region']}`, imagery {meta['year']}, {meta['samples']:,} cells "
-        f"({meta['samples'] // 2:,} per class), seed {meta['seed']}. Means ± standard deviations over the folds.",
-        "",
         "## The pilot's table",
         "",
         "| model | OA | macro F1 | urban P / R / F1 | non-urban P / R / F1 |",
@@ -154,8 +195,16 @@ def report(summary: dict, meta: dict, importances: pd.DataFrame | None) -> str:
     if name in PILOT:
         diff = {k: mean[k] - PILOT[name][k] for k in TABLE}
         lines += ["", "Difference to the pilot's " + name + ": " + ", ".join(f"{k} {v:+.4f}" for k, v in diff.items()) + "."]
-    lines += [
-        "",
+    return lines
+
+
+def _per_class_table(mean: dict[str, float], std: dict[str, float]) -> list[str]:
+    """Precision, recall and F1 (mean ± std over folds) per class and averaged; AUCs."""
+
+    def fmt(k: str) -> str:
+        return f"{mean[k]:.4f} ± {std[k]:.4f}"
+
+    lines = [
         "## Per class",
         "",
         "| | precision | recall | F1 | support (per fold) |",
@@ -170,9 +219,12 @@ def report(summary: dict, meta: dict, importances: pd.DataFrame | None) -> str:
     ]
     if "roc_auc" in mean:
         lines += ["", f"ROC AUC {fmt('roc_auc')}; average precision {fmt('average_precision')}."]
-    cm = summary["confusion"]
-    lines += [
-        "",
+    return lines
+
+
+def _confusion_and_folds(cm: np.ndarray, folds: pd.DataFrame) -> list[str]:
+    """The pooled confusion matrix (2 x 2 counts), the figures, and the per-fold table."""
+    lines = [
         "## Confusion matrix (all out-of-fold predictions)",
         "",
         "| actual \\ predicted | non_urban | urban |",
@@ -187,11 +239,29 @@ def report(summary: dict, meta: dict, importances: pd.DataFrame | None) -> str:
         "| fold | OA | macro F1 | urban F1 | non-urban F1 | support |",
         "|---|---|---|---|---|---|",
     ]
-    for k, row in summary["folds"].iterrows():
+    for k, row in folds.iterrows():
         lines.append(
             f"| {k} | {row['overall_accuracy']:.4f} | {row['macro_f1']:.4f} | {row['urban_f1']:.4f} | "
             f"{row['non_urban_f1']:.4f} | {int(row['urban_support'] + row['non_urban_support'])} |"
         )
+    return lines
+
+
+def report(summary: dict[str, Any], meta: dict[str, Any], importances: pd.DataFrame | None) -> str:
+    """The markdown report: our table beside the pilot's, per-class table, confusion."""
+    mean, std = summary["mean"], summary["std"]
+    lines = [
+        f"# Evaluation: {meta['model']}, {meta['cv']} cross-validation ({meta['folds']} folds)",
+        "",
+        f"Region `{meta['region']}`, imagery {meta['year']}, {meta['samples']:,} cells "
+        f"({meta['samples'] // 2:,} per class), seed {meta['seed']}. Means ± standard deviations over the folds.",
+        "",
+        *_pilot_table(mean, meta),
+        "",
+        *_per_class_table(mean, std),
+        "",
+        *_confusion_and_folds(summary["confusion"], summary["folds"]),
+    ]
     if importances is not None:
         lines += ["", "## Feature importances (impurity, final model, summed per band / index)", "",
                   "| group | importance |", "|---|---|"]
@@ -206,7 +276,9 @@ def report(summary: dict, meta: dict, importances: pd.DataFrame | None) -> str:
     ]
     return "\n".join(lines)
 
-def _plots(folder, summary: dict, predictions: pd.DataFrame, importances, importance_maps) -> None:
+
+def _plots(folder: Path, summary: dict[str, Any], predictions: pd.DataFrame, importances: pd.DataFrame | None,
+           importance_maps: tuple[list[str], np.ndarray] | None) -> None:
     """PNG figures with scikit-learn's displays (Agg backend) into `folder`."""
     import matplotlib
 
@@ -214,7 +286,7 @@ def _plots(folder, summary: dict, predictions: pd.DataFrame, importances, import
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
 
-    def save(fig, name):
+    def save(fig: Any, name: str) -> None:
         fig.savefig(folder / name, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
 
@@ -242,9 +314,12 @@ def _plots(folder, summary: dict, predictions: pd.DataFrame, importances, import
             ax.axis("off")
         save(fig, "importance_maps.png")
 
-def run(cfg) -> None:
-    """The stage: cv_predictions.parquet + model/ -> metrics.json, plots/, evaluation/, MLflow."""
-    path = io.require_file(paths.cv_predictions(cfg), "cross-validation predictions")
+
+def read_predictions(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The out-of-fold predictions (fold, cell_id, y_true, p_urban, y_pred, ...) and the
+    train stage's metadata in the file (model, cv, n_splits, seed); InputError naming
+    the file when it is missing, unreadable, lacks columns or holds one class only."""
+    path = io.require_file(path, "cross-validation predictions")
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types on a bad file
@@ -255,29 +330,33 @@ def run(cfg) -> None:
         raise InputError(f"{path}: lacks column(s) {', '.join(missing)}")
     if predictions["y_true"].nunique() < 2:
         raise InputError(f"{path}: one class only; metrics need urban and non_urban cells")
-    cv_meta = json.loads((table.schema.metadata or {}).get(b"urbanmap:cv", b"{}"))
-    clf, card = models.load(paths.model_dir(cfg))
+    return predictions, json.loads((table.schema.metadata or {}).get(b"urbanmap:cv", b"{}"))
 
-    summary = summarize(predictions)
-    meta = {
-        "model": card["name"], "cv": cv_meta.get("cv", str(cfg.cv.name)), "folds": int(predictions["fold"].nunique()),
-        "samples": len(predictions), "region": str(cfg.data.name), "year": card.get("year"), "seed": card.get("seed"),
-    }
-    importances = maps = None
+
+def importance_tables(clf: Any, card: dict[str, Any]) -> tuple[pd.DataFrame | None, tuple[list[str], np.ndarray] | None]:
+    """A tree model's importances summed per band / index (group_importances), and the
+    per-pixel importance maps of its flattened patch ((band names, (b, p, p) array));
+    (None, None) for a model without importances (torch), None maps without `flat`."""
     imp = getattr(clf, "importances", lambda: None)()
-    if imp is not None:
-        names, groups, values = imp
-        importances = group_importances(names, groups, values)
-        flat = [i for i, n in enumerate(names) if "[" in n]
-        if flat:
-            b, p = len(card["bands"]), int(card["patch_size"])
-            maps = (card["bands"], np.asarray(values)[flat].reshape(b, p, p))
+    if imp is None:
+        return None, None
+    names, groups, values = imp
+    importances = group_importances(names, groups, values)
+    flat = [i for i, n in enumerate(names) if "[" in n]
+    if not flat:
+        return importances, None
+    b, p = len(card["bands"]), int(card["patch_size"])
+    return importances, (card["bands"], np.asarray(values)[flat].reshape(b, p, p))
 
+
+def write_outputs(settings: EvaluateSettings, summary: dict[str, Any], meta: dict[str, Any], predictions: pd.DataFrame,
+                  importances: pd.DataFrame | None, maps: tuple[list[str], np.ndarray] | None) -> None:
+    """plots/ (confusion, ROC, PR CSVs) and evaluation/ (per-fold table, importances,
+    figures, report), each folder replaced whole, then metrics.json."""
     roc, pr = curves(predictions)
     names = np.asarray(CLASSES)
     confusion = pd.DataFrame({"actual": names[predictions["y_true"]], "predicted": names[predictions["y_pred"]]})
-    plots, evaluation = paths.plots_dir(cfg), paths.evaluation_dir(cfg)
-    with atomic_directory(plots) as tmp_plots, atomic_directory(evaluation) as tmp_eval:
+    with atomic_directory(settings.plots_dir) as tmp_plots, atomic_directory(settings.evaluation_dir) as tmp_eval:
         tables = [(confusion, tmp_plots / "confusion.csv"), (roc, tmp_plots / "roc.csv"), (pr, tmp_plots / "pr.csv"),
                   (summary["folds"].reset_index(), tmp_eval / "per_fold.csv")]
         if importances is not None:
@@ -286,17 +365,31 @@ def run(cfg) -> None:
             frame.to_csv(target, index=False, float_format="%.6g")
         _plots(tmp_eval, summary, predictions, importances, maps)
         (tmp_eval / "report.md").write_text(report(summary, meta, importances))
-    metrics = metrics_json(summary, meta)
-    io.write_json(paths.metrics(cfg), metrics)
+    io.write_json(settings.metrics, metrics_json(summary, meta))
 
-    mean = summary["mean"]
+
+def run(cfg: DictConfig) -> None:
+    """The stage: cv_predictions.parquet + model/ -> metrics.json, plots/, evaluation/, MLflow."""
+    settings = EvaluateSettings.from_config(cfg)
+    predictions, cv_meta = read_predictions(settings.predictions)
+    clf, card = models.load(settings.model_dir)
+
+    summary = summarize(predictions)
+    meta = {
+        "model": card["name"], "cv": cv_meta.get("cv", settings.cv_name), "folds": int(predictions["fold"].nunique()),
+        "samples": len(predictions), "region": settings.region, "year": card.get("year"), "seed": card.get("seed"),
+    }
+    importances, maps = importance_tables(clf, card)
+    write_outputs(settings, summary, meta, predictions, importances, maps)
+
+    mean, evaluation = summary["mean"], settings.evaluation_dir
     print(
         f"evaluate ({meta['model']}, {meta['cv']} {meta['folds']} folds): OA {mean['overall_accuracy']:.4f}, "
         f"macro F1 {mean['macro_f1']:.4f}, urban F1 {mean['urban_f1']:.4f}, non-urban F1 "
-        f"{mean['non_urban_f1']:.4f} -> {paths.metrics(cfg)}, {evaluation / 'report.md'}"
+        f"{mean['non_urban_f1']:.4f} -> {settings.metrics}, {evaluation / 'report.md'}"
     )
-    if cfg.get("tracking") is not None and cfg.tracking.get("enabled", True):
-        artifacts = [paths.metrics(cfg), *sorted(plots.glob("*.csv")), *sorted(evaluation.iterdir())]
-        run_id = tracking.log_experiment(cfg, summary, meta, artifacts, paths.model_dir(cfg))
+    if settings.tracking is not None:
+        artifacts = [settings.metrics, *sorted(settings.plots_dir.glob("*.csv")), *sorted(evaluation.iterdir())]
+        run_id = tracking.log_experiment(settings.tracking, summary, meta, artifacts, settings.model_dir)
         if run_id:
-            print(f"evaluate: MLflow run {run_id} at {tracking.tracking_uri(cfg)}")
+            print(f"evaluate: MLflow run {run_id} at {settings.tracking.uri}")

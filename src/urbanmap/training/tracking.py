@@ -27,18 +27,54 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
 
-def tracking_uri(cfg) -> str:
-    """MLFLOW_TRACKING_URI if set, else tracking.uri."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or str(cfg.tracking.uri)
+@dataclass(frozen=True)
+class TrackingSettings:
+    """The `tracking` config section, read once by the evaluate stage.
 
-def flatten(tree, prefix: str = "") -> dict[str, str]:
+    Attributes:
+        uri: the store: MLFLOW_TRACKING_URI when set, else tracking.uri.
+        experiment: tracking.experiment, the MLflow experiment's name.
+        registered_model: tracking.registered_model, or None for
+            ``urbanmap-<region>-<model>``.
+        timeout_s: tracking.timeout_s, seconds an HTTP store may take per request.
+        params: the whole composed config, flattened to dotted keys (the parent run's params).
+    """
+
+    uri: str
+    experiment: str
+    registered_model: str | None = None
+    timeout_s: int = 5
+    params: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> TrackingSettings | None:
+        """The settings, or None when the config has no `tracking` or tracking.enabled is false."""
+        t = cfg.get("tracking")
+        if t is None or not t.get("enabled", True):
+            return None
+        registered = t.get("registered_model")
+        return cls(
+            uri=tracking_uri(str(t.uri)), experiment=str(t.experiment), registered_model=str(registered) if registered else None,
+            timeout_s=int(t.get("timeout_s", 5) or 5), params=flatten(OmegaConf.to_container(cfg, resolve=True)),
+        )
+
+
+def tracking_uri(configured: str) -> str:
+    """MLFLOW_TRACKING_URI if set, else `configured` (tracking.uri)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or configured
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
     """Nested dicts -> {"a.b.c": "value"}; lists and scalars become their string."""
     out: dict[str, str] = {}
     if isinstance(tree, dict):
@@ -48,6 +84,7 @@ def flatten(tree, prefix: str = "") -> dict[str, str]:
     out[prefix[:-1]] = str(tree)
     return out
 
+
 def _artifact_location(uri: str) -> str | None:
     """For a SQLite store, ``mlruns/`` beside the database file (MLflow's default is the
     working directory); None for other stores (the server decides)."""
@@ -55,17 +92,18 @@ def _artifact_location(uri: str) -> str | None:
         return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlruns").as_uri()
     return None
 
-def log_experiment(cfg, summary: dict, meta: dict, artifacts, model_dir) -> str | None:
+
+def log_experiment(settings: TrackingSettings, summary: dict[str, Any], meta: dict[str, Any],
+                   artifacts: Iterable[str | os.PathLike[str]], model_dir: str | os.PathLike[str]) -> str | None:
     """Log the parent run, per-fold child runs, artifacts and the registered model;
     return the parent run id, or None (with one warning) if tracking failed."""
-    uri = tracking_uri(cfg)
-    timeout = int(cfg.tracking.get("timeout_s", 5) or 5)
+    uri = settings.uri
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(settings.timeout_s))
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing leaves the machine
-    state = {"client": None, "run_id": None}
+    state: dict[str, Any] = {"client": None, "run_id": None}
     try:
-        return _log(uri, cfg, summary, meta, artifacts, Path(model_dir), state)
+        return _log(settings, summary, meta, artifacts, Path(model_dir), state)
     except Exception as exc:  # any tracking failure must leave the stage's results standing
         if state["client"] is not None and state["run_id"] is not None:
             try:
@@ -79,46 +117,68 @@ def log_experiment(cfg, summary: dict, meta: dict, artifacts, model_dir) -> str 
         )
         return None
 
-def _log(uri: str, cfg, summary: dict, meta: dict, artifacts, model_dir: Path, state: dict) -> str:
+
+def _log(settings: TrackingSettings, summary: dict[str, Any], meta: dict[str, Any],
+         artifacts: Iterable[str | os.PathLike[str]], model_dir: Path, state: dict[str, Any]) -> str:
+    """The runs of log_experiment; `state` gets the client and parent run id as soon as
+    the parent exists (so a failure can mark it FAILED)."""
     from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param
-    from mlflow.exceptions import MlflowException
 
     for name in ("mlflow", "alembic"):  # MLflow sets INFO on import; keep the stage's output short
         logging.getLogger(name).setLevel(logging.WARNING)
+    uri = settings.uri
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    name = str(cfg.tracking.experiment)
-    experiment = client.get_experiment_by_name(name)
-    exp_id = experiment.experiment_id if experiment else client.create_experiment(name, artifact_location=_artifact_location(uri))
+    experiment = client.get_experiment_by_name(settings.experiment)
+    exp_id = (experiment.experiment_id if experiment
+              else client.create_experiment(settings.experiment, artifact_location=_artifact_location(uri)))
     tags = {"region": meta["region"], "model": meta["model"], "cv": meta["cv"], "stage": "urbanmap evaluate"}
     parent = client.create_run(exp_id, run_name=f"{meta['model']}-{meta['cv']}", tags=tags)
     state.update(client=client, run_id=parent.info.run_id)
     pid = parent.info.run_id
-
-    params = [Param(k, v[:6000]) for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()]
-    for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(pid, params=params[i : i + 100])
-
-    def metrics(d: dict, prefix: str = "", suffix: str = "") -> list[Metric]:
-        return [Metric(f"{prefix}{k}{suffix}", float(v), 0, 0) for k, v in d.items()]
-
-    for k, row in summary["folds"].iterrows():
-        child = client.create_run(exp_id, run_name=f"fold-{k}", tags={**tags, "mlflow.parentRunId": pid, "fold": str(k)})
-        client.log_batch(child.info.run_id, metrics=metrics(row.to_dict()))
-        client.set_terminated(child.info.run_id)
-    client.log_batch(pid, metrics=metrics(summary["mean"]) + metrics(summary["std"], suffix="_std")
-                     + metrics(summary["pooled"], prefix="pooled_"))
-
+    _log_params(client, pid, settings.params)
+    _log_metrics(client, exp_id, pid, tags, summary)
     for path in artifacts:
         client.log_artifact(pid, str(path), artifact_path="evaluation")
     client.log_artifacts(pid, str(model_dir), artifact_path="model")
-    registered = cfg.tracking.get("registered_model") or f"urbanmap-{meta['region']}-{meta['model']}"
+    registered = settings.registered_model or f"urbanmap-{meta['region']}-{meta['model']}"
+    _register_model(client, pid, registered, f"{parent.info.artifact_uri}/model", tags)
+    client.set_terminated(pid)
+    return str(pid)
+
+
+def _log_params(client: Any, run_id: str, params: dict[str, str]) -> None:
+    """The flattened config as the run's params (values cut to MLflow's 6,000 characters)."""
+    from mlflow.entities import Param
+
+    batch = [Param(k, v[:6000]) for k, v in params.items()]
+    for i in range(0, len(batch), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=batch[i : i + 100])
+
+
+def _log_metrics(client: Any, exp_id: str, parent_id: str, tags: dict[str, str], summary: dict[str, Any]) -> None:
+    """One child run per fold with its metrics, then the parent's mean, `<name>_std` and
+    `pooled_<name>` metrics."""
+    from mlflow.entities import Metric
+
+    def metrics(d: dict[str, Any], prefix: str = "", suffix: str = "") -> list[Metric]:
+        return [Metric(f"{prefix}{k}{suffix}", float(v), 0, 0) for k, v in d.items()]
+
+    for k, row in summary["folds"].iterrows():
+        child = client.create_run(exp_id, run_name=f"fold-{k}", tags={**tags, "mlflow.parentRunId": parent_id, "fold": str(k)})
+        client.log_batch(child.info.run_id, metrics=metrics(row.to_dict()))
+        client.set_terminated(child.info.run_id)
+    client.log_batch(parent_id, metrics=metrics(summary["mean"]) + metrics(summary["std"], suffix="_std")
+                     + metrics(summary["pooled"], prefix="pooled_"))
+
+
+def _register_model(client: Any, run_id: str, name: str, source: str, tags: dict[str, str]) -> None:
+    """A new version of registered model `name` (created if new) from `source`, tagged on the run."""
+    from mlflow.exceptions import MlflowException
+
     try:
-        client.create_registered_model(registered)
+        client.create_registered_model(name)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    version = client.create_model_version(registered, source=f"{parent.info.artifact_uri}/model", run_id=pid, tags=tags)
-    client.set_tag(pid, "registered_model", f"{registered}/{version.version}")
-    client.set_terminated(pid)
-    return pid
+    version = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    client.set_tag(run_id, "registered_model", f"{name}/{version.version}")

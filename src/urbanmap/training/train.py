@@ -15,25 +15,70 @@ Every model of a run uses the global seed, so a run is reproducible bit for bit.
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from urbanmap.core import paths
 from urbanmap.core.errors import InputError
 from urbanmap.core.io import atomic_output
 from urbanmap.training import models
-from urbanmap.training.cv import folds_from_config
-from urbanmap.training.patches import CLASSES, PatchSet, load_patches
+from urbanmap.training.cv import CvSettings
+from urbanmap.training.models import PatchClassifier
+from urbanmap.training.patchset import CLASSES, PatchSet, load_patches
 
 THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What the train stage reads from the config, checked.
+
+    Attributes:
+        patches: patches.npz (input).
+        predictions: cv_predictions.parquet (output).
+        model_dir: the final model's folder (output).
+        model: the `model` config node, as models.build takes it (the model zoo's typed
+            construction: kind, estimator or net, features, optimizer, trainer).
+        model_name: model.name (e.g. extra_trees, lenet).
+        model_kind: model.kind (sklearn or torch; checked by models.build).
+        seed: the global seed, of every model of the run.
+        threads: compute.threads (1 when unset): the threads a torch model trains on.
+        cv: the cross-validation scheme (`cv` group).
+    """
+
+    patches: Path
+    predictions: Path
+    model_dir: Path
+    model: DictConfig
+    model_name: str
+    model_kind: str
+    seed: int
+    threads: int
+    cv: CvSettings
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> TrainSettings:
+        """Read the settings; InputError naming the config key that is wrong."""
+        if cfg.model.get("name") is None:
+            raise InputError("model.name: missing (the model group's name, e.g. extra_trees)")
+        return cls(
+            patches=paths.patches(cfg), predictions=paths.cv_predictions(cfg), model_dir=paths.model_dir(cfg),
+            model=cfg.model, model_name=str(cfg.model.name), model_kind=str(cfg.model.get("kind")),
+            seed=int(cfg.seed), threads=int(cfg.compute.get("threads", 1) or 1), cv=CvSettings.from_config(cfg),
+        )
 
 
 def check_patches(ps: PatchSet, context: str) -> None:
@@ -45,7 +90,9 @@ def check_patches(ps: PatchSet, context: str) -> None:
             f"(first: cell {ps.cell_id[np.flatnonzero(bad)[0]]})"
         )
 
-def cross_validate(ps: PatchSet, folds: np.ndarray, make: Callable[[], object], progress: bool = True) -> tuple[pd.DataFrame, list[float]]:
+
+def cross_validate(ps: PatchSet, folds: np.ndarray, make: Callable[[], PatchClassifier],
+                   progress: bool = True) -> tuple[pd.DataFrame, list[float]]:
     """Out-of-fold predictions of fresh models from `make`.
 
     Args:
@@ -55,7 +102,8 @@ def cross_validate(ps: PatchSet, folds: np.ndarray, make: Callable[[], object], 
         (one row per sample in fold order: fold, cell_id, col, row, x, y, y_true, p_urban,
         y_pred; seconds to fit and predict each fold).
     """
-    parts, seconds = [], []
+    parts: list[pd.DataFrame] = []
+    seconds: list[float] = []
     for k in tqdm(range(int(folds.max()) + 1), desc="folds", unit="fold", disable=not progress or None, leave=False):
         test = folds == k
         start = time.perf_counter()
@@ -79,34 +127,20 @@ def cross_validate(ps: PatchSet, folds: np.ndarray, make: Callable[[], object], 
         )
     return pd.concat(parts, ignore_index=True), seconds
 
-def write_predictions(path, frame: pd.DataFrame, meta: dict) -> None:
+
+def write_predictions(path: str | os.PathLike[str], frame: pd.DataFrame, meta: dict[str, Any]) -> None:
     """Parquet with `meta` (model, cv, seed, ...) in the file's key-value metadata."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"urbanmap:cv": json.dumps(meta).encode()})
     with atomic_output(path) as tmp:
         pq.write_table(table, tmp)
 
-def run(cfg) -> None:
-    """The stage: patches.npz -> cv_predictions.parquet, model/ (final model + card)."""
-    path = paths.patches(cfg)
-    ps = load_patches(path)
-    check_patches(ps, str(path))
-    seed, threads = int(cfg.seed), int(cfg.compute.get("threads", 1) or 1)
-    folds = folds_from_config(cfg.cv, ps.label, ps.x, ps.y, seed, context=str(path))
 
-    def make():
-        return models.build(cfg.model, ps.bands, ps.patch_size, seed, threads)
-
-    make()  # a bad model config fails here, before any fitting
-    predictions, seconds = cross_validate(ps, folds, make)
-    start = time.perf_counter()
-    final = make().fit(ps.patches, ps.label)
-    final_seconds = time.perf_counter() - start
-
-    meta = {"model": str(cfg.model.name), "cv": str(cfg.cv.name), "n_splits": int(cfg.cv.n_splits), "seed": seed}
-    card = {
-        "name": str(cfg.model.name),
-        "kind": str(cfg.model.kind),
+def model_card(settings: TrainSettings, ps: PatchSet, meta: dict[str, Any]) -> dict[str, Any]:
+    """The general entries of model_card.json (the model adds its own, models.save)."""
+    return {
+        "name": settings.model_name,
+        "kind": settings.model_kind,
         "bands": list(ps.bands),
         "patch_size": ps.patch_size,
         "cell_size": ps.cell_size,
@@ -116,16 +150,34 @@ def run(cfg) -> None:
         "threshold": THRESHOLD,
         "year": ps.year,
         "samples": len(ps),
-        "seed": seed,
-        "config": OmegaConf.to_container(cfg.model, resolve=True),
+        "seed": settings.seed,
+        "config": OmegaConf.to_container(settings.model, resolve=True),
         # No timings here: the model folder is a DVC output that later stages depend on, so
         # the same config and seed must give the same bytes (timings are printed instead).
         "cv": meta,
     }
-    write_predictions(paths.cv_predictions(cfg), predictions, meta)
-    models.save(final, paths.model_dir(cfg), card)
+
+
+def run(cfg: DictConfig) -> None:
+    """The stage: patches.npz -> cv_predictions.parquet, model/ (final model + card)."""
+    settings = TrainSettings.from_config(cfg)
+    path = settings.patches
+    ps = load_patches(path)
+    check_patches(ps, str(path))
+    seed = settings.seed
+    folds = settings.cv.folds(ps.label, ps.x, ps.y, seed, context=str(path))
+    make = functools.partial(models.build, settings.model, ps.bands, ps.patch_size, seed, settings.threads)
+    make()  # a bad model config fails here, before any fitting
+    predictions, seconds = cross_validate(ps, folds, make)
+    start = time.perf_counter()
+    final = make().fit(ps.patches, ps.label)
+    final_seconds = time.perf_counter() - start
+
+    meta = {"model": settings.model_name, "cv": settings.cv.name, "n_splits": settings.cv.n_splits, "seed": seed}
+    write_predictions(settings.predictions, predictions, meta)
+    models.save(final, settings.model_dir, model_card(settings, ps, meta))
     acc = float((predictions["y_pred"] == predictions["y_true"]).mean())
     print(
-        f"train ({cfg.model.name}, {cfg.cv.name} {int(folds.max()) + 1} folds): {len(ps):,} cells, "
-        f"out-of-fold accuracy {acc:.4f}, {sum(seconds) + final_seconds:.1f} s -> {paths.model_dir(cfg)}"
+        f"train ({settings.model_name}, {settings.cv.name} {int(folds.max()) + 1} folds): {len(ps):,} cells, "
+        f"out-of-fold accuracy {acc:.4f}, {sum(seconds) + final_seconds:.1f} s -> {settings.model_dir}"
     )

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from PIL import Image, ImageDraw
 from rasterio.windows import Window
 from tqdm import tqdm
@@ -22,12 +24,13 @@ from tqdm import tqdm
 from urbanmap.core.lattice import PixelLattice
 
 
-def read_windows(src, lattice: PixelLattice, cols, rows, indexes: Sequence[int], context: int) -> np.ndarray:
+def read_windows(src: Any, lattice: PixelLattice, cols: ArrayLike, rows: ArrayLike, indexes: Sequence[int],
+                 context: int) -> np.ndarray:
     """The mosaic around each cell: (n, b, s, s) float32, s = (2 context + 1) patch_size,
     row 0 north; NaN outside the raster or where it has no data.
 
     One windowed read per cell: a sample is a few hundred scattered cells, so reading
-    whole blocks (as patches.read_patches does for dense samples) would read more."""
+    whole blocks (as patchset.read_patches does for dense samples) would read more."""
     p = lattice.patch_size
     side = (2 * context + 1) * p
     row_off, col_off = lattice.cell_offsets(cols, rows)
@@ -48,6 +51,7 @@ def read_windows(src, lattice: PixelLattice, cols, rows, indexes: Sequence[int],
         out[k, :, rr0[k] - r0[k]: rr1[k] - r0[k], cc0[k] - c0[k]: cc1[k] - c0[k]] = data
     return out
 
+
 def stretch_limits(windows: np.ndarray, percentiles: Sequence[float] = (2, 98)) -> np.ndarray:
     """(b, 2) low and high values per band over all windows ((n, b, s, s)), ignoring NaN."""
     bands = np.moveaxis(windows, 1, 0).reshape(windows.shape[1], -1)
@@ -56,14 +60,18 @@ def stretch_limits(windows: np.ndarray, percentiles: Sequence[float] = (2, 98)) 
     lims[:, 1] = np.maximum(lims[:, 1], lims[:, 0] + 1e-6)
     return lims
 
+
 def to_rgb(window: np.ndarray, limits: np.ndarray) -> np.ndarray:
     """(3, s, s) reflectance -> (s, s, 3) uint8 by the linear stretch `limits` ((3, 2));
     NaN -> black."""
     lo, hi = limits[:, 0, None, None], limits[:, 1, None, None]
     scaled = np.clip((window - lo) / (hi - lo), 0, 1)
-    return np.moveaxis(np.nan_to_num(scaled) * 255 + 0.5, 0, -1).astype(np.uint8)
+    rgb: np.ndarray = np.moveaxis(np.nan_to_num(scaled) * 255 + 0.5, 0, -1).astype(np.uint8)
+    return rgb
 
-def render(true_rgb: np.ndarray, false_rgb: np.ndarray, context: int, patch: int, scale: int, caption: str):
+
+def render(true_rgb: np.ndarray, false_rgb: np.ndarray, context: int, patch: int, scale: int,
+           caption: str) -> Image.Image:
     """One chip: the two composites side by side, magnified `scale` times (nearest),
     the centre cell outlined in yellow, a caption line below. Returns a PIL image."""
     gap, caption_h = 6, 16
@@ -73,10 +81,11 @@ def render(true_rgb: np.ndarray, false_rgb: np.ndarray, context: int, patch: int
     lo, hi = context * patch * scale, (context + 1) * patch * scale - 1
     for k, rgb in enumerate((true_rgb, false_rgb)):
         x0 = k * (side + gap)
-        image.paste(Image.fromarray(rgb).resize((side, side), Image.NEAREST), (x0, 0))
+        image.paste(Image.fromarray(rgb).resize((side, side), Image.Resampling.NEAREST), (x0, 0))
         draw.rectangle([x0 + lo - 1, lo - 1, x0 + hi + 1, hi + 1], outline=(255, 230, 0), width=2)
     draw.text((2, side + 2), caption, fill=(0, 0, 0))
     return image
+
 
 def write_chips(folder: Path, names: Sequence[str], captions: Sequence[str], windows: np.ndarray,
                 true_bands: Sequence[int], false_bands: Sequence[int], context: int, patch: int, scale: int,

@@ -33,88 +33,22 @@ Rules for awkward samples (each a one-line InputError, or a documented result):
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
+from urbanmap.core import io
 from urbanmap.core.errors import InputError
 from urbanmap.core.io import require_file
 
 #: z of the two-sided 95% interval, as Olofsson et al. (2014) use it.
 Z95 = 1.96
 
-
-# --- sample design ----------------------------------------------------------------------
-
-
-def sample_size(weights: Sequence[float], users_accuracy: Sequence[float], target_se: float) -> int:
-    """Total sample size for a target standard error of overall accuracy.
-
-    Olofsson et al. (2014), eq. 13 (Cochran 1977, eq. 5.25 without the finite population
-    correction): n = (Σ_i W_i S_i / S(Ô))², S_i = sqrt(U_i (1 - U_i)).
-
-    Args:
-        weights: W_i, each stratum's share of the area (summing to 1).
-        users_accuracy: U_i, the anticipated user's accuracy (0..1) of each stratum.
-        target_se: S(Ô), the target standard error of overall accuracy (0..1).
-    Returns:
-        n, rounded up.
-    """
-    w, u = np.asarray(weights, float), np.asarray(users_accuracy, float)
-    if not 0 < target_se < 1:
-        raise InputError(f"validation.target_se: {target_se} is not in (0, 1)")
-    if np.any((u < 0) | (u > 1)):
-        raise InputError("validation.anticipated_accuracy: accuracies must be in [0, 1]")
-    spread = float(np.sum(w * np.sqrt(u * (1 - u))))
-    return max(int(math.ceil(round((spread / target_se) ** 2, 9))), 0)
-
-def allocate(n: int, weights: Sequence[float], minimum: int, available: Sequence[int]) -> np.ndarray:
-    """Units per stratum: proportional to area, with at least `minimum` per stratum.
-
-    Strata whose proportional share n W_h falls below `minimum` get `minimum` (rare
-    strata, e.g. new urban); strata whose share exceeds their number of units get all
-    of them; the rest of n is shared among the other strata in proportion to their
-    area, repeated until no stratum changes (Olofsson et al. 2014, section 5.1.1: "a
-    minimum for the rare classes, the remainder proportional"). Shares are rounded by
-    largest remainder, so the total is n, or more when the minimums need more. Strata
-    with weight 0 get 0.
-
-    Args:
-        n: total sample size (e.g. from `sample_size`).
-        weights: (H,) area shares of the strata.
-        minimum: least units per stratum with weight > 0.
-        available: (H,) units in each stratum (the cap).
-    Returns:
-        (H,) int64 units per stratum.
-    """
-    w = np.asarray(weights, float)
-    cap = np.asarray(available, np.int64)
-    size = np.zeros(w.size, float)
-    fixed = w <= 0
-    while True:
-        free = ~fixed
-        if not free.any():
-            break
-        remaining = max(n - size[fixed].sum(), 0.0)
-        size[free] = remaining * w[free] / w[free].sum()
-        low = free & (size < np.minimum(minimum, cap))
-        high = free & (size > cap)
-        if not (low | high).any():
-            break
-        size[low] = np.minimum(minimum, cap[low])
-        size[high] = cap[high]
-        fixed |= low | high
-    whole = np.floor(size + 1e-9).astype(np.int64)
-    # Largest remainder among the proportional strata, none past its cap.
-    short = int(round(size.sum())) - int(whole.sum())
-    if short > 0:
-        rest = np.where(~fixed & (whole < cap), size - whole, -1.0)
-        order = np.argsort(-rest, kind="stable")[:short]
-        whole[order[rest[order] >= 0]] += 1
-    return whole
 
 # --- estimation -------------------------------------------------------------------------
 
@@ -123,61 +57,55 @@ def _var_of_total(values: np.ndarray, codes: np.ndarray, area: np.ndarray, n_h: 
     """Σ_h A_h² s²_h / n_h for each column of `values` ((n, k)); codes: (n,) stratum index."""
     frame = pd.DataFrame(values)
     s2 = frame.groupby(codes).var(ddof=1).reindex(range(len(area))).fillna(0.0).to_numpy()
-    return ((area**2 / np.maximum(n_h, 1))[:, None] * s2).sum(axis=0)
+    return np.asarray(((area**2 / np.maximum(n_h, 1))[:, None] * s2).sum(axis=0))
 
-def _ratio(y: np.ndarray, x: np.ndarray, codes, area, n_h, weight) -> tuple[np.ndarray, np.ndarray]:
-    """Ratio estimates Ŷ/X̂ and their standard errors, column by column; NaN where X̂ = 0."""
-    y_tot, x_tot = weight @ y, weight @ x
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.where(x_tot > 0, y_tot / x_tot, np.nan)
-        d = y - np.nan_to_num(r)[None, :] * x
-        se = np.sqrt(_var_of_total(d, codes, area, n_h)) / x_tot
-    return r, np.where(x_tot > 0, se, np.nan)
 
-def _interval(estimate: float, se: float) -> dict:
-    if not np.isfinite(estimate):
-        return {"estimate": None, "ci95": None}
-    return {"estimate": float(estimate), "ci95": float(Z95 * se)}
+@dataclass(frozen=True)
+class StrataDesign:
+    """The sampled strata of a stratified sample, as the estimators use them.
 
-def stratified_estimates(
-    map_class: Sequence[str],
-    ref_class: Sequence[str],
-    strata_area: pd.Series,
-    stratum: Sequence[str] | None = None,
-    classes: Sequence[str] | None = None,
-) -> dict:
-    """Accuracy and error-adjusted area from a stratified random sample (module docstring).
-
-    Args:
-        map_class: (n,) map class of each sampled unit.
-        ref_class: (n,) reference class of each unit.
-        strata_area: area of each stratum (index: stratum name), any unit, >= 0.
-        stratum: (n,) stratum of each unit; None: the map class.
-        classes: the classes reported, in order; None: the strata (when they are the
-            map classes), then the other map and reference classes, sorted.
-    Returns:
-        dict with n, strata ({name: {area, weight, n}}), classes, overall_accuracy,
-        users_accuracy, producers_accuracy, area (error-adjusted, unit of strata_area),
-        mapped_area (estimated; exact when the strata are the map classes),
-        error_matrix ({classes, proportions: rows map, columns reference}) and notes.
-        Every estimate is {"estimate": x, "ci95": 1.96 * SE}; undefined ones are null.
+    Attributes:
+        names: (H,) the strata with sampled units, in the order of the strata table.
+        area: (H,) float area of each (the strata table's unit).
+        n_h: (H,) int sampled units of each.
+        codes: (n,) int stratum (index into `names`) of each unit.
+        weight: (n,) float area each unit stands for, A_h / n_h.
+        total: the sampled strata's total area.
     """
-    map_class = np.asarray(map_class, dtype=object).astype(str)
-    ref_class = np.asarray(ref_class, dtype=object).astype(str)
-    stratum = map_class if stratum is None else np.asarray(stratum, dtype=object).astype(str)
-    if not (map_class.size == ref_class.size == stratum.size):
-        raise InputError("sample: map_class, ref_class and stratum differ in length")
-    if map_class.size == 0:
-        raise InputError("sample: no sampled units")
+
+    names: list[str]
+    area: np.ndarray
+    n_h: np.ndarray
+    codes: np.ndarray
+    weight: np.ndarray
+    total: float
+
+    def ratio(self, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ratio estimates Ŷ/X̂ of (n, k) indicators and their standard errors, column by
+        column; NaN where X̂ = 0."""
+        y_tot, x_tot = self.weight @ y, self.weight @ x
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.where(x_tot > 0, y_tot / x_tot, np.nan)
+            d = y - np.nan_to_num(r)[None, :] * x
+            se = np.sqrt(self.var_of_total(d)) / x_tot
+        return r, np.where(x_tot > 0, se, np.nan)
+
+    def var_of_total(self, values: np.ndarray) -> np.ndarray:
+        """V(Ŷ) = Σ_h A_h² s²_yh / n_h of each column of (n, k) `values`."""
+        return _var_of_total(values, self.codes, self.area, self.n_h)
+
+
+def strata_design(stratum: np.ndarray, strata_area: pd.Series, stratum_is_map: bool = True) -> StrataDesign:
+    """Check the strata table against the units' strata ((n,) str) and keep the sampled
+    strata (rules in the module docstring); InputError "strata: ..." or "sample: ..."."""
     area_all = pd.Series(strata_area, dtype=float)
     if area_all.index.has_duplicates:
         raise InputError(f"strata: class {area_all.index[area_all.index.duplicated()][0]!r} appears twice")
     if (area_all < 0).any() or not np.isfinite(area_all).all():
         raise InputError(f"strata: area of {area_all.index[~(area_all >= 0)][0]!r} is negative or not a number")
-
     unknown = sorted(set(stratum) - set(area_all.index.astype(str)))
     if unknown:
-        what = "map_class" if stratum is map_class else "stratum"
+        what = "map_class" if stratum_is_map else "stratum"
         raise InputError(f"sample: {what} {unknown[0]!r} is not a class of the strata ({', '.join(map(str, area_all.index))})")
     counts = pd.Series(stratum).value_counts()
     n_h_all = counts.reindex(area_all.index, fill_value=0).to_numpy()
@@ -195,34 +123,49 @@ def stratified_estimates(
     total = float(area.sum())
     if total <= 0:
         raise InputError("strata: the sampled strata have no area")
-    codes = pd.Categorical(stratum, categories=names_h).codes
-    weight = (area / n_h)[codes]  # (n,) area each unit stands for
+    codes = np.asarray(pd.Categorical(stratum, categories=names_h).codes)
+    return StrataDesign(names_h, area, n_h, codes, (area / n_h)[codes], total)
 
+
+def _interval(estimate: float, se: float) -> dict[str, float | None]:
+    """{"estimate", "ci95": 1.96 SE}, both None when the estimate is undefined (NaN)."""
+    if not np.isfinite(estimate):
+        return {"estimate": None, "ci95": None}
+    return {"estimate": float(estimate), "ci95": float(Z95 * se)}
+
+
+def _report_classes(map_class: np.ndarray, ref_class: np.ndarray, classes: Sequence[str] | None,
+                    first: list[str]) -> list[str]:
+    """The classes reported: `classes`, or `first` then the other map and reference
+    classes, sorted; InputError naming a map or reference class outside them."""
     if classes is None:
-        first = names_h if stratum is map_class else []
         classes = first + sorted((set(map_class) | set(ref_class)) - set(first))
-    classes = [str(c) for c in classes]
+    names = [str(c) for c in classes]
     for what, values in (("map_class", map_class), ("ref_class", ref_class)):
-        bad = sorted(set(values) - set(classes))
+        bad = sorted(set(values) - set(names))
         if bad:
-            raise InputError(f"sample: {what} {bad[0]!r} is not a known class ({', '.join(classes)})")
+            raise InputError(f"sample: {what} {bad[0]!r} is not a known class ({', '.join(names)})")
+    return names
 
-    k = len(classes)
+
+def _estimates(map_class: np.ndarray, ref_class: np.ndarray, classes: list[str], d: StrataDesign) -> dict[str, Any]:
+    """The estimates of a checked sample (stratified_estimates' result)."""
+    k, total = len(classes), d.total
     m = (map_class[:, None] == np.asarray(classes)[None, :]).astype(float)  # (n, k)
     r = (ref_class[:, None] == np.asarray(classes)[None, :]).astype(float)
     agree = (map_class == ref_class).astype(float)[:, None]
     both = m * r
 
     cells = (m[:, :, None] * r[:, None, :]).reshape(-1, k * k)
-    p = (weight @ cells / total).reshape(k, k)
+    p = (d.weight @ cells / total).reshape(k, k)
 
-    oa = weight @ agree / total
-    oa_se = np.sqrt(_var_of_total(agree, codes, area, n_h)) / total
-    ua, ua_se = _ratio(both, m, codes, area, n_h, weight)
-    pa, pa_se = _ratio(both, r, codes, area, n_h, weight)
-    adj = weight @ r
-    adj_se = np.sqrt(_var_of_total(r, codes, area, n_h))
-    mapped = weight @ m
+    oa = d.weight @ agree / total
+    oa_se = np.sqrt(d.var_of_total(agree)) / total
+    ua, ua_se = d.ratio(both, m)
+    pa, pa_se = d.ratio(both, r)
+    adj = d.weight @ r
+    adj_se = np.sqrt(d.var_of_total(r))
+    mapped = d.weight @ m
 
     notes = []
     for i, c in enumerate(classes):
@@ -232,7 +175,7 @@ def stratified_estimates(
             notes.append(f"{c}: never in the reference; producer's accuracy undefined, area 0")
     return {
         "n": int(map_class.size),
-        "strata": {s: {"area": float(a), "weight": float(a / total), "n": int(c)} for s, a, c in zip(names_h, area, n_h)},
+        "strata": {s: {"area": float(a), "weight": float(a / total), "n": int(c)} for s, a, c in zip(d.names, d.area, d.n_h)},
         "classes": classes,
         "overall_accuracy": _interval(oa[0], oa_se[0]),
         "users_accuracy": {c: _interval(ua[i], ua_se[i]) for i, c in enumerate(classes)},
@@ -249,11 +192,49 @@ def stratified_estimates(
         "notes": notes,
     }
 
+
+def stratified_estimates(
+    map_class: ArrayLike,
+    ref_class: ArrayLike,
+    strata_area: pd.Series,
+    stratum: ArrayLike | None = None,
+    classes: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Accuracy and error-adjusted area from a stratified random sample (module docstring).
+
+    Args:
+        map_class: (n,) map class of each sampled unit.
+        ref_class: (n,) reference class of each unit.
+        strata_area: area of each stratum (index: stratum name), any unit, >= 0.
+        stratum: (n,) stratum of each unit; None: the map class.
+        classes: the classes reported, in order; None: the strata (when they are the
+            map classes), then the other map and reference classes, sorted.
+    Returns:
+        dict with n, strata ({name: {area, weight, n}}), classes, overall_accuracy,
+        users_accuracy, producers_accuracy, area (error-adjusted, unit of strata_area),
+        mapped_area (estimated; exact when the strata are the map classes),
+        error_matrix ({classes, proportions: rows map, columns reference}) and notes.
+        Every estimate is {"estimate": x, "ci95": 1.96 * SE}; undefined ones are null.
+    """
+    mapped = np.asarray(map_class, dtype=object).astype(str)
+    ref = np.asarray(ref_class, dtype=object).astype(str)
+    by_map = stratum is None
+    strata = mapped if stratum is None else np.asarray(stratum, dtype=object).astype(str)
+    if not (mapped.size == ref.size == strata.size):
+        raise InputError("sample: map_class, ref_class and stratum differ in length")
+    if mapped.size == 0:
+        raise InputError("sample: no sampled units")
+    design = strata_design(strata, strata_area, by_map)
+    names = _report_classes(mapped, ref, classes, design.names if by_map else [])
+    return _estimates(mapped, ref, names, design)
+
+
 # --- files --------------------------------------------------------------------------------
 
 
-def _read_csv(path: str | os.PathLike, what: str, columns: Sequence[str]) -> pd.DataFrame:
-
+def _read_csv(path: str | os.PathLike[str], what: str, columns: Sequence[str]) -> pd.DataFrame:
+    """A CSV of strings (no NA parsing), columns stripped; InputError naming the file when
+    it is missing, unreadable or lacks `columns`."""
     path = require_file(path, what)
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -265,14 +246,15 @@ def _read_csv(path: str | os.PathLike, what: str, columns: Sequence[str]) -> pd.
         raise InputError(f"{path}: {what} lacks column(s) {', '.join(missing)}")
     return frame
 
-def read_sample(path: str | os.PathLike) -> pd.DataFrame:
+
+def read_sample(path: str | os.PathLike[str]) -> pd.DataFrame:
     """A sample CSV: one row per unit, `map_class`, `ref_class` and optional `stratum`
     (default: map_class). Values are stripped; an empty ref_class is an error (a unit
     not interpreted yet). Returns a frame with the three columns, as str."""
     frame = _read_csv(path, "sample", ["map_class", "ref_class"])
     if "stratum" not in frame.columns:
         frame["stratum"] = frame["map_class"]
-    frame = frame[["map_class", "ref_class", "stratum"]].apply(lambda s: s.str.strip())
+    frame = cast(pd.DataFrame, frame[["map_class", "ref_class", "stratum"]].apply(lambda s: s.str.strip()))
     for column in ("map_class", "stratum", "ref_class"):
         blank = np.flatnonzero(frame[column].to_numpy() == "")
         if blank.size:
@@ -282,7 +264,8 @@ def read_sample(path: str | os.PathLike) -> pd.DataFrame:
         raise InputError(f"{path}: sample has no rows")
     return frame
 
-def read_strata(path: str | os.PathLike) -> pd.Series:
+
+def read_strata(path: str | os.PathLike[str]) -> pd.Series:
     """A strata CSV: columns `class` and `area` (mapped area of each stratum, any unit,
     >= 0) and an optional `unit` (e.g. km2, kept in attrs["unit"]); other columns are
     ignored. Returns area indexed by class."""
@@ -295,11 +278,12 @@ def read_strata(path: str | os.PathLike) -> pd.Series:
     if bad.size:
         raise InputError(f"{path}: area {frame['area'].iloc[bad[0]]!r} of class {names.iloc[bad[0]]!r} is not a number >= 0")
     series = pd.Series(area.to_numpy(float), index=names.to_numpy(), name="area")
-    units = frame["unit"].str.strip().unique() if "unit" in frame.columns else []
+    units = list(frame["unit"].str.strip().unique()) if "unit" in frame.columns else []
     series.attrs["unit"] = str(units[0]) if len(units) == 1 and units[0] else None
     return series
 
-def estimate_files(sample_path: str | os.PathLike, strata_path: str | os.PathLike) -> dict:
+
+def estimate_files(sample_path: str | os.PathLike[str], strata_path: str | os.PathLike[str]) -> dict[str, Any]:
     """`stratified_estimates` of a sample CSV and a strata CSV (see read_sample /
     read_strata), plus `unit` (the strata's area unit or None); InputError messages
     name the sample or strata file."""
@@ -321,9 +305,11 @@ def estimate_files(sample_path: str | os.PathLike, strata_path: str | os.PathLik
     result["unit"] = strata.attrs.get("unit")
     return result
 
-def summary_lines(result: dict, unit: str = "") -> list[str]:
+
+def summary_lines(result: dict[str, Any], unit: str = "") -> list[str]:
     """Human-readable lines of an estimate: overall, then per class UA, PA and area."""
-    def fmt(d, pct=True):
+
+    def fmt(d: dict[str, Any], pct: bool = True) -> str:
         if d["estimate"] is None:
             return "undefined"
         return f"{d['estimate']:.3f} ± {d['ci95']:.3f}" if pct else f"{d['estimate']:,.1f} ± {d['ci95']:,.1f}{unit}"
@@ -336,3 +322,21 @@ def summary_lines(result: dict, unit: str = "") -> list[str]:
         )
     lines += [f"  note: {n}" for n in result["notes"]]
     return lines
+
+
+# --- the estimate step ----------------------------------------------------------------------
+
+
+def run_estimate(sample_path: str | os.PathLike[str], strata_path: str | os.PathLike[str],
+                 out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Step `validate estimate`: estimate from a sample CSV and a strata CSV, print it,
+    and write it as JSON to `out` if given (the dvc stage: interpreted.csv + strata.csv
+    -> estimate.json)."""
+    result = estimate_files(sample_path, strata_path)
+    unit = result.pop("unit", None)
+    result = {"sample_file": str(sample_path), "strata_file": str(strata_path), "area_unit": unit, **result}
+    if out is not None:
+        io.write_json(out, result)
+    suffix = f" {unit}" if unit else ""
+    print("\n".join(summary_lines(result, suffix)) + (f"\n-> {out}" if out else ""))
+    return result

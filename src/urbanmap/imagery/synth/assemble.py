@@ -11,12 +11,17 @@ block by block, never holding a world-sized array.
   window), in blocks of whole cells whose layout does not depend on the tiles, so the
   outputs are the same bytes whatever compute.tile_size and executor.
 - `LatticeWriter`: lattice blocks into a COG on the lattice.
+- `truth_sources`, `truth_writers`, `lattice_truth`: the truth's world rasters onto the
+  lattice, block by block, into its COGs and per-cell means (LatticeTruth).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -24,9 +29,12 @@ import rasterio.shutil
 from rasterio.warp import Resampling, reproject
 from rasterio.windows import Window
 
+from urbanmap.core.lattice import PixelLattice
 from urbanmap.imagery.landsat import BANDS, QA_FILL, SR_FILL, band_filename
+from urbanmap.imagery.synth import landcover
 from urbanmap.imagery.synth.fields import Win
 from urbanmap.imagery.synth.tiles import window_transform
+from urbanmap.imagery.synth.world import World
 
 #: Lattice cells per side of the client's truth blocks (fixed: outputs must not depend
 #: on the tiles).
@@ -42,7 +50,8 @@ def _cog(src: Path, dst: Path, predictor: int, threads: int) -> None:
                          BLOCKSIZE=256, OVERVIEWS="NONE", NUM_THREADS=int(threads), BIGTIFF="IF_SAFER")
 
 
-def assemble_scene(folder: Path, temp: Path, pid: str, parts, scene: Win, pixel: float, crs, threads: int) -> dict[str, Path]:
+def assemble_scene(folder: Path, temp: Path, pid: str, parts: Sequence[tuple[Path, Win]], scene: Win, pixel: float, crs: Any,
+                   threads: int) -> dict[str, Path]:
     """Write product `pid` (six SR bands and QA_PIXEL) into `folder` from its tile parts.
 
     Args:
@@ -72,7 +81,8 @@ def assemble_scene(folder: Path, temp: Path, pid: str, parts, scene: Win, pixel:
     return files
 
 
-def world_raster(path: Path, parts, world: Win, pixel: float, crs, dtype, count: int, nodata) -> Path:
+def world_raster(path: Path, parts: Sequence[tuple[Path, Win]], world: Win, pixel: float, crs: Any, dtype: str, count: int,
+                 nodata: float | None) -> Path:
     """A temporary GeoTIFF of the world from its tile parts [(npy path, Win)] ((h, w) or
     (count, h, w) arrays); pixels no part covers hold `nodata`."""
     profile = {**_TEMP, "count": count, "dtype": dtype, "width": world.w, "height": world.h, "crs": crs,
@@ -85,7 +95,7 @@ def world_raster(path: Path, parts, world: Win, pixel: float, crs, dtype, count:
     return path
 
 
-def lattice_blocks(lattice, block_cells: int = TRUTH_BLOCK_CELLS):
+def lattice_blocks(lattice: PixelLattice, block_cells: int = TRUTH_BLOCK_CELLS) -> Iterator[tuple[int, int, int, int]]:
     """Blocks of whole cells of the lattice: (i0, j0, ni, nj) in cell_means order
     (i from the north), north to south then west to east."""
     b = int(block_cells)
@@ -94,7 +104,7 @@ def lattice_blocks(lattice, block_cells: int = TRUTH_BLOCK_CELLS):
             yield i0, j0, min(b, lattice.nrows - i0), min(b, lattice.ncols - j0)
 
 
-def warp_block(src, lattice, block, nodata) -> np.ndarray:
+def warp_block(src: Any, lattice: PixelLattice, block: tuple[int, int, int, int], nodata: float | None) -> np.ndarray:
     """World raster `src` (an open dataset, (bands, rows, cols)) sampled onto one lattice
     block by nearest neighbour: (bands, ni * p, nj * p) of src's dtype."""
     i0, j0, ni, nj = block
@@ -116,7 +126,8 @@ class LatticeWriter:
     """A raster on the region's lattice written block by block (a temporary GeoTIFF),
     then copied into a COG (deflate, 256 px tiles) by `close_to`."""
 
-    def __init__(self, temp: Path, lattice, dtype, count: int, nodata, descriptions, tags=None):
+    def __init__(self, temp: Path, lattice: PixelLattice, dtype: str, count: int, nodata: float | None,
+                 descriptions: Sequence[str] | None, tags: dict[str, Any] | None = None):
         self.temp = temp
         self.predictor = 3 if np.dtype(dtype).kind == "f" else 2
         self.ds = rasterio.open(temp, "w", **_TEMP, count=count, dtype=dtype, width=lattice.width, height=lattice.height,
@@ -127,17 +138,90 @@ class LatticeWriter:
             self.ds.update_tags(**tags)
         self.p = lattice.patch_size
 
-    def write(self, data: np.ndarray, block) -> None:
+    def write(self, data: np.ndarray, block: tuple[int, int, int, int]) -> None:
+        """Write one lattice block (lattice_blocks' (i0, j0, ni, nj)): data (rows, cols) or
+        (bands, rows, cols)."""
         i0, j0, _, _ = block
         data = data if data.ndim == 3 else data[None]
         self.ds.write(data, window=Window(j0 * self.p, i0 * self.p, data.shape[2], data.shape[1]))
 
     def close_to(self, dst: Path, threads: int) -> None:
+        """Close the temporary GeoTIFF and copy it into the COG `dst` (then delete it)."""
         self.ds.close()
         _cog(self.temp, dst, self.predictor, threads)
         self.temp.unlink()
 
     def discard(self) -> None:
+        """Close and delete the temporary GeoTIFF without writing a COG."""
         if not self.ds.closed:
             self.ds.close()
         self.temp.unlink(missing_ok=True)
+
+
+def truth_sources(world: World, tiles: list[dict[str, Any]], folder: Path) -> dict[str, tuple[Path, float]]:
+    """The world truth rasters assembled from the tiles' parts: name -> (temporary
+    GeoTIFF, nodata)."""
+    def world_file(name: str, dtype: str, count: int, nodata: float) -> Path:
+        parts = [(folder / t["tile_id"] / f"{name}.npy", t["win"]) for t in tiles]
+        return world_raster(folder / f"{name}.tif", parts, world.win, world.transform.a, world.crs, dtype, count, nodata)
+
+    nan = float("nan")
+    return {"classes": (world_file("classes", "uint8", 1, 0), 0),
+            "impervious": (world_file("impervious", "float32", 1, nan), nan),
+            "reflectance": (world_file("reflectance", "float32", len(BANDS), nan), nan),
+            "clear": (world_file("clear", "uint8", 1, 0), 0)}
+
+
+def truth_writers(folder: Path, lattice: PixelLattice) -> dict[str, LatticeWriter]:
+    """The truth rasters on the lattice, written block by block (LatticeWriter)."""
+    nan = float("nan")
+    definition = "per-pixel median over the year's acquisition dates of the noise-free, cloud-free surface reflectance"
+    return {
+        "reflectance": LatticeWriter(folder / "lat_refl.tif", lattice, "float32", len(BANDS), nan, list(BANDS),
+                                     {"definition": definition}),
+        "classes": LatticeWriter(folder / "lat_classes.tif", lattice, "uint8", 1, 0, ["land_cover"],
+                                 {str(k): v for k, v in landcover.CLASS_NAMES.items()}),
+        "clear": LatticeWriter(folder / "lat_clear.tif", lattice, "uint8", 1, None, ["clear_observations"]),
+    }
+
+
+@dataclass
+class LatticeTruth:
+    """The truth's per-cell means and the region's histograms (lattice_truth).
+
+    Attributes:
+        fractions: class code -> share of each cell's lattice pixels of that class.
+        impervious: mean impervious fraction of each cell's lattice pixels.
+        clear_hist, class_hist: int64 (256,) counts of the region's lattice pixels by
+            clear observations and by class.
+    All per-cell arrays are float64 (nrows, ncols) in truth.cell_means order.
+    """
+
+    fractions: dict[int, np.ndarray]
+    impervious: np.ndarray
+    clear_hist: np.ndarray
+    class_hist: np.ndarray
+
+
+def lattice_truth(sources: dict[str, tuple[Path, float]], writers: dict[str, LatticeWriter],
+                  lattice: PixelLattice, in_grid: np.ndarray) -> LatticeTruth:
+    """The world truth rasters sampled onto the lattice block by block (lattice_blocks),
+    each block written to `writers` and summed per cell; `in_grid`: the grid's cells."""
+    p = lattice.patch_size
+    out = LatticeTruth({code: np.zeros((lattice.nrows, lattice.ncols)) for code in landcover.CLASS_NAMES},
+                       np.zeros((lattice.nrows, lattice.ncols)), np.zeros(256, np.int64), np.zeros(256, np.int64))
+    with contextlib.ExitStack() as stack:
+        srcs = {name: stack.enter_context(rasterio.open(path)) for name, (path, _) in sources.items()}
+        for block in lattice_blocks(lattice):
+            i0, j0, ni, nj = block
+            got = {name: warp_block(srcs[name], lattice, block, nodata) for name, (_, nodata) in sources.items()}
+            for name, writer in writers.items():
+                writer.write(got[name], block)
+            classes, clear = got["classes"][0], got["clear"][0]
+            for code in out.fractions:
+                out.fractions[code][i0:i0 + ni, j0:j0 + nj] = block_cell_means(classes == code, p)
+            out.impervious[i0:i0 + ni, j0:j0 + nj] = block_cell_means(got["impervious"][0], p)
+            region_px = np.repeat(np.repeat(in_grid[i0:i0 + ni, j0:j0 + nj], p, 0), p, 1)
+            out.clear_hist += np.bincount(clear[region_px], minlength=256)
+            out.class_hist += np.bincount(classes[region_px], minlength=256)
+    return out

@@ -16,6 +16,7 @@ mapped to table indices (fields.pick) gives neighbouring pixels similar material
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +52,9 @@ class Endmembers:
         n_npv, n_soil = len(self.npv), len(self.soil)
         return {"npv": (0, n_npv), "soil": (n_npv, n_soil), "water": (n_npv + n_soil, len(self.water))}
 
-def group_spectra(table: pd.DataFrame, prefixes: dict, max_reflectance: float, where: str = "spectra") -> Endmembers:
+
+def group_spectra(table: pd.DataFrame, prefixes: dict[str, list[str]], max_reflectance: float,
+                  where: str = "spectra") -> Endmembers:
     """Group measured spectra into end-member tables.
 
     Args:
@@ -84,7 +87,8 @@ def group_spectra(table: pd.DataFrame, prefixes: dict, max_reflectance: float, w
         groups[name] = rows[np.argsort(rows.sum(axis=1), kind="stable")].astype(np.float32)
     return Endmembers(**groups)
 
-def read_endmembers(path, prefixes: dict, max_reflectance: float) -> Endmembers:
+
+def read_endmembers(path: str | os.PathLike[str], prefixes: dict[str, list[str]], max_reflectance: float) -> Endmembers:
     """Read the spectra CSV and group it (see `group_spectra`); InputError names the file."""
     path = io.require_file(path, "spectra")
     try:

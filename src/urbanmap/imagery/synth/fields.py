@@ -23,6 +23,7 @@ the smoothing is SciPy's (ndimage.correlate1d).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,16 +59,18 @@ class Win:
         return slice(self.r0 - outer.r0, self.r0 - outer.r0 + self.h), slice(self.c0 - outer.c0, self.c0 - outer.c0 + self.w)
 
     def intersect(self, other: Win) -> Win | None:
+        """The window both windows cover, or None if they do not overlap."""
         r0, c0 = max(self.r0, other.r0), max(self.c0, other.c0)
         r1, c1 = min(self.r0 + self.h, other.r0 + other.h), min(self.c0 + self.w, other.c0 + other.w)
         return Win(r0, c0, r1 - r0, c1 - c0) if r1 > r0 and c1 > c0 else None
 
 
-def _rng(key, *idx) -> np.random.Generator:
+def _rng(key: Sequence[int], *idx: int) -> np.random.Generator:
     return np.random.default_rng([*(int(k) for k in key), *(int(i) + OFFSET for i in idx)])
 
 
-def chunked(key, r0: int, c0: int, h: int, w: int, chunk: int, draw) -> np.ndarray:
+def chunked(key: Sequence[int], r0: int, c0: int, h: int, w: int, chunk: int,
+            draw: Callable[[np.random.Generator, tuple[int, int]], np.ndarray]) -> np.ndarray:
     """Values on rows r0..r0+h-1, cols c0..c0+w-1 of a global lattice filled chunk by
     chunk: chunk (i, j) (rows i*chunk .. (i+1)*chunk - 1) is `draw(rng, (chunk, chunk))`
     with rng keyed by (key, i, j)."""
@@ -78,13 +81,13 @@ def chunked(key, r0: int, c0: int, h: int, w: int, chunk: int, draw) -> np.ndarr
     return full[r0 - i0 * chunk: r0 - i0 * chunk + h, c0 - j0 * chunk: c0 - j0 * chunk + w]
 
 
-def pixel_noise(key, win: Win) -> np.ndarray:
+def pixel_noise(key: Sequence[int], win: Win) -> np.ndarray:
     """Standard-normal noise (float32, (h, w)) of the window's pixels."""
     return chunked(key, win.r0, win.c0, win.h, win.w, PIXEL_CHUNK,
                    lambda rng, shape: rng.standard_normal(shape, dtype=np.float32))
 
 
-def pixel_uniform(key, win: Win) -> np.ndarray:
+def pixel_uniform(key: Sequence[int], win: Win) -> np.ndarray:
     """Uniform [0, 1) values (float32, (h, w)) of the window's pixels."""
     return chunked(key, win.r0, win.c0, win.h, win.w, PIXEL_CHUNK, lambda rng, shape: rng.random(shape, dtype=np.float32))
 
@@ -97,7 +100,7 @@ def _axis_weights(start: int, n: int, step: float, k0: int, stride: int = 1) -> 
     return (k - k0).astype(np.int64), (pos - k).astype(np.float32)
 
 
-def field(key, win: Win, scale_px: float, stride: int = 1) -> np.ndarray:
+def field(key: Sequence[int], win: Win, scale_px: float, stride: int = 1) -> np.ndarray:
     """A Gaussian random field of correlation length about `scale_px` pixels.
 
     Args:
@@ -124,7 +127,8 @@ def field(key, win: Win, scale_px: float, stride: int = 1) -> np.ndarray:
     return rows[:, ci] * (1 - cf)[None, :] + rows[:, ci + 1] * cf[None, :]
 
 
-def field_octaves(key, win: Win, scales_px, weights, stride: int = 1) -> np.ndarray:
+def field_octaves(key: Sequence[int], win: Win, scales_px: Sequence[float], weights: Sequence[float],
+                  stride: int = 1) -> np.ndarray:
     """Weighted sum of independent fields of several correlation lengths (field k keyed
     by (*key, k)), divided by the root of the summed squared weights (float32)."""
     total = np.zeros((win.h, win.w), np.float32)
@@ -136,7 +140,6 @@ def field_octaves(key, win: Win, scales_px, weights, stride: int = 1) -> np.ndar
 def threshold(share: float) -> float:
     """The value a standard-normal field exceeds on about the share `share` of pixels."""
     return float(special.ndtri(1.0 - float(share))) if 0 < share < 1 else (np.inf if share <= 0 else -np.inf)
-
 
 
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale_px: float) -> np.ndarray:
@@ -154,7 +157,8 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale_px: flo
     return _standardised(out)
 
 
-def octaves(rng: np.random.Generator, shape: tuple[int, int], scales_px, weights) -> np.ndarray:
+def octaves(rng: np.random.Generator, shape: tuple[int, int], scales_px: Sequence[float],
+            weights: Sequence[float]) -> np.ndarray:
     """Weighted sum of `smooth_noise` fields, standardised over the array (float32)."""
     total = np.zeros(shape, np.float32)
     for scale, weight in zip(scales_px, weights):

@@ -32,11 +32,14 @@ The land-cover class of a pixel is "urban" where f >= `urban_min` (0.5), else it
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+import numpy.typing as npt
 import rasterio.features
 import shapely
+from affine import Affine
 
 from urbanmap.imagery.synth.endmembers import Endmembers
 from urbanmap.imagery.synth.fields import Win, chunked, field, field_octaves, pick, pixel_noise, threshold, uniform
@@ -67,6 +70,7 @@ class Landscape:
         """The same landscape cut to a window (views, no copy)."""
         return Landscape(**{k: getattr(self, k)[rows, cols] for k in self.__dataclass_fields__})
 
+
 def seasonal_state(date: dt.date, peak_doy: float, crop_peak_doy: float, crop_days: float) -> tuple[float, float]:
     """(natural, cropland) seasonal state in 0..1 on `date`.
 
@@ -81,8 +85,10 @@ def seasonal_state(date: dt.date, peak_doy: float, crop_peak_doy: float, crop_da
     crop = np.clip(np.cos(np.pi * d / crop_days), 0.0, 1.0) if abs(d) < crop_days / 2 else 0.0
     return float(natural), float(crop)
 
-def settlement_targets(polygons, population, kind, *, at_density: float, value: float, per_decade: float,
-                       low: float, high: float, rural_factor: float):
+
+def settlement_targets(polygons: npt.ArrayLike, population: npt.ArrayLike, kind: npt.ArrayLike, *, at_density: float,
+                       value: float, per_decade: float, low: float, high: float,
+                       rural_factor: float) -> tuple[np.ndarray, np.ndarray]:
     """Target impervious fraction of each census locality, in painting order.
 
     A locality of density d (inhabitants per km² of its polygon) gets
@@ -114,7 +120,9 @@ def settlement_targets(polygons, population, kind, *, at_density: float, value: 
     order = np.argsort(-area_km2, kind="stable")
     return polygons[order], target[order]
 
-def settlement_raster(polygons, targets, transform, shape) -> np.ndarray:
+
+def settlement_raster(polygons: Sequence[shapely.Geometry] | np.ndarray, targets: npt.ArrayLike, transform: Affine,
+                      shape: tuple[int, int]) -> np.ndarray:
     """Target impervious fraction of each pixel of a window (float32 (rows, cols), 0
     outside localities): `polygons` painted in order (later over earlier) by pixel centre
     (GDAL's rasterizer, on the window's own transform)."""
@@ -125,6 +133,7 @@ def settlement_raster(polygons, targets, transform, shape) -> np.ndarray:
     )
     return np.concatenate([[np.float32(0)], np.asarray(targets, np.float32)])[ids]
 
+
 #: Sub-streams of the landscape's key (seed, tag): one per random field or draw.
 (_TERRAIN, _PATCHES, _GREEN, _GREEN_PX, _DRY, _DRY_PX, _SHIFT, _FALLOW, _CROP_GREEN, _CROP_SOIL, _CROP_PEAK,
  _HOOD, _GRAIN, _PARK, _IMP, _IMP_PX, _GROW, _ROOF) = range(1, 19)
@@ -133,9 +142,9 @@ _PARCEL_CHUNK = 64
 
 
 def build_landscape(
-    key, win: Win, settlement: np.ndarray, em: Endmembers, pixel_size: float, *,
+    key: Sequence[int], win: Win, settlement: np.ndarray, em: Endmembers, pixel_size: float, *,
     water: float, soil: float, vegetation: float, terrain_m: float, patch_m: float,
-    parcel_m, fallow: float, texture: float, park_fraction: float,
+    parcel_m: Sequence[float], fallow: float, texture: float, park_fraction: float,
 ) -> Landscape:
     """The base landscape of the census year over a window of the global pixel grid.
 
@@ -163,36 +172,67 @@ def build_landscape(
     if settlement.shape != shape:
         raise ValueError(f"settlement {settlement.shape} does not match the window {shape}")
     px = float(pixel_size)
-    f = lambda sub, scale_m: field((*key, sub), win, scale_m / px)  # noqa: E731
+    cover, lay, q_veg = base_cover(key, win, px, water=water, soil=soil, vegetation=vegetation, terrain_m=terrain_m,
+                                   patch_m=patch_m)
+    # Which measured spectrum: a smooth field (neighbours alike) dithered by pixel noise
+    # (no contour steps between neighbouring table rows).
+    u_green = uniform(0.9 * _field(key, win, px, _GREEN, 300) + 0.45 * pixel_noise((*key, _GREEN_PX), win))
+    u_dry = uniform(0.9 * _field(key, win, px, _DRY, 500) + 0.45 * pixel_noise((*key, _DRY_PX), win))
+    land = Landscape(np.zeros(shape, np.float32), cover, np.zeros(shape, np.uint16), pick(u_green, len(em.vegetation)),
+                     np.empty(shape, np.uint16), np.zeros(shape, np.float32), np.zeros(shape, np.float32),
+                     np.zeros(shape, bool))
+    _natural_vegetation(land, em, u_dry, uniform(2.0 * (lay - q_veg)))  # 0.5 at the vegetation line, -> 1 uphill
+    _cropland(land, em, key, win, px, parcel_m, fallow)
+    dry = em.dry_offsets
+    bare = cover == SOIL
+    land.g_max[bare], land.g_amp[bare] = 0.12, 0.12  # weeds in the rainy season
+    land.i_dry[bare] = dry["soil"][0] + pick(u_dry[bare], dry["soil"][1])
+    wet = cover == WATER
+    land.i_dry[wet] = dry["water"][0] + pick(u_dry[wet], dry["water"][1])
+    _settle(land, em, key, win, px, settlement, u_dry, texture, park_fraction)
+    land.crop[...] = cover == CROPLAND
+    return land
+
+
+def _field(key: Sequence[int], win: Win, px: float, sub: int, scale_m: float) -> np.ndarray:
+    """The landscape's field `sub` (fields.field) of correlation length `scale_m` metres."""
+    return field((*key, sub), win, scale_m / px)
+
+
+def base_cover(key: Sequence[int], win: Win, px: float, *, water: float, soil: float, vegetation: float,
+               terrain_m: float, patch_m: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """The cover before settlements (build_landscape's arguments): water in the lowest
+    ground, bare soil next, natural vegetation on the highest, cropland in between.
+
+    Returns (cover uint8 (h, w) VEGETATION..WATER, the layout field float32 (h, w) that
+    cuts it, the layout's value at the vegetation line).
+    """
     terrain = field_octaves((*key, _TERRAIN), win, [terrain_m / px, terrain_m / (4 * px)], [1.0, 0.3])
-    lay = terrain + np.float32(0.6) * f(_PATCHES, patch_m)
+    lay = terrain + np.float32(0.6) * _field(key, win, px, _PATCHES, patch_m)
     lay_std = float(np.sqrt(1.0 + 0.6**2))
     q_water = -threshold(water)  # terrain below it: the share `water`
     q_soil, q_veg = -lay_std * threshold(water + soil), lay_std * threshold(vegetation)
-    cover = np.full(shape, CROPLAND, np.uint8)
+    cover = np.full((win.h, win.w), CROPLAND, np.uint8)
     cover[lay >= q_veg] = VEGETATION
     cover[(lay < q_soil) & (cover == CROPLAND)] = SOIL
     cover[terrain < q_water] = WATER
+    return cover, lay, q_veg
 
+
+def _natural_vegetation(land: Landscape, em: Endmembers, u_dry: np.ndarray, forest: np.ndarray) -> None:
+    """Natural vegetation (in place): evergreen forest on the highest ground (`forest`
+    -> 1), seasonal grass lower."""
     dry = em.dry_offsets
-    n_green = len(em.vegetation)
-    # Which measured spectrum: a smooth field (neighbours alike) dithered by pixel noise
-    # (no contour steps between neighbouring table rows).
-    u_green = uniform(0.9 * f(_GREEN, 300) + 0.45 * pixel_noise((*key, _GREEN_PX), win))
-    u_dry = uniform(0.9 * f(_DRY, 500) + 0.45 * pixel_noise((*key, _DRY_PX), win))
-    i_green = pick(u_green, n_green)
-    i_dry = np.empty(shape, np.uint16)
-    g_max = np.zeros(shape, np.float32)
-    g_amp = np.zeros(shape, np.float32)
+    veg = land.cover == VEGETATION
+    land.g_max[veg] = 0.70 + 0.25 * forest[veg]
+    land.g_amp[veg] = land.g_max[veg] * (0.65 - 0.55 * forest[veg])
+    land.i_dry[veg] = dry["npv"][0] + pick(u_dry[veg], dry["npv"][1])
 
-    # Natural vegetation: evergreen forest on the highest ground, seasonal grass lower.
-    forest = uniform(2.0 * (lay - q_veg))  # 0.5 at the vegetation line, -> 1 uphill
-    veg = cover == VEGETATION
-    g_max[veg] = 0.70 + 0.25 * forest[veg]
-    g_amp[veg] = g_max[veg] * (0.65 - 0.55 * forest[veg])
-    i_dry[veg] = dry["npv"][0] + pick(u_dry[veg], dry["npv"][1])
 
-    # Cropland: parcels with their own crop, soil and calendar amplitude.
+def _cropland(land: Landscape, em: Endmembers, key: Sequence[int], win: Win, px: float, parcel_m: Sequence[float],
+              fallow: float) -> None:
+    """Cropland (in place): parcels with their own crop, soil and calendar amplitude."""
+    dry = em.dry_offsets
     ph, pw = (max(int(round(m / px)), 1) for m in parcel_m)
     prow = np.arange(win.r0, win.r0 + win.h) // ph  # global parcel rows
     p0, np_rows = int(prow[0]), int(prow[-1] - prow[0] + 1)
@@ -202,46 +242,45 @@ def build_landscape(
     q0 = int(pcol.min())
     grid = (p0, q0, np_rows, int(pcol.max()) - q0 + 1)
     parcel_fallow = chunked((*key, _FALLOW), *grid, c, lambda rng, s: rng.random(s)) < fallow
-    parcel_green = chunked((*key, _CROP_GREEN), *grid, c, lambda rng, s: rng.integers(0, n_green, s))
+    parcel_green = chunked((*key, _CROP_GREEN), *grid, c, lambda rng, s: rng.integers(0, len(em.vegetation), s))
     parcel_soil = chunked((*key, _CROP_SOIL), *grid, c, lambda rng, s: rng.integers(0, dry["soil"][1], s))
     parcel_peak = chunked((*key, _CROP_PEAK), *grid, c, lambda rng, s: rng.uniform(0.80, 0.95, s))
-    crop = cover == CROPLAND
-    r_idx = np.broadcast_to((prow - p0)[:, None], shape)[crop]
+    crop = land.cover == CROPLAND
+    r_idx = np.broadcast_to((prow - p0)[:, None], crop.shape)[crop]
     c_idx = pcol[crop] - q0
     fallow_px = parcel_fallow[r_idx, c_idx]
-    g_max[crop] = np.where(fallow_px, 0.10, parcel_peak[r_idx, c_idx])
-    g_amp[crop] = g_max[crop]
-    i_green[crop] = parcel_green[r_idx, c_idx]
-    i_dry[crop] = dry["soil"][0] + parcel_soil[r_idx, c_idx]
+    land.g_max[crop] = np.where(fallow_px, 0.10, parcel_peak[r_idx, c_idx])
+    land.g_amp[crop] = land.g_max[crop]
+    land.i_green[crop] = parcel_green[r_idx, c_idx]
+    land.i_dry[crop] = dry["soil"][0] + parcel_soil[r_idx, c_idx]
 
-    bare = cover == SOIL
-    g_max[bare], g_amp[bare] = 0.12, 0.12  # weeds in the rainy season
-    i_dry[bare] = dry["soil"][0] + pick(u_dry[bare], dry["soil"][1])
-    wet = cover == WATER
-    i_dry[wet] = dry["water"][0] + pick(u_dry[wet], dry["water"][1])
 
-    # Settlements: built fraction around the locality's target, parks, gardens.
+def _settle(land: Landscape, em: Endmembers, key: Sequence[int], win: Win, px: float, settlement: np.ndarray,
+            u_dry: np.ndarray, texture: float, park_fraction: float) -> None:
+    """Settlements (in place): built fraction around the locality's target, parks,
+    gardens and bare yards; then every pixel's impervious spectrum."""
+    dry = em.dry_offsets
     settled = settlement > 0
-    imp = np.zeros(shape, np.float32)
+    imp = land.impervious
     if settled.any():
-        hood = f(_HOOD, 250)
+        hood = _field(key, win, px, _HOOD, 250)
         grain = pixel_noise((*key, _GRAIN), win)
         imp[settled] = settlement[settled] + texture * (0.7 * hood[settled] + 0.7 * grain[settled])
-        park = f(_PARK, 200)
+        park = _field(key, win, px, _PARK, 200)
         imp[settled & (park >= threshold(park_fraction))] *= 0.15
     np.clip(imp, 0.0, 0.97, out=imp)
     yard_soil = settled & (u_dry < 0.3)
     garden = settled & ~yard_soil
-    cover[garden], cover[yard_soil] = VEGETATION, SOIL
-    g_max[garden], g_amp[garden] = 0.60, 0.30
-    g_max[yard_soil], g_amp[yard_soil] = 0.10, 0.10
-    i_dry[garden] = dry["npv"][0] + pick(u_dry[garden], dry["npv"][1])
-    i_dry[yard_soil] = dry["soil"][0] + pick(u_dry[yard_soil], dry["soil"][1])
-    i_imp = pick(uniform(0.7 * f(_IMP, 120) + 0.7 * pixel_noise((*key, _IMP_PX), win)), len(em.impervious))
-    crop_calendar = cover == CROPLAND
-    return Landscape(imp, cover, i_imp, i_green, i_dry, g_max, g_amp, crop_calendar)
+    land.cover[garden], land.cover[yard_soil] = VEGETATION, SOIL
+    land.g_max[garden], land.g_amp[garden] = 0.60, 0.30
+    land.g_max[yard_soil], land.g_amp[yard_soil] = 0.10, 0.10
+    land.i_dry[garden] = dry["npv"][0] + pick(u_dry[garden], dry["npv"][1])
+    land.i_dry[yard_soil] = dry["soil"][0] + pick(u_dry[yard_soil], dry["soil"][1])
+    land.i_imp[...] = pick(uniform(0.7 * _field(key, win, px, _IMP, 120) + 0.7 * pixel_noise((*key, _IMP_PX), win)),
+                           len(em.impervious))
 
-def grow(land: Landscape, where: np.ndarray, key, win: Win, em: Endmembers, low: float, high: float,
+
+def grow(land: Landscape, where: np.ndarray, key: Sequence[int], win: Win, em: Endmembers, low: float, high: float,
          pixel_size: float = 30.0) -> Landscape:
     """Build over the pixels `where` (bool, win.h x win.w), except water: new housing
     estates with an impervious fraction in [low, high], new (brighter) roofs and bare
@@ -263,6 +302,7 @@ def grow(land: Landscape, where: np.ndarray, key, win: Win, em: Endmembers, low:
     start, n = em.dry_offsets["soil"]
     i_dry[built] = start + pick(u[built], n)
     return replace(land, impervious=imp, cover=cover, i_imp=i_imp, g_max=g_max, g_amp=g_amp, i_dry=i_dry, crop=crop)
+
 
 def reflectance(land: Landscape, em: Endmembers, natural: float, crop: float) -> np.ndarray:
     """Noise-free, cloud-free surface reflectance at seasonal states (natural, crop).

@@ -1,7 +1,8 @@
 """One acquisition: sky (clouds, dilated-cloud rings, shadows, cirrus), Landsat 7's
 SLC-off gaps, sensor noise, and the product written as USGS distributes it.
 
-Everything here works on a window of one scene (rows x cols of the scene's 30 m UTM\ngrid, global pixel indices: fields.Win), and gives the same pixels whatever the window:
+Everything here works on a window of one scene (rows x cols of the scene's 30 m UTM
+grid, global pixel indices: fields.Win), and gives the same pixels whatever the window:
 
 - `draw_sky`: clouds are where a multi-scale random field is above its normal quantile
   for the scene's `cover` (so a scene's cloud fraction is about `cover`); their opacity
@@ -21,11 +22,14 @@ Everything here works on a window of one scene (rows x cols of the scene's 30 m 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
+from affine import Affine
 from scipy import ndimage
 
 from urbanmap.imagery.landsat import BANDS, QA, QA_FILL, SR_FILL, band_filename, to_dn
@@ -81,12 +85,13 @@ def sky_halo(dilate_px: int, shadow_rc: tuple[int, int]) -> tuple[int, int]:
     return int(dilate_px) + abs(int(shadow_rc[0])), int(dilate_px) + abs(int(shadow_rc[1]))
 
 
-def cloud_field(key, win: Win, scales_px, stride: int = 1) -> np.ndarray:
+def cloud_field(key: Sequence[int], win: Win, scales_px: Sequence[float], stride: int = 1) -> np.ndarray:
     """A scene's cloud field over a window (fields.field_octaves, weights 1, 0.5, 0.25)."""
     return field_octaves((*tuple(int(k) for k in key), _CLOUD), win, scales_px, [1.0, 0.5, 0.25][: len(scales_px)], stride)
 
 
-def cloud_cut(key, scene: Win, valid, cover: float, scales_px, samples: int = 250_000) -> float:
+def cloud_cut(key: Sequence[int], scene: Win, valid: Callable[[Win, int], np.ndarray], cover: float,
+              scales_px: Sequence[float], samples: int = 250_000) -> float:
     """The cloud field's value above which lies the share `cover` of the scene's valid
     pixels, measured on a regular sample of about `samples` of its pixels (every one
     in a small scene): the realised cloud cover is then `cover` to within the sample's
@@ -105,7 +110,8 @@ def cloud_cut(key, scene: Win, valid, cover: float, scales_px, samples: int = 25
 
 
 def draw_sky(
-    key, win: Win, valid, cover: float, *, scales_px, dilate_px: int, shadow_rc: tuple[int, int],
+    key: Sequence[int], win: Win, valid: Callable[[Win], np.ndarray], cover: float, *, scales_px: Sequence[float],
+    dilate_px: int, shadow_rc: tuple[int, int],
     cirrus: float = 0.0, cirrus_scale_px: float = 150.0, cut: float | None = None,
 ) -> Sky:
     """The sky of one scene over a window of the global pixel grid.
@@ -130,27 +136,49 @@ def draw_sky(
     outer = win.grow(hr, hc)
     inner = win.crop(outer)
     valid_o = valid(outer)
-    cloud_o = np.zeros((outer.h, outer.w), bool)
-    opacity = np.zeros((win.h, win.w), np.float32)
-    if cover > 0:
-        values = cloud_field(key, outer, scales_px)
-        cut = np.float32(threshold(cover) if cut is None else cut)
-        cloud_o = valid_o & (values >= cut)
-        cloud = cloud_o[inner]
-        opacity[cloud] = np.clip(0.5 + 1.5 * (values[inner][cloud] - cut), 0.0, 1.0)
+    cloud_o, opacity = draw_clouds(key, win, outer, valid_o, cover, scales_px, cut)
     cloud = cloud_o[inner]
     valid_w = valid_o[inner]
     ring = ndimage.binary_dilation(cloud_o, structure=np.ones((3, 3), bool), iterations=int(dilate_px))[inner] & ~cloud & valid_w
     opacity[ring] = RING_OPACITY
     shadow = shift(cloud_o, *shadow_rc)[inner] & ~cloud & valid_w
+    cirrus_mask, depth = draw_cirrus(key, win, valid_w, cirrus, cirrus_scale_px)
+    return Sky(cloud, ring, shadow, cirrus_mask, opacity, depth)
+
+
+def draw_clouds(key: Sequence[int], win: Win, outer: Win, valid_o: np.ndarray, cover: float, scales_px: Sequence[float],
+                cut: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The clouds of a scene (draw_sky) over `outer` (win plus the sky's halo).
+
+    Returns (bool (outer.h, outer.w): cloud, on the valid pixels `valid_o`; float32
+    (win.h, win.w): their opacity over `win`, 0.5 at the edge rising to 1 inside).
+    """
+    cloud_o = np.zeros((outer.h, outer.w), bool)
+    opacity = np.zeros((win.h, win.w), np.float32)
+    if cover > 0:
+        inner = win.crop(outer)
+        values = cloud_field(key, outer, scales_px)
+        level = np.float32(threshold(cover) if cut is None else cut)
+        cloud_o = valid_o & (values >= level)
+        cloud = cloud_o[inner]
+        opacity[cloud] = np.clip(0.5 + 1.5 * (values[inner][cloud] - level), 0.0, 1.0)
+    return cloud_o, opacity
+
+
+def draw_cirrus(key: Sequence[int], win: Win, valid: np.ndarray, cirrus: float,
+                scale_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """Thin cirrus over about the share `cirrus` of the `valid` pixels of `win` (0: none).
+
+    Returns (bool (win.h, win.w) cirrus, float32 (win.h, win.w) its depth 0..1).
+    """
     cirrus_mask = np.zeros((win.h, win.w), bool)
     depth = np.zeros((win.h, win.w), np.float32)
     if cirrus > 0:
-        layer = field((*key, _CIRRUS), win, cirrus_scale_px)
-        cut = np.float32(threshold(cirrus))
-        cirrus_mask = valid_w & (layer >= cut)
-        depth[cirrus_mask] = np.clip(0.3 + (layer[cirrus_mask] - cut), 0.0, 1.0)
-    return Sky(cloud, ring, shadow, cirrus_mask, opacity, depth)
+        layer = field((*key, _CIRRUS), win, scale_px)
+        level = np.float32(threshold(cirrus))
+        cirrus_mask = valid & (layer >= level)
+        depth[cirrus_mask] = np.clip(0.3 + (layer[cirrus_mask] - level), 0.0, 1.0)
+    return cirrus_mask, depth
 
 
 def slc_off_gaps(along_m: np.ndarray, across_m: np.ndarray, pixel_size: float, phase_px: float = 0.0, *,
@@ -169,7 +197,8 @@ def slc_off_gaps(along_m: np.ndarray, across_m: np.ndarray, pixel_size: float, p
     return phase < width
 
 
-def observe(clean: np.ndarray, sky: Sky, valid: np.ndarray, noise_sigma, key, win: Win) -> np.ndarray:
+def observe(clean: np.ndarray, sky: Sky, valid: np.ndarray, noise_sigma: Sequence[float], key: Sequence[int],
+            win: Win) -> np.ndarray:
     """What the sensor records: surface reflectance through the sky, plus noise.
 
     Args:
@@ -225,7 +254,8 @@ def qa_pixel(valid: np.ndarray, sky: Sky, water: np.ndarray, cirrus_band: bool) 
 COG_PROFILE = {"driver": "COG", "compress": "deflate", "predictor": 2, "blocksize": 256, "overviews": "NONE"}
 
 
-def write_product(folder: Path, pid: str, dn: np.ndarray, qa: np.ndarray, crs, transform, threads: int = 1) -> dict[str, Path]:
+def write_product(folder: Path, pid: str, dn: np.ndarray, qa: np.ndarray, crs: Any, transform: Affine,
+                  threads: int = 1) -> dict[str, Path]:
     """Write the six SR bands and QA_PIXEL of product `pid` into `folder`.
 
     Args:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import shapely
@@ -38,7 +40,7 @@ SWATH_M, SCENE_LENGTH_M = 185_000.0, 180_000.0
 OVERPASS_LOCAL_HOURS = 10.5
 
 
-def sensors_for_year(year: int, table) -> list[str]:
+def sensors_for_year(year: int, table: Sequence[Sequence[Any]]) -> list[str]:
     """Sensors acquiring in `year` from rows [first_year, last_year, [sensors]].
 
     InputError if no row covers the year or a sensor is unknown.
@@ -56,7 +58,7 @@ def sensors_for_year(year: int, table) -> list[str]:
     raise InputError(f"year={year}: no Landsat sensor is configured for this year (synth.sensors covers {covered})")
 
 
-def overpasses(year: int, path: int, sensors) -> list[tuple[dt.date, str]]:
+def overpasses(year: int, path: int, sensors: Sequence[str]) -> list[tuple[dt.date, str]]:
     """All (date, sensor) overpasses of WRS-2 `path` in `year`, sorted by date."""
     start = dt.date(year, 1, 1).toordinal()
     days = np.arange(start, dt.date(year, 12, 31).toordinal() + 1)
@@ -129,7 +131,7 @@ class Footprint:
     across: tuple[float, float]
 
     @classmethod
-    def crossing(cls, path: int, row: int, bounds, side: str, edge: float, bearing_deg: float) -> Footprint:
+    def crossing(cls, path: int, row: int, bounds: Sequence[float], side: str, edge: float, bearing_deg: float) -> Footprint:
         """The footprint covering the `side` ("east" or "west") of the region `bounds`
         (xmin, ymin, xmax, ymax), whose long edge crosses the region's centre line at
         `edge` (fraction of its width from the west)."""
@@ -173,11 +175,12 @@ class Acquisition:
 
     @property
     def product_id(self) -> str:
+        """The Collection 2 Level-2 product id (processed_date from the acquisition date)."""
         fp = self.footprint
         return product_id(self.sensor, fp.path, fp.row, self.acquired, processed_date(self.acquired))
 
 
-def acquisitions(year: int, sensors, footprints: list[Footprint], per_footprint: int) -> list[Acquisition]:
+def acquisitions(year: int, sensors: Sequence[str], footprints: list[Footprint], per_footprint: int) -> list[Acquisition]:
     """`per_footprint` acquisitions of each footprint spread over `year`, sorted by date."""
     out = []
     for fp in footprints:

@@ -54,16 +54,17 @@ class Product:
     footprint: shapely.Geometry  # valid data, lon/lat (EPSG:4326)
     epsg: int
     shape: tuple[int, int]  # rows, cols
-    transform: tuple  # affine coefficients a, b, c, d, e, f
+    transform: tuple[float, ...]  # affine coefficients a, b, c, d, e, f
     cloud_cover: float  # percent of valid pixels flagged cloud
     sun_azimuth: float
     sun_elevation: float
     wrs_path: int
     wrs_row: int
-    files: dict  # band name (BANDS, "qa_pixel") -> path (made relative to the item on saving)
+    files: dict[str, str]  # band name (BANDS, "qa_pixel") -> path (made relative to the item on saving)
 
 
 def _item(p: Product) -> pystac.Item:
+    """The STAC Item of one product (assets' hrefs absolute until the catalog is saved)."""
     geometry = shapely.geometry.mapping(p.footprint)
     item = pystac.Item(
         id=p.product_id, geometry=geometry, bbox=list(p.footprint.bounds), datetime=p.datetime,
@@ -77,6 +78,22 @@ def _item(p: Product) -> pystac.Item:
             "landsat:correction": "L2SP",
         },
     )
+    _add_item_extensions(item, p)
+    family = "oli" if p.sensor in ("LC08", "LC09") else "tm"
+    for band in BANDS:
+        _add_band_asset(item, p, band, family)
+    qa = pystac.Asset(
+        href=str(Path(p.files["qa_pixel"]).resolve()), media_type=COG_MEDIA_TYPE,
+        roles=["cloud", "cloud-shadow", "snow-ice", "water-mask"], title="Pixel Quality Assessment Band (QA_PIXEL)",
+    )
+    item.add_asset("qa_pixel", qa)
+    RasterExtension.ext(qa).bands = [RasterBand.create(data_type=DataType.UINT16, nodata=QA_FILL, spatial_resolution=30.0, unit="bit index")]
+    return item
+
+
+def _add_item_extensions(item: pystac.Item, p: Product) -> None:
+    """The item's landsat, eo (cloud cover), view (sun angles), projection and raster
+    extensions."""
     item.stac_extensions.append(LANDSAT_EXTENSION)
     eo = EOExtension.ext(item, add_if_missing=True)
     eo.cloud_cover = round(float(p.cloud_cover), 2)
@@ -87,28 +104,24 @@ def _item(p: Product) -> pystac.Item:
     proj.shape = list(p.shape)
     proj.transform = [float(v) for v in p.transform]
     RasterExtension.add_to(item)
-    family = "oli" if p.sensor in ("LC08", "LC09") else "tm"
-    for band in BANDS:
-        asset = pystac.Asset(
-            href=str(Path(p.files[band]).resolve()), media_type=COG_MEDIA_TYPE, roles=["data", "reflectance"],
-            title=f"{COMMON_NAMES[band]} ({SENSOR_BANDS[p.sensor][band]})",
-        )
-        item.add_asset(COMMON_NAMES[band], asset)
-        EOExtension.ext(asset).bands = [
-            Band.create(name=SENSOR_BANDS[p.sensor][band], common_name=COMMON_NAMES[band],
-                        center_wavelength=_WAVELENGTHS[family][band])
-        ]
-        RasterExtension.ext(asset).bands = [
-            RasterBand.create(data_type=DataType.UINT16, nodata=SR_FILL, scale=SR_SCALE, offset=SR_OFFSET,
-                              spatial_resolution=30.0)
-        ]
-    qa = pystac.Asset(
-        href=str(Path(p.files["qa_pixel"]).resolve()), media_type=COG_MEDIA_TYPE,
-        roles=["cloud", "cloud-shadow", "snow-ice", "water-mask"], title="Pixel Quality Assessment Band (QA_PIXEL)",
+
+
+def _add_band_asset(item: pystac.Item, p: Product, band: str, family: str) -> None:
+    """The asset of one of the six bands, keyed by its common name, with its eo:bands
+    (name, common name, centre wavelength of the instrument `family`) and raster:bands."""
+    asset = pystac.Asset(
+        href=str(Path(p.files[band]).resolve()), media_type=COG_MEDIA_TYPE, roles=["data", "reflectance"],
+        title=f"{COMMON_NAMES[band]} ({SENSOR_BANDS[p.sensor][band]})",
     )
-    item.add_asset("qa_pixel", qa)
-    RasterExtension.ext(qa).bands = [RasterBand.create(data_type=DataType.UINT16, nodata=QA_FILL, spatial_resolution=30.0, unit="bit index")]
-    return item
+    item.add_asset(COMMON_NAMES[band], asset)
+    EOExtension.ext(asset).bands = [
+        Band.create(name=SENSOR_BANDS[p.sensor][band], common_name=COMMON_NAMES[band],
+                    center_wavelength=_WAVELENGTHS[family][band])
+    ]
+    RasterExtension.ext(asset).bands = [
+        RasterBand.create(data_type=DataType.UINT16, nodata=SR_FILL, scale=SR_SCALE, offset=SR_OFFSET,
+                          spatial_resolution=30.0)
+    ]
 
 
 def write_catalog(root: Path, catalog_id: str, description: str, products: list[Product]) -> Path:

@@ -19,8 +19,10 @@ complete or absent) and returns only counts; the client assembles them (assemble
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -33,6 +35,7 @@ from urbanmap.imagery.synth import landcover, scenes
 from urbanmap.imagery.synth.endmembers import Endmembers
 from urbanmap.imagery.synth.fields import Win
 from urbanmap.imagery.synth.scenes import slc_off_gaps
+from urbanmap.imagery.synth.schedule import Footprint
 
 #: Tags that separate the random streams derived from the seed.
 LANDSCAPE, GROWTH, GROWTH_PIXELS, SCENE = 101, 202, 303, 404
@@ -43,9 +46,9 @@ class SceneSpec:
     """One acquisition, as a task needs it (small, picklable)."""
 
     index: int
-    key: tuple  # (seed, SCENE, year, path, row, ordinal date): the scene's random streams
+    key: tuple[int, ...]  # (seed, SCENE, year, path, row, ordinal date): the scene's random streams
     win: Win  # the product's window of the world (global pixel indices)
-    footprint: object  # schedule.Footprint
+    footprint: Footprint
     slc_gaps: bool
     gap_phase: float
     cover: float
@@ -54,7 +57,8 @@ class SceneSpec:
     cirrus: float
     cirrus_band: bool
     state: tuple[float, float]  # seasonal state (natural, cropland)
-    noise: tuple  # (6,) sensor noise, reflectance
+    noise: tuple[float, ...]  # (6,) sensor noise, reflectance
+
 
 @dataclass(frozen=True)
 class Job:
@@ -62,28 +66,31 @@ class Job:
 
     seed: int
     pixel: float
-    landscape: dict  # keyword arguments of landcover.build_landscape
+    landscape: dict[str, Any]  # keyword arguments of landcover.build_landscape
     em: Endmembers
     settlements: str  # GeoParquet: locality polygons (scene CRS) and targets, painting order
     urban_min: float
-    scenes: tuple = ()
-    scales_px: tuple = ()
+    scenes: tuple[SceneSpec, ...] = ()
+    scales_px: tuple[float, ...] = ()
     dilate_px: int = 0
-    median_state: tuple = (0.0, 0.0)
+    median_state: tuple[float, float] = (0.0, 0.0)
     grown: str | None = None  # GeoParquet of grown cells' polygons (scene CRS), or None
-    grown_impervious: tuple = (0.0, 0.0)
+    grown_impervious: tuple[float, ...] = (0.0, 0.0)  # (low, high) impervious fraction of grown pixels
     parts: str = ""
+
 
 def window_transform(win: Win, pixel: float) -> Affine:
     """North-up transform of a window of the global grid (pixel centres at c * pixel,
     -r * pixel)."""
     return Affine(pixel, 0.0, (win.c0 - 0.5) * pixel, 0.0, -pixel, (0.5 - win.r0) * pixel)
 
+
 def window_bounds(win: Win, pixel: float) -> tuple[float, float, float, float]:
     """(xmin, ymin, xmax, ymax) of a window, metres."""
     return ((win.c0 - 0.5) * pixel, (0.5 - win.r0 - win.h) * pixel, (win.c0 + win.w - 0.5) * pixel, (0.5 - win.r0) * pixel)
 
-def world_tiles(world: Win, tile_px: int) -> list[dict]:
+
+def world_tiles(world: Win, tile_px: int) -> list[dict[str, Any]]:
     """The tiles of the world window, north to south then west to east: dicts with
     `tile_id` ("r<i>c<j>") and `win` (fields.Win)."""
     t = int(tile_px)
@@ -92,11 +99,12 @@ def world_tiles(world: Win, tile_px: int) -> list[dict]:
         for i, r in enumerate(range(0, world.h, t)) for j, c in enumerate(range(0, world.w, t))
     ]
 
+
 #: Rows per row group of the polygon files the tasks share (write_polygons).
 _ROWS_PER_GROUP = 256
 
 
-def write_polygons(frame, path) -> None:
+def write_polygons(frame: gpd.GeoDataFrame, path: str | Path) -> None:
     """Write the polygons the tasks share (the settlements, the grown cells) so that each
     task reads and decodes only those that meet its tile (_polygons_in): rows sorted along
     a Hilbert curve in row groups of _ROWS_PER_GROUP, with a bbox covering column
@@ -109,7 +117,8 @@ def write_polygons(frame, path) -> None:
     order = np.argsort(frame.hilbert_distance().to_numpy(), kind="stable") if len(frame) else np.arange(0)
     frame.iloc[order].to_parquet(path, write_covering_bbox=True, row_group_size=_ROWS_PER_GROUP)
 
-def _polygons_in(path: str, bounds, columns=()) -> tuple[np.ndarray, dict]:
+
+def _polygons_in(path: str, bounds: Sequence[float], columns: Sequence[str] = ()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Polygons of a file written by write_polygons whose bounds meet `bounds`, in the
     order they were given to it (painting order), and the requested columns. Only the
     row groups near `bounds` are read (the bbox covering's statistics); each row's exact
@@ -120,7 +129,8 @@ def _polygons_in(path: str, bounds, columns=()) -> tuple[np.ndarray, dict]:
     keep = (b[:, 0] <= bounds[2]) & (b[:, 2] >= bounds[0]) & (b[:, 1] <= bounds[3]) & (b[:, 3] >= bounds[1])
     return np.asarray(frame.geometry.values[keep], dtype=object), {c: frame[c].to_numpy()[keep] for c in columns}
 
-def landscape(win: Win, job: Job, grown: bool):
+
+def landscape(win: Win, job: Job, grown: bool) -> landcover.Landscape:
     """The landscape (landcover.Landscape) of a window: the census year's, and with
     `grown` the cells grown by this year built over."""
     transform, bounds = window_transform(win, job.pixel), window_bounds(win, job.pixel)
@@ -132,11 +142,12 @@ def landscape(win: Win, job: Job, grown: bool):
         if len(cells):
             where = rasterio.features.rasterize(((g, 1) for g in cells), out_shape=(win.h, win.w), transform=transform,
                                                 fill=0, dtype="uint8").astype(bool)
-            land = landcover.grow(land, where, (job.seed, GROWTH_PIXELS), win, job.em, *job.grown_impervious,
-                                  pixel_size=job.pixel)
+            low, high = job.grown_impervious
+            land = landcover.grow(land, where, (job.seed, GROWTH_PIXELS), win, job.em, low, high, pixel_size=job.pixel)
     return land
 
-def base_task(tile: dict, job: Job) -> str:
+
+def base_task(tile: dict[str, Any], job: Job) -> str:
     """Pass 1: the census year's classes of the tile -> `<parts>/<tile_id>/base.npy`."""
     win = tile["win"]
     land = landscape(win, job, grown=False)
@@ -144,7 +155,8 @@ def base_task(tile: dict, job: Job) -> str:
         np.save(tmp / "base.npy", land.classes(job.urban_min))
     return tile["tile_id"]
 
-def scene_valid(spec: SceneSpec, pixel: float):
+
+def scene_valid(spec: SceneSpec, pixel: float) -> Callable[..., np.ndarray]:
     """Function (Win, stride=1) -> bool (h, w): the scene's pixels with data (inside the
     footprint, outside Landsat 7's SLC-off gaps), every `stride`-th from (r0, c0)."""
 
@@ -159,7 +171,8 @@ def scene_valid(spec: SceneSpec, pixel: float):
 
     return valid
 
-def scene_task(tile: dict, job: Job) -> dict:
+
+def scene_task(tile: dict[str, Any], job: Job) -> dict[str, Any]:
     """Pass 2: the tile's parts of every scene and of the world truth.
 
     Writes into `<parts>/<tile_id>/`: `scene<k>.npy` (uint16 (7, h, w): DN blue..swir2

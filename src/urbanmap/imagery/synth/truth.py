@@ -9,7 +9,10 @@ patch_size window.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from rasterio.warp import Resampling, reproject
 from scipy import ndimage
@@ -18,7 +21,7 @@ from urbanmap.core.lattice import PixelLattice
 from urbanmap.imagery.synth.landcover import CLASS_NAMES, URBAN
 
 
-def to_lattice(world: np.ndarray, world_transform, world_crs, lattice: PixelLattice, nodata) -> np.ndarray:
+def to_lattice(world: np.ndarray, world_transform: Any, world_crs: Any, lattice: PixelLattice, nodata: float | None) -> np.ndarray:
     """Sample a world raster ((rows, cols) or (bands, rows, cols)) onto the lattice by
     nearest neighbour (GDAL). Returns the lattice array, same dtype and band count."""
     shape = (lattice.height, lattice.width) if world.ndim == 2 else (world.shape[0], lattice.height, lattice.width)
@@ -29,6 +32,7 @@ def to_lattice(world: np.ndarray, world_transform, world_crs, lattice: PixelLatt
     )
     return out
 
+
 def cell_means(raster: np.ndarray, lattice: PixelLattice) -> np.ndarray:
     """Mean of a lattice raster (rows, cols) over each cell's window.
 
@@ -38,11 +42,13 @@ def cell_means(raster: np.ndarray, lattice: PixelLattice) -> np.ndarray:
     p = lattice.patch_size
     return raster.reshape(lattice.nrows, p, lattice.ncols, p).mean(axis=(1, 3), dtype=np.float64)
 
-def cell_index(lattice: PixelLattice, cols, rows) -> tuple[np.ndarray, np.ndarray]:
+
+def cell_index(lattice: PixelLattice, cols: npt.ArrayLike, rows: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """(i, j) positions in `cell_means` arrays of cells given by lattice indices."""
     return (lattice.row0 + lattice.nrows - 1 - np.asarray(rows)).astype(np.int64), (np.asarray(cols) - lattice.col0).astype(np.int64)
 
-def cell_table(cells: pd.DataFrame, lattice: PixelLattice, fractions: dict, impervious: np.ndarray,
+
+def cell_table(cells: pd.DataFrame, lattice: PixelLattice, fractions: dict[int, np.ndarray], impervious: np.ndarray,
                urban_min: float, base_urban: np.ndarray | None = None) -> pd.DataFrame:
     """Per-cell truth from per-cell means (arrays (nrows, ncols) in cell_means order).
 
@@ -70,6 +76,7 @@ def cell_table(cells: pd.DataFrame, lattice: PixelLattice, fractions: dict, impe
     if base_urban is not None:
         out["new_urban"] = urban & ~(base_urban[i, j] >= urban_min)
     return out
+
 
 def fringe_growth(urban_cells: np.ndarray, in_grid: np.ndarray, water: np.ndarray, priority: np.ndarray,
                   share: float, min_neighbours: int) -> np.ndarray:

@@ -18,8 +18,9 @@ executing code from the files (skops with an allow-list of types; safetensors + 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -29,6 +30,7 @@ from urbanmap.core.io import atomic_directory
 from urbanmap.training.models.extra_trees import ExtraTreesPatchClassifier
 
 CARD = "model_card.json"
+
 
 class PatchClassifier(Protocol):
     """What train, evaluate and predict need from a model."""
@@ -45,12 +47,15 @@ class PatchClassifier(Protocol):
     def card(self) -> dict:
         """Model-specific entries of the model card (features, normalisation, ...)."""
 
-def build(model_cfg, bands, patch_size: int, seed: int, threads: int = 1) -> PatchClassifier:
-    """An unfitted classifier from the `model` config section."""
-    cfg = OmegaConf.to_container(model_cfg, resolve=True) if not isinstance(model_cfg, dict) else model_cfg
+
+def build(model_cfg: Any, bands: Sequence[str], patch_size: int, seed: int, threads: int = 1) -> PatchClassifier:
+    """An unfitted classifier from the `model` config section (a DictConfig or a dict)."""
+    container = OmegaConf.to_container(model_cfg, resolve=True) if not isinstance(model_cfg, dict) else model_cfg
+    if not isinstance(container, dict):
+        raise InputError(f"model: expected a config section, got {type(container).__name__}")
+    cfg = cast(dict[str, Any], container)  # a config section's keys are names
     kind = cfg.get("kind")
     if kind == "sklearn":
-
         return ExtraTreesPatchClassifier(cfg, list(bands), seed)
     if kind == "torch":
         from urbanmap.training.models.torch_model import TorchPatchClassifier
@@ -58,7 +63,8 @@ def build(model_cfg, bands, patch_size: int, seed: int, threads: int = 1) -> Pat
         return TorchPatchClassifier(cfg, list(bands), int(patch_size), seed, threads)
     raise InputError(f"model.kind: {kind!r} is not a model kind (sklearn or torch)")
 
-def save(clf: PatchClassifier, folder: Path, card: dict) -> dict:
+
+def save(clf: PatchClassifier, folder: Path, card: dict[str, Any]) -> dict[str, Any]:
     """Write the model files and `model_card.json` (general `card` entries + the model's
     own) into `folder`, which is replaced whole (a temporary folder renamed into place)."""
     with atomic_directory(folder) as tmp:
@@ -67,7 +73,8 @@ def save(clf: PatchClassifier, folder: Path, card: dict) -> dict:
         (tmp / CARD).write_text(json.dumps(full, indent=2) + "\n")
     return full
 
-def read_card(folder: Path) -> dict:
+
+def read_card(folder: Path) -> dict[str, Any]:
     """The model card of a saved model folder; InputError if missing or unreadable."""
     path = Path(folder) / CARD
     if not path.is_file():
@@ -77,12 +84,12 @@ def read_card(folder: Path) -> dict:
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: not valid JSON: {exc}") from exc
 
-def load(folder: Path) -> tuple[PatchClassifier, dict]:
+
+def load(folder: Path) -> tuple[PatchClassifier, dict[str, Any]]:
     """A fitted classifier and its card from a folder written by `save`."""
     card = read_card(folder)
     kind = card.get("kind")
     if kind == "sklearn":
-
         return ExtraTreesPatchClassifier.load(Path(folder), card), card
     if kind == "torch":
         from urbanmap.training.models.torch_model import TorchPatchClassifier

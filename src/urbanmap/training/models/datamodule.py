@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import numpy as np
 import torch
@@ -28,11 +30,13 @@ class RandomDihedral(v2.Transform):
     """A random element of the dihedral group (4 rotations x optional flip) per sample of
     a batch (N, C, H, W) of square images, with torchvision's v2 flip and torch.rot90."""
 
-    def make_params(self, flat_inputs):
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        """One draw per sample: k in 0..7 (k >= 4: flipped; k % 4: quarter turns)."""
         n = flat_inputs[0].shape[0]
         return {"k": torch.randint(0, 8, (n,))}
 
-    def transform(self, inpt, params):
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        """The batch (N, C, H, W) with each sample flipped and rotated by its draw."""
         k = params["k"]
         flip = (k >= 4).view(-1, *([1] * (inpt.ndim - 1)))
         x = torch.where(flip, TF.horizontal_flip(inpt), inpt)
@@ -96,15 +100,19 @@ class PatchDataModule(L.LightningDataModule):
 
     @property
     def has_validation(self) -> bool:
+        """Whether the fold has a validation split (validation_fraction > 0)."""
         return len(self.y_val) > 0
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled (seeded) batches of the fit part."""
         return _loader(self.x_fit, self.y_fit, self.batch_size, True, self.seed)
 
-    def val_dataloader(self):
+    def val_dataloader(self) -> DataLoader | list[Any]:
+        """Batches of the validation split in order, or none."""
         return _loader(self.x_val, self.y_val, 4 * self.batch_size, False, self.seed) if self.has_validation else []
 
-    def on_after_batch_transfer(self, batch, dataloader_idx):
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Augment training batches (RandomDihedral); validation batches pass unchanged."""
         x, y = batch
         if self.augment is not None and self.trainer is not None and self.trainer.training:
             x = self.augment(x)

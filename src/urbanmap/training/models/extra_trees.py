@@ -16,12 +16,15 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 from urbanmap.core.errors import InputError
-from urbanmap.training.features import compute_features
+from urbanmap.training.features import Features, compute_features
 
 FILE = "model.skops"
 
@@ -46,13 +49,14 @@ _ARRAY_API_WRAPPERS = tuple(f"sklearn.externals.array_api_compat.{lib}" for lib 
 class _SkipArrayApiWrappers(importlib.abc.MetaPathFinder):
     """Import finder that refuses `_ARRAY_API_WRAPPERS` (and their submodules)."""
 
-    def find_spec(self, name, path=None, target=None):
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        """Refuse the wrappers (ModuleNotFoundError); leave every other module to the next finder."""
         if any(name == w or name.startswith(w + ".") for w in _ARRAY_API_WRAPPERS):
             raise ModuleNotFoundError(f"{name}: not imported while skops lists scikit-learn's estimators", name=name)
         return None
 
 
-def skops_io():
+def skops_io() -> ModuleType:
     """The `skops.io` module, imported without torch.
 
     skops.io builds its default list of trusted types when imported, with
@@ -82,7 +86,7 @@ def skops_io():
 class ExtraTreesPatchClassifier:
     """A scikit-learn classifier on features of patches (see module docstring)."""
 
-    def __init__(self, cfg: dict, bands: list[str], seed: int, estimator=None):
+    def __init__(self, cfg: dict[str, Any], bands: Sequence[str], seed: int, estimator: Any = None):
         self.cfg = cfg
         self.bands = list(bands)
         self.seed = seed
@@ -97,16 +101,19 @@ class ExtraTreesPatchClassifier:
         self.feature_names: list[str] = []
         self.feature_groups: list[str] = []
 
-    def features(self, patches: np.ndarray, context: str = "features"):
+    def features(self, patches: np.ndarray, context: str = "features") -> Features:
+        """The configured features of (n, b, p, p) patches (features.compute_features)."""
         return compute_features(patches, self.bands, self.groups, self.percentiles, context)
 
     def fit(self, patches: np.ndarray, y: np.ndarray) -> ExtraTreesPatchClassifier:
+        """Fit the estimator on the features of (n, b, p, p) patches and (n,) 0/1 labels."""
         f = self.features(patches, "patches")
         self.feature_names, self.feature_groups = f.names, f.groups
         self.estimator.fit(f.X, np.asarray(y, np.uint8))
         return self
 
     def predict_proba(self, patches: np.ndarray) -> np.ndarray:
+        """(n,) float64 probability of urban (class 1) of (n, b, p, p) patches."""
         proba = self.estimator.predict_proba(self.features(patches).X)
         return proba[:, list(self.estimator.classes_).index(1)].astype(np.float64)
 
@@ -118,18 +125,21 @@ class ExtraTreesPatchClassifier:
         return self.feature_names, self.feature_groups, np.asarray(values, np.float64)
 
     def save(self, folder: Path) -> list[str]:
+        """Write the estimator as model.skops into `folder`; return its name."""
         sio = skops_io()
         sio.dump(self.estimator, Path(folder) / FILE)
         return [FILE]
 
-    def card(self) -> dict:
+    def card(self) -> dict[str, Any]:
+        """The model card's features (groups, percentiles, count) and feature groups."""
         return {
             "features": {"groups": self.groups, "percentiles": self.percentiles, "n_features": len(self.feature_names)},
             "feature_groups": sorted(set(self.feature_groups), key=self.feature_groups.index),
         }
 
     @classmethod
-    def load(cls, folder: Path, card: dict) -> ExtraTreesPatchClassifier:
+    def load(cls, folder: Path, card: dict[str, Any]) -> ExtraTreesPatchClassifier:
+        """A fitted classifier from `folder`/model.skops, refusing types outside TRUSTED."""
         sio = skops_io()
         path = Path(folder) / FILE
         if not path.is_file():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import nn
+from torch import Tensor, nn
 
 from urbanmap.core.errors import InputError
 
@@ -48,5 +48,6 @@ class LeNet(nn.Module):
         dense.append(nn.Linear(prev, num_classes))
         self.classifier = nn.Sequential(*dense)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) normalised patches -> (N, num_classes) logits."""
         return self.classifier(self.features(x))

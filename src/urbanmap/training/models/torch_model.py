@@ -22,7 +22,9 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -47,20 +49,24 @@ class PatchNet(L.LightningModule):
         super().__init__()
         self.net, self.lr, self.weight_decay = net, lr, weight_decay
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) normalised patches -> (N, 2) logits."""
         return self.net(x)
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Cross-entropy of one batch, logged as train_loss per epoch."""
         x, y = batch
         loss = F.cross_entropy(self.net(x), y)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        """Log the batch's cross-entropy as val_loss (early stopping, KeepBest)."""
         x, y = batch
         self.log("val_loss", F.cross_entropy(self.net(x), y), on_epoch=True, batch_size=len(y))
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW with the model's lr and weight decay."""
         return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
 
@@ -69,28 +75,32 @@ class KeepBest(L.Callback):
     restore them when fitting ends. (Lightning's ModelCheckpoint does this through files;
     a fold's model is small, so a copy in memory avoids writing checkpoints.)"""
 
-    def __init__(self):
-        self.best, self.state, self.best_epoch = float("inf"), None, -1
+    def __init__(self) -> None:
+        self.best, self.best_epoch = float("inf"), -1
+        self.state: dict[str, torch.Tensor] | None = None
 
-    def on_validation_epoch_end(self, trainer, pl_module):
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Copy the weights when the epoch's validation loss is the lowest so far."""
         loss = trainer.callback_metrics.get("val_loss")
         if loss is not None and float(loss) < self.best:
             self.best, self.best_epoch = float(loss), trainer.current_epoch
             self.state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
-    def on_fit_end(self, trainer, pl_module):
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Restore the best epoch's weights."""
         if self.state is not None:
             pl_module.load_state_dict(self.state)
 
 
-def build_net(net_cfg: dict, in_channels: int, patch_size: int, bands, trusted_only: bool = False) -> torch.nn.Module:
+def build_net(net_cfg: dict[str, Any], in_channels: int, patch_size: int, bands: Sequence[str],
+              trusted_only: bool = False) -> torch.nn.Module:
     """The network of `net_cfg` (``_target_`` + arguments) for this input."""
     from hydra.utils import instantiate
 
     target = net_cfg.get("_target_")
     if trusted_only and target not in NETS:
         raise InputError(f"model.net._target_: {target!r} is not a known network ({', '.join(sorted(NETS))})")
-    extra = {"in_channels": in_channels, "patch_size": patch_size, "num_classes": 2}
+    extra: dict[str, Any] = {"in_channels": in_channels, "patch_size": patch_size, "num_classes": 2}
     if target == "urbanmap.training.models.resnet.resnet18":
         extra["bands"] = list(bands)
     try:
@@ -110,21 +120,30 @@ def seed_all(seed: int, threads: int) -> None:
     torch.use_deterministic_algorithms(True)
     # Deterministic mode also fills every new tensor with NaN to expose reads of
     # uninitialised memory; that costs ~15% of a ResNet step and changes no result.
-    torch.utils.deterministic.fill_uninitialized_memory = False
+    # torch documents this flag, but its stub of torch.utils.deterministic omits it.
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     torch.set_num_threads(max(1, int(threads)))
 
 
 class TorchPatchClassifier:
     """A Lightning-trained network behind the PatchClassifier interface."""
 
-    def __init__(self, cfg: dict, bands: list[str], patch_size: int, seed: int, threads: int = 1):
+    def __init__(self, cfg: dict[str, Any], bands: Sequence[str], patch_size: int, seed: int, threads: int = 1):
         self.cfg, self.bands, self.patch_size = cfg, list(bands), int(patch_size)
         self.seed, self.threads = int(seed), int(threads)
         self.net: torch.nn.Module | None = None
-        self.mean = self.std = None
+        self.mean: np.ndarray | None = None  # (b,) float32 per-band normalisation
+        self.std: np.ndarray | None = None
         self.epochs = self.best_epoch = 0
 
+    def _fitted(self) -> tuple[torch.nn.Module, np.ndarray, np.ndarray]:
+        """The net and its normalisation; RuntimeError before fit (or load)."""
+        if self.net is None or self.mean is None or self.std is None:
+            raise RuntimeError("the model is not fitted")
+        return self.net, self.mean, self.std
+
     def fit(self, patches: np.ndarray, y: np.ndarray) -> TorchPatchClassifier:
+        """Train on (n, b, p, p) patches and (n,) 0/1 labels (model.trainer, model.optimizer)."""
         from lightning.pytorch.callbacks import EarlyStopping
 
         from urbanmap.training.models.datamodule import PatchDataModule
@@ -136,7 +155,7 @@ class TorchPatchClassifier:
         net = build_net(dict(self.cfg["net"]), len(self.bands), self.patch_size, self.bands)
         module = PatchNet(net, float(opt.get("lr", 1e-3)), float(opt.get("weight_decay", 0.0)))
         keep = KeepBest()
-        callbacks = [keep]
+        callbacks: list[L.Callback] = [keep]
         if data.has_validation and t.get("early_stopping_patience"):
             callbacks.append(EarlyStopping("val_loss", patience=int(t["early_stopping_patience"]), mode="min"))
         trainer = L.Trainer(
@@ -155,38 +174,48 @@ class TorchPatchClassifier:
         return self
 
     def predict_proba(self, patches: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """(n,) float64 probability of urban of (n, b, p, p) patches, `batch_size` at a time."""
         from urbanmap.training.models.datamodule import normalise
 
         if self.net is None:
             raise RuntimeError("predict_proba before fit")
-        self.net.eval()
+        net, mean, std = self._fitted()
+        net.eval()
         out = []
         with torch.inference_mode():
             for start in range(0, len(patches), batch_size):  # batches, to bound memory
-                x = normalise(patches[start : start + batch_size], self.mean, self.std)
-                out.append(torch.softmax(self.net(x), dim=1)[:, 1].double().numpy())
+                x = normalise(patches[start : start + batch_size], mean, std)
+                out.append(torch.softmax(net(x), dim=1)[:, 1].double().numpy())
         return np.concatenate(out) if out else np.zeros(0)
 
     def save(self, folder: Path) -> list[str]:
+        """Write model.safetensors (the state_dict) and model.json (net config, bands,
+        normalisation) into `folder`; return their names."""
         from safetensors.torch import save_file
 
-        state = {k: v.contiguous() for k, v in self.net.state_dict().items()}
+        net, _, _ = self._fitted()
+        state = {k: v.contiguous() for k, v in net.state_dict().items()}
         save_file(state, Path(folder) / WEIGHTS, metadata={"format": "pt"})
         (Path(folder) / CONFIG).write_text(json.dumps(self._config(), indent=2) + "\n")
         return [WEIGHTS, CONFIG]
 
-    def _config(self) -> dict:
+    def _config(self) -> dict[str, Any]:
+        _, mean, std = self._fitted()
         net = dict(self.cfg["net"])
         net.pop("weights", None)  # the trained weights are in the safetensors file
         return {"net": net, "bands": self.bands, "patch_size": self.patch_size,
-                "mean": self.mean.tolist(), "std": self.std.tolist()}
+                "mean": mean.tolist(), "std": std.tolist()}
 
-    def card(self) -> dict:
-        return {"normalisation": {"mean": self.mean.tolist(), "std": self.std.tolist()},
+    def card(self) -> dict[str, Any]:
+        """The model card's normalisation (per-band mean, std), epochs run and best epoch."""
+        _, mean, std = self._fitted()
+        return {"normalisation": {"mean": mean.tolist(), "std": std.tolist()},
                 "epochs": self.epochs, "best_epoch": self.best_epoch}
 
     @classmethod
-    def load(cls, folder: Path, card: dict) -> TorchPatchClassifier:
+    def load(cls, folder: Path, card: dict[str, Any]) -> TorchPatchClassifier:
+        """A fitted classifier from a folder written by `save`; only networks in NETS are
+        built, so the files cannot name code to run."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 

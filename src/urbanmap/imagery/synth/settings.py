@@ -1,0 +1,215 @@
+"""What the `synth` stage reads from the config, checked once at its entry (SynthSettings).
+
+Every step of the stage (stage.py) takes these settings, never the config: a benchmark
+or a test can call a step with settings of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyproj import CRS
+
+from urbanmap.census.labels import CensusSettings
+from urbanmap.compute.executor import ComputeSettings
+from urbanmap.core import paths
+from urbanmap.core.errors import InputError
+from urbanmap.imagery.synth import schedule
+
+
+@dataclass(frozen=True)
+class FootprintSpec:
+    """One WRS-2 footprint of `synth.footprints` (see schedule.Footprint.crossing).
+
+    Attributes:
+        path, row: its WRS-2 path and row.
+        side: the side of the region it covers, "east" or "west".
+        edge: where its long edge crosses the region's centre line, as a fraction of the
+            region's width from the west.
+    """
+
+    path: int
+    row: int
+    side: str
+    edge: float
+
+
+@dataclass(frozen=True)
+class CloudSettings:
+    """The sky of the scenes (`synth.clouds`).
+
+    Attributes:
+        wet_months: months (1-12) of the rainy season, whose scenes are cloudier.
+        dry_cover, wet_cover: (low, high) of the share of a scene's valid pixels under
+            cloud, drawn uniformly per scene, outside and in the rainy season.
+        scales_m: correlation lengths (m) of the cloud field's octaves.
+        dilate_px: width of the dilated-cloud ring, scene pixels.
+        height_m: (low, high) of the cloud height (m), which sets the shadow's offset.
+        cirrus: (low, high) of the share of valid pixels under cirrus (Landsat 8-9 only).
+    """
+
+    wet_months: tuple[int, ...]
+    dry_cover: tuple[float, float]
+    wet_cover: tuple[float, float]
+    scales_m: tuple[float, ...]
+    dilate_px: int
+    height_m: tuple[float, float]
+    cirrus: tuple[float, float]
+
+    @classmethod
+    def from_config(cls, clouds: Any) -> CloudSettings:
+        """Read the `synth.clouds` section."""
+        def pair(values: Any) -> tuple[float, float]:
+            low, high = (float(v) for v in values)
+            return low, high
+
+        return cls(
+            wet_months=tuple(int(m) for m in clouds.wet_months), dry_cover=pair(clouds.dry_cover),
+            wet_cover=pair(clouds.wet_cover), scales_m=tuple(float(v) for v in clouds.scales_m),
+            dilate_px=int(clouds.dilate_px), height_m=pair(clouds.height_m), cirrus=pair(clouds.cirrus),
+        )
+
+
+@dataclass(frozen=True)
+class SynthSettings:
+    """The `synth` stage's settings: the `synth` config group, checked, with the year,
+    the seed, the compute settings and every path the stage reads or writes.
+
+    Attributes:
+        year: the year synthesised (year=, else years.train).
+        train_year, target_year: years.train (the census year) and years.target.
+        seed: the seed of every random stream.
+        region: data.name (names the STAC catalog).
+        sensors: the sensors acquiring in `year` (synth.sensors).
+        pixel: the scenes' pixel size, metres (synth.pixel_size, > 0).
+        crs: the scenes' CRS (synth.crs), or None: the UTM zone of the region's centre.
+        margin: metres around the region that the scenes cover (synth.margin).
+        data_pixel_size: data.pixel_size, metres; patch_size: data.patch_size or None
+            (the region's pixel lattice).
+        threads: GDAL's threads when writing COGs (compute.threads; 2 without it).
+        compute: the compute settings (tile size, local or Dask).
+        spectra: the measured spectra CSV (synth.spectra).
+        endmembers: end-member group -> class prefixes (synth.endmembers).
+        max_reflectance: spectra with a band above it are left out (synth.max_reflectance).
+        footprints: the WRS-2 footprints (synth.footprints); bearing: their swath edges'
+            angle, degrees clockwise from grid north (synth.bearing).
+        scenes_per_footprint: acquisitions per footprint and year.
+        slc_off: whether Landsat 7 scenes after 2003-05-31 have SLC-off gaps.
+        clouds: the sky (synth.clouds).
+        noise: sensor -> (6,) standard deviation of the sensor noise (reflectance),
+            "default" for the others (synth.noise).
+        peak_doy, crop_peak_doy, crop_days: the seasons (synth.phenology), days of year.
+        landscape: keyword arguments of landcover.build_landscape (synth.landcover and
+            the texture and parks of synth.urban).
+        settlement: keyword arguments of landcover.settlement_targets (synth.urban).
+        urban_min_pixel, urban_min_cell: impervious fraction that makes a pixel urban,
+            share of urban pixels that makes a cell urban (synth.urban_min).
+        growth_share, growth_min_neighbours, growth_impervious: later years' fringe
+            growth (synth.growth): share of fringe cells built over by years.target, urban
+            neighbours a fringe cell needs, (low, high) impervious fraction of new estates.
+        census: the census polygons that place the settlements (data.census).
+        grid: the region's grid.parquet.
+        scenes_dir: `<region_dir>/scenes/<year>/` (the products and catalog.json).
+        truth_dir: `<region_dir>/truth/<year>/`; truth_cells, truth_landcover,
+            truth_reflectance, truth_clear, summary: the files in it.
+    """
+
+    year: int
+    train_year: int
+    target_year: int
+    seed: int
+    region: str
+    sensors: list[str]
+    pixel: float
+    crs: CRS | None
+    margin: float
+    data_pixel_size: float
+    patch_size: int | None
+    threads: int
+    compute: ComputeSettings
+    spectra: str
+    endmembers: dict[str, list[str]]
+    max_reflectance: float
+    footprints: tuple[FootprintSpec, ...]
+    bearing: float
+    scenes_per_footprint: int
+    slc_off: bool
+    clouds: CloudSettings
+    noise: dict[str, tuple[float, ...]]
+    peak_doy: float
+    crop_peak_doy: float
+    crop_days: float
+    landscape: dict[str, Any]
+    settlement: dict[str, float]
+    urban_min_pixel: float
+    urban_min_cell: float
+    growth_share: float
+    growth_min_neighbours: int
+    growth_impervious: tuple[float, ...]
+    census: CensusSettings
+    grid: Path
+    scenes_dir: Path
+    truth_dir: Path
+    truth_cells: Path
+    truth_landcover: Path
+    truth_reflectance: Path
+    truth_clear: Path
+    summary: Path
+
+    @property
+    def later(self) -> bool:
+        """Whether `year` is after the census year (the fringe grows, two passes)."""
+        return self.year > self.train_year
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> SynthSettings:
+        """Read the settings; InputError naming the config key that is wrong."""
+        s = cfg.synth
+        year = paths.stage_year(cfg)
+        compute = ComputeSettings.from_config(cfg)
+        sensors = schedule.sensors_for_year(year, s.sensors)
+        pixel = float(s.pixel_size)
+        if pixel <= 0:
+            raise InputError(f"synth.pixel_size: must be positive, got {pixel}")
+        lc, u, ph, g, patch = s.landcover, s.urban, s.phenology, s.growth, cfg.data.get("patch_size")
+        return cls(
+            year=year, train_year=int(cfg.years.train), target_year=int(cfg.years.target), seed=int(cfg.seed),
+            region=str(cfg.data.name), sensors=sensors, pixel=pixel,
+            crs=CRS.from_user_input(s.crs) if s.crs else None, margin=float(s.margin),
+            data_pixel_size=float(cfg.data.pixel_size), patch_size=int(patch) if patch else None,
+            threads=int(cfg.compute.get("threads", 2) or 2) if "compute" in cfg else 2, compute=compute,
+            spectra=str(s.spectra), endmembers={k: list(v) for k, v in s.endmembers.items()},
+            max_reflectance=float(s.max_reflectance), footprints=_footprints(s.footprints), bearing=float(s.bearing),
+            scenes_per_footprint=int(s.scenes_per_footprint), slc_off=bool(s.slc_off),
+            clouds=CloudSettings.from_config(s.clouds),
+            noise={str(k): tuple(float(v) for v in values) for k, values in s.noise.items()},
+            peak_doy=float(ph.peak_doy), crop_peak_doy=float(ph.crop_peak_doy), crop_days=float(ph.crop_days),
+            landscape=dict(water=float(lc.water), soil=float(lc.soil), vegetation=float(lc.vegetation),
+                           terrain_m=float(lc.terrain_m), patch_m=float(lc.patch_m), parcel_m=[float(v) for v in lc.parcel_m],
+                           fallow=float(lc.fallow), texture=float(u.texture), park_fraction=float(u.parks)),
+            settlement=dict(at_density=float(u.at_density), value=float(u.value), per_decade=float(u.per_decade),
+                            low=float(u.low), high=float(u.high), rural_factor=float(u.rural_factor)),
+            urban_min_pixel=float(s.urban_min.pixel), urban_min_cell=float(s.urban_min.cell),
+            growth_share=float(g.share), growth_min_neighbours=int(g.min_neighbours),
+            growth_impervious=tuple(float(v) for v in g.impervious), census=CensusSettings.from_config(cfg.data.census),
+            grid=paths.grid(cfg),
+            scenes_dir=paths.scenes_dir(cfg, year), truth_dir=paths.truth_dir(cfg, year),
+            truth_cells=paths.truth_cells(cfg, year), truth_landcover=paths.truth_landcover(cfg, year),
+            truth_reflectance=paths.truth_reflectance(cfg, year), truth_clear=paths.truth_clear_count(cfg, year),
+            summary=paths.synth_summary(cfg, year),
+        )
+
+
+def _footprints(footprints: Any) -> tuple[FootprintSpec, ...]:
+    """`synth.footprints`, checked: InputError naming the footprint that is incomplete."""
+    out = []
+    for i, f in enumerate(footprints):
+        try:
+            out.append(FootprintSpec(int(f.path), int(f.row), str(f.side), float(f.edge)))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"synth.footprints[{i}]: needs path, row, side and edge ({exc})") from exc
+    if not out:
+        raise InputError("synth.footprints: at least one footprint is needed")
+    return tuple(out)
