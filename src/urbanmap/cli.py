@@ -37,7 +37,7 @@ VALIDATE_STEPS = {
 }
 
 
-def _add_validate_parser(sub: argparse._SubParsersAction) -> None:
+def _add_validate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`urbanmap validate <step> ...` on the CLI's sub-parsers."""
     p = sub.add_parser("validate", help="validation of years.target's map: sample, interpret, estimate",
                        description="Validation of years.target's map: " + "; ".join(f"{k}: {v}" for k, v in VALIDATE_STEPS.items()))

@@ -20,6 +20,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -123,7 +124,7 @@ class Scene:
         return self.acquired.year
 
 
-def parse_product_id(product_id: str) -> dict:
+def parse_product_id(product_id: str) -> dict[str, Any]:
     """Fields of a product id (sensor, path, row, acquired, processed, tier); InputError
     if it is not a Collection 2 Level-2 id or its sensor is unknown."""
     m = _PRODUCT_ID.match(product_id)

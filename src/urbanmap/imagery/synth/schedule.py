@@ -20,7 +20,7 @@ import datetime as dt
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import shapely
@@ -69,7 +69,11 @@ def overpasses(year: int, path: int, sensors: Sequence[str]) -> list[tuple[dt.da
     return sorted(out)
 
 
-def pick_evenly(items: list, n: int) -> list:
+#: Any item type (pick_evenly keeps the items' type).
+T = TypeVar("T")
+
+
+def pick_evenly(items: list[T], n: int) -> list[T]:
     """`n` items spread evenly over the list (the middle of n equal parts), in order."""
     if n < 1:
         raise InputError(f"synth.scenes_per_footprint: must be at least 1, got {n}")

@@ -44,7 +44,7 @@ class PatchClassifier(Protocol):
     def save(self, folder: Path) -> list[str]:
         """Write the model file(s) into `folder`; return their names."""
 
-    def card(self) -> dict:
+    def card(self) -> dict[str, Any]:
         """Model-specific entries of the model card (features, normalisation, ...)."""
 
 

@@ -73,7 +73,7 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(fit), np.sort(val)
 
 
-def _loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+def _loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int) -> DataLoader[Any]:
     data = TensorDataset(x, y)
     base = RandomSampler(data, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(data)
     # batch_size=None: the dataset is indexed with a whole batch of indices at once
@@ -103,11 +103,11 @@ class PatchDataModule(L.LightningDataModule):
         """Whether the fold has a validation split (validation_fraction > 0)."""
         return len(self.y_val) > 0
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader[Any]:
         """Shuffled (seeded) batches of the fit part."""
         return _loader(self.x_fit, self.y_fit, self.batch_size, True, self.seed)
 
-    def val_dataloader(self) -> DataLoader | list[Any]:
+    def val_dataloader(self) -> DataLoader[Any] | list[Any]:
         """Batches of the validation split in order, or none."""
         return _loader(self.x_val, self.y_val, 4 * self.batch_size, False, self.seed) if self.has_validation else []
 
