@@ -39,7 +39,7 @@ def publish(clone: Path, *push_args, env=None) -> dict[str, str]:
 
     The clone's sources get bytecode beside them, as a working tree that has run Python
     has (git ignores it; a fresh clone has none, and must not rerun stages for it)."""
-    for package in ("synth", "models"):
+    for package in ("core", "census", "imagery/synth", "training/models"):
         cache = clone / "src" / "urbanmap" / package / "__pycache__"
         cache.mkdir(exist_ok=True)
         (cache / "__init__.cpython-311.pyc").write_bytes(b"bytecode")
