@@ -52,15 +52,20 @@ def test_spatial_cv_keeps_blocks_on_one_side(region):
 
 
 @pytest.mark.parametrize("model", ["extra_trees", "lenet"])
-def test_same_seed_gives_identical_metrics(region, tmp_path, model):
+def test_same_seed_gives_identical_metrics_and_model_files(region, tmp_path, model):
     outputs = []
     for _ in range(2):
         cfg = cfg_for(region, model)
         train.run(cfg)
         evaluate.run(cfg)
-        outputs.append((paths.metrics(cfg).read_bytes(), pd.read_parquet(paths.cv_predictions(cfg))))
+        files = {f.name: f.read_bytes() for f in sorted(paths.model_dir(cfg).iterdir())}
+        outputs.append((paths.metrics(cfg).read_bytes(), pd.read_parquet(paths.cv_predictions(cfg)), files))
     assert outputs[0][0] == outputs[1][0]
     pd.testing.assert_frame_equal(outputs[0][1], outputs[1][1])
+    # Every file of the model folder is the same bytes: DVC sees an unchanged model.
+    assert outputs[0][2].keys() == outputs[1][2].keys() and len(outputs[0][2]) >= 2
+    for name, data in outputs[0][2].items():
+        assert data == outputs[1][2][name], name
 
 
 def write_patches(root, ps):

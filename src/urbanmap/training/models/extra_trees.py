@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
+import re
 import sys
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -127,7 +129,9 @@ class ExtraTreesPatchClassifier:
     def save(self, folder: Path) -> list[str]:
         """Write the estimator as model.skops into `folder`; return its name."""
         sio = skops_io()
-        sio.dump(self.estimator, Path(folder) / FILE)
+        path = Path(folder) / FILE
+        sio.dump(self.estimator, path)
+        canonicalise_skops(path)
         return [FILE]
 
     def card(self) -> dict[str, Any]:
@@ -158,3 +162,50 @@ class ExtraTreesPatchClassifier:
         names = clf.features(np.zeros((1, len(clf.bands), p, p), np.float32))  # names only
         clf.feature_names, clf.feature_groups = names.names, names.groups
         return clf
+
+
+#: The zip timestamp of every member of a canonical skops file (the earliest a zip holds).
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+_SKOPS_IDS = re.compile(r'("__id__": )(\d+)|("file": ")(\d+)(\.npy")')
+
+
+def canonicalise_skops(path: Path) -> None:
+    """Rewrite the skops archive at `path` so that the same estimator gives the same bytes.
+
+    skops names each array member and memo entry by the Python object's id (`id(obj)`,
+    e.g. `140260806836560.npy`, different in every process) and stamps the zip with the
+    time, so two fits of the same patches, config and seed saved different bytes and DVC
+    saw a new model after every retrain. Here every such id becomes its rank of first
+    appearance in schema.json (the tree's own order), in `"__id__"` and in the `.npy`
+    member names alike, so references stay consistent and skops loads the file as
+    before; members are written schema.json first, then by name, with a fixed timestamp
+    and permissions. skops has no option for this; it is the archive's byte layout only.
+    """
+    with zipfile.ZipFile(path) as src:
+        members = {info.filename: (info, src.read(info)) for info in src.infolist()}
+    schema = members["schema.json"][1].decode("utf-8")
+    rank: dict[str, str] = {}
+    for match in _SKOPS_IDS.finditer(schema):
+        rank.setdefault(match.group(2) or match.group(4), str(len(rank)))
+
+    def renamed(match: re.Match[str]) -> str:
+        if match.group(2):
+            return f"{match.group(1)}{rank[match.group(2)]}"
+        return f"{match.group(3)}{rank[match.group(4)]}{match.group(5)}"
+
+    out: dict[str, tuple[zipfile.ZipInfo, bytes]] = {"schema.json": (members["schema.json"][0], _SKOPS_IDS.sub(renamed, schema).encode("utf-8"))}
+    for name, (info, data) in members.items():
+        if name != "schema.json":
+            stem = name.removesuffix(".npy")
+            out[f"{rank.get(stem, stem)}.npy" if name.endswith(".npy") else name] = (info, data)
+    order = ["schema.json", *sorted(n for n in out if n != "schema.json")]
+    tmp = path.with_name(path.name + ".canonical")
+    with zipfile.ZipFile(tmp, "w") as dst:
+        for name in order:
+            info, data = out[name]
+            fixed = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
+            fixed.compress_type = info.compress_type
+            fixed.external_attr = 0o644 << 16
+            fixed.create_system = 3
+            dst.writestr(fixed, data)
+    tmp.replace(path)
