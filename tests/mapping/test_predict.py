@@ -270,3 +270,20 @@ def test_dask_predictions_are_the_same_bytes_as_local(trained, tmp_path, monkeyp
     assert run_cli(monkeypatch, root, *tiles, "compute=dask", "compute.n_workers=2", "compute.threads_per_worker=1",
                    "compute.memory_limit=1GiB") == 0
     assert [(root / "tiny" / name).read_bytes() for name in ("predictions_2010.parquet", "p_urban_2010.tif")] == local
+
+
+def test_a_rerun_writes_the_same_bytes_and_logs_its_timing_apart(trained, tmp_path, monkeypatch):
+    """The outputs DVC tracks hold no timing: a second run writes the same bytes of all
+    four; seconds and cells/s go to logs/timings.jsonl, one line per run."""
+    root, _ = copy_region(trained, tmp_path)
+    shutil.rmtree(root / "tiny" / "logs")  # the fixture's own run
+    runs = []
+    for _ in range(2):
+        assert run_cli(monkeypatch, root, "year=2010") == 0
+        runs.append([f.read_bytes() for f in outputs(root / "tiny", 2010)])
+    assert runs[0] == runs[1]
+    summary = json.loads((root / "tiny" / "predictions_2010.json").read_text())
+    assert not {"seconds", "cells_per_second"} & set(summary)
+    log = [json.loads(line) for line in (root / "tiny" / "logs" / "timings.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["year"]) for r in log] == [("predict", 2010)] * 2
+    assert all(r["seconds"] > 0 and r["cells_per_second"] > 0 for r in log)

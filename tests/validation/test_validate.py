@@ -323,3 +323,24 @@ def test_interpret_without_truth_and_sample_without_predictions(in_repo, region,
 def test_estimate_needs_no_heavy_library(tmp_path):
     sample, strata = olofsson_files(tmp_path)
     assert heavy_imports_after(["validate", "estimate", "--sample", str(sample), "--strata", str(strata)]) == (0, [])
+
+
+def test_the_sample_geopackage_is_the_same_bytes_whenever_it_is_written(tmp_path):
+    """GDAL stamps a GeoPackage with the time now; write_gpkg fixes the date, so DVC sees
+    the same sample.gpkg from the same sample (and it reads back unchanged)."""
+    import time
+
+    import shapely
+
+    from urbanmap.validation.sample import write_gpkg
+
+    frame = gpd.GeoDataFrame({"cell_id": ["E1N1", "E2N2"], "stratum": ["urban", "non_urban"]},
+                             geometry=[shapely.box(0, 0, 1000, 1000), shapely.box(1000, 1000, 2000, 2000)], crs=CRS)
+    written = []
+    for k in range(2):
+        write_gpkg(frame, tmp_path / f"s{k}.gpkg", "sample")
+        written.append((tmp_path / f"s{k}.gpkg").read_bytes())
+        time.sleep(1.1)  # GDAL's own stamps have a resolution of one second
+    assert written[0] == written[1]
+    back = gpd.read_file(tmp_path / "s0.gpkg", layer="sample")
+    assert back["cell_id"].tolist() == ["E1N1", "E2N2"] and back.crs == frame.crs

@@ -13,6 +13,7 @@ integer lattice indices of the cell's lower-left corner, ``x_min = col * cell_si
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import glob
 import json
 import os
@@ -103,6 +104,19 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def log_timing(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
+    """Append `record` and the time now (UTC) as one JSON line to the log at `path`.
+
+    Timings live here, never in a DVC output or metric: those must be the same bytes on
+    every run of the same inputs (a `dvc metrics diff` of two equal runs shows nothing).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({**record, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
 
 
 def require_file(path: str | os.PathLike[str], what: str) -> Path:

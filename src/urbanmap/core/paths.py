@@ -254,6 +254,12 @@ def plan(cfg: DictConfig) -> Path:
     return region_dir(cfg) / "plan.json"
 
 
+def timings_log(cfg: DictConfig) -> Path:
+    """`<region_dir>/logs/timings.jsonl`: one JSON line per timed stage run (seconds,
+    cells/s, date). DVC does not track it: timings change on every run, results do not."""
+    return region_dir(cfg) / "logs" / "timings.jsonl"
+
+
 def fill_path(template: str, cfg: DictConfig, year: int) -> str:
     """`template` with `{year}`, `{region_dir}`, `{out_dir}` and `{name}` filled in."""
     try:

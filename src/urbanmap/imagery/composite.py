@@ -192,6 +192,7 @@ class CompositeSettings:
     cog: dict[str, Any]
     out: Path
     summary: Path
+    timings: Path
 
     @classmethod
     def from_config(cls, cfg: Any) -> CompositeSettings:
@@ -216,7 +217,7 @@ class CompositeSettings:
             resampling=str(resampling) if resampling is not None else None,
             threads=int(cfg.compute.get("threads", 1) or 1),
             cog=dict(cfg.mosaic.cog) if cfg.get("mosaic") and cfg.mosaic.get("cog") else {},
-            out=paths.mosaic(cfg, year), summary=paths.mosaic_summary(cfg, year),
+            out=paths.mosaic(cfg, year), summary=paths.mosaic_summary(cfg, year), timings=paths.timings_log(cfg),
         )
 
 
@@ -317,9 +318,10 @@ def run(cfg: Any) -> None:
         "pixels": pixels,
         "pixels_no_data": no_data,
         "valid_fraction": round(1 - no_data / max(pixels, 1), 6),
-        "seconds": round(time.perf_counter() - start, 2),
     }
     io.write_json(settings.summary, summary)
+    io.log_timing(settings.timings, {"stage": "mosaic", "year": settings.year, "source": "file",
+                                     "seconds": round(time.perf_counter() - start, 2), "pixels": pixels})
     print(
         f"mosaic {settings.year}: {path} ({', '.join(names)}; {sp.resampling}) aligned to {lattice.width} x "
         f"{lattice.height} px of {lattice.pixel_size:.2f} m; {no_data:,} of {pixels:,} pixels nodata -> {settings.out}"

@@ -90,6 +90,7 @@ class MosaicStageSettings:
     compute: ComputeSettings
     out: Path
     summary: Path
+    timings: Path
 
     @classmethod
     def from_config(cls, cfg: Any) -> MosaicStageSettings:
@@ -100,6 +101,7 @@ class MosaicStageSettings:
             year=year, grid=paths.grid(cfg), pixel_size=float(cfg.data.pixel_size),
             patch_size=int(patch) if patch else None, source=SceneSource.from_config(cfg, year),
             compute=ComputeSettings.from_config(cfg), out=paths.mosaic(cfg, year), summary=paths.mosaic_summary(cfg, year),
+            timings=paths.timings_log(cfg),
         )
 
 
@@ -244,10 +246,11 @@ def write_mosaic(stage: MosaicStageSettings, opts: MosaicSettings, cells: pd.Dat
     return result
 
 
-def mosaic_summary(year: int, where: str, products: list[Product], result: Result, opts: MosaicSettings,
-                   seconds: float) -> dict[str, Any]:
+def mosaic_summary(year: int, where: str, products: list[Product], result: Result,
+                   opts: MosaicSettings) -> dict[str, Any]:
     """The summary JSON (DVC metrics) of a run: scenes found and used, clear observations
-    per pixel, pixels without any, the bands, the run's seconds, clear pixels per scene."""
+    per pixel, pixels without any, the bands, clear pixels per scene. No timing: the same
+    inputs give the same bytes (the run's seconds go to logs/timings.jsonl)."""
     used = {pid: n for pid, n in result.per_scene.items() if n > 0}
     return {
         "year": year,
@@ -262,7 +265,6 @@ def mosaic_summary(year: int, where: str, products: list[Product], result: Resul
         "valid_fraction": round(1 - result.pixels_no_clear / max(result.pixels, 1), 6),
         "pixel_observations_stacked": result.stacked,
         "bands": band_names(opts.spread, opts.count),
-        "seconds": round(seconds, 2),
         "clear_pixels_per_scene": result.per_scene,
     }
 
@@ -279,10 +281,14 @@ def run(cfg: Any) -> None:
     opts = MosaicSettings.from_config(cfg, lattice.pixel_size)  # mosaic.buffer in m needs the lattice's pixel size
     products, where = find_products(stage.source, lattice)
     result = write_mosaic(stage, opts, cells, lattice, products)
-    summary = mosaic_summary(stage.year, where, products, result, opts, time.perf_counter() - start)
+    summary = mosaic_summary(stage.year, where, products, result, opts)
     io.write_json(stage.summary, summary)
+    seconds = time.perf_counter() - start
+    io.log_timing(stage.timings, {"stage": "mosaic", "year": stage.year, "seconds": round(seconds, 2),
+                                  "pixels": result.pixels})
     print(
         f"mosaic {stage.year}: {summary['scenes_used']} of {len(products)} scenes used, {summary['mean_clear_per_pixel']:.1f} "
         f"clear observations per pixel; {result.pixels_no_clear:,} of {result.pixels:,} pixels "
-        f"({result.pixels_no_clear / max(result.pixels, 1):.3%}) with no clear observation (nodata) -> {stage.out}"
+        f"({result.pixels_no_clear / max(result.pixels, 1):.3%}) with no clear observation (nodata), {seconds:.1f} s "
+        f"-> {stage.out}"
     )

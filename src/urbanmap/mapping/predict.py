@@ -22,7 +22,8 @@ Outputs under ``<region_dir>/``:
 - ``p_urban_<year>.tif``: a COG of p_urban with one pixel per cell (cellmap.py), nodata
   NaN, in the grid's CRS;
 - ``predictions_<year>.png``: a map of p_urban and of the classes;
-- ``predictions_<year>.json``: cells per class, seconds, cells/s, model, threshold.
+- ``predictions_<year>.json``: cells per class, model, threshold (seconds and cells/s go to
+  ``logs/timings.jsonl``, which DVC does not track).
 
 The units of work (classify.py: `predict_cells`, `predict_block`, `classify`) are run
 tile by tile by predict_tiles.py.
@@ -85,6 +86,7 @@ class PredictSettings:
     p_urban_cog: Path
     map_png: Path
     summary: Path
+    timings: Path
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> PredictSettings:
@@ -103,6 +105,7 @@ class PredictSettings:
             grid=paths.grid(cfg), mosaic=paths.mosaic(cfg, year), model_dir=paths.model_dir(cfg),
             predictions=paths.predictions(cfg, year), p_urban_cog=paths.p_urban_cog(cfg, year),
             map_png=paths.predictions_map(cfg, year), summary=paths.predictions_summary(cfg, year),
+            timings=paths.timings_log(cfg),
         )
 
 
@@ -183,9 +186,10 @@ def prediction_table(grid: pd.DataFrame, p: np.ndarray, threshold: float) -> pd.
                          "row": grid["row"].to_numpy(np.int64), "p_urban": p, "class": classes(p, threshold)})
 
 
-def prediction_summary(settings: PredictSettings, table: pd.DataFrame, card: dict[str, Any], seconds: float,
+def prediction_summary(settings: PredictSettings, table: pd.DataFrame, card: dict[str, Any],
                        cell_size: float) -> dict[str, Any]:
-    """predictions_<year>.json: cells per class, urban km², mean p_urban, seconds, cells/s, model."""
+    """predictions_<year>.json: cells per class, urban km², mean p_urban, model. No timing:
+    the same inputs give the same bytes (seconds and cells/s go to logs/timings.jsonl)."""
     p = table["p_urban"].to_numpy()
     counts = {c: int((table["class"] == c).sum()) for c in CLASSES}
     return {
@@ -198,8 +202,6 @@ def prediction_summary(settings: PredictSettings, table: pd.DataFrame, card: dic
         "urban_km2": counts["urban"] * cell_size**2 / 1e6,
         "mean_p_urban": float(np.nanmean(p)) if counts["nodata"] < len(p) else None,
         "block_cells": settings.block_cells,
-        "seconds": round(seconds, 3),
-        "cells_per_second": round(len(table) / seconds, 1) if seconds > 0 else None,
     }
 
 
@@ -208,7 +210,8 @@ def write_predictions(settings: PredictSettings, grid: pd.DataFrame, p: np.ndarr
     """The stage's four outputs from the grid table and its (n,) float32 p_urban."""
     table = prediction_table(grid, p, settings.threshold)
     cls = table["class"].to_numpy()
-    summary = prediction_summary(settings, table, card, seconds, cell_size)
+    summary = prediction_summary(settings, table, card, cell_size)
+    rate = round(len(table) / seconds, 1) if seconds > 0 else None
     counts, model_name, year = summary["cells_per_class"], summary["model"], settings.year
     raster = cellmap.cell_lattice(table["col"], table["row"], cell_size, crs)
     p_grid = cellmap.to_raster(raster, table["col"], table["row"], p, np.nan, np.float32)
@@ -225,10 +228,12 @@ def write_predictions(settings: PredictSettings, grid: pd.DataFrame, p: np.ndarr
                           {"year": year, "model": model_name, "threshold": settings.threshold})
         _map(tmp["png"], raster, p_grid, cls_grid, title, settings.threshold)
         io.write_json(tmp["json"], summary)
+    io.log_timing(settings.timings, {"stage": "predict", "year": year, "seconds": round(seconds, 3),
+                                     "cells": len(table), "cells_per_second": rate})
     print(
         f"predict ({year}, {model_name}): {len(table):,} cells, {counts['urban']:,} urban, "
         f"{counts['non_urban']:,} non_urban, {counts['nodata']:,} nodata in {seconds:.1f} s "
-        f"({summary['cells_per_second']} cells/s) -> {settings.predictions}"
+        f"({rate} cells/s) -> {settings.predictions}"
     )
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyogrio
 import rasterio
 import shapely
 from numpy.typing import ArrayLike
@@ -259,6 +260,21 @@ def write_chips(settings: ValidationSettings, folder: Path, sample: pd.DataFrame
                       list(c.stretch))
 
 
+#: The date GeoPackages are stamped with (gpkg_contents.last_change and the like): a fixed
+#: one, so the same rows give the same bytes on every run (GDAL stamps the time now).
+GPKG_DATE = "2000-01-01T00:00:00.000Z"
+
+
+def write_gpkg(frame: gpd.GeoDataFrame, path: Path, layer: str) -> None:
+    """Write `frame` as the GeoPackage layer `layer` at `path`, dated GPKG_DATE (GDAL's
+    OGR_CURRENT_DATE, set for this write only)."""
+    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": GPKG_DATE})
+    try:
+        frame.to_file(path, driver="GPKG", layer=layer, engine="pyogrio")
+    finally:
+        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": None})
+
+
 def write_sample(settings: ValidationSettings, sample: pd.DataFrame, design: pd.DataFrame, cell_size: float,
                  crs: Any) -> None:
     """chips/, sample.gpkg, strata.csv and sample.csv, each written atomically (the chips
@@ -272,7 +288,7 @@ def write_sample(settings: ValidationSettings, sample: pd.DataFrame, design: pd.
         with io.atomic_output(settings.sample_gpkg) as tmp, warnings.catch_warnings():
             # GDAL warns that the temporary name does not end in .gpkg; the rename fixes it.
             warnings.filterwarnings("ignore", "The filename extension should be", RuntimeWarning)
-            frame.to_file(tmp, driver="GPKG", layer="sample", engine="pyogrio")
+            write_gpkg(frame, tmp, "sample")
         with io.atomic_output(settings.strata_csv) as tmp:
             strata.to_csv(tmp, index=False)
         with io.atomic_output(settings.sample) as tmp:
