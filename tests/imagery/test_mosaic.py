@@ -242,7 +242,12 @@ def test_stage_equals_geomad_on_the_masked_stack(in_repo, tmp_path, lattice_scen
     assert summary["pixels"] == H * W and summary["pixels_no_clear"] == int((ref[9] == 0).sum()) >= 9
     assert summary["observations"] == int(ref[9].sum()) and summary["scenes_used"] == 5
     assert "with no clear observation" in capsys.readouterr().out
-    assert sorted(p.name for p in out.parent.iterdir()) == ["grid.parquet", "mosaic_2019.json", "mosaic_2019.tif"]
+    # nothing else is left beside the outputs; the run's seconds are in the timing log,
+    # not in the summary DVC tracks
+    assert sorted(p.name for p in out.parent.iterdir()) == ["grid.parquet", "logs", "mosaic_2019.json", "mosaic_2019.tif"]
+    assert "seconds" not in summary
+    timing = json.loads((out.parent / "logs" / "timings.jsonl").read_text())
+    assert timing["stage"] == "mosaic" and timing["year"] == 2019 and timing["seconds"] > 0
 
 
 def test_geomedian_only_runs_on_dn_and_agrees(in_repo, tmp_path, lattice_scenes):
