@@ -1,6 +1,7 @@
 # Entry points for a fresh clone with ../shared beside it:
-#   make run        install everything into .venv, then `dvc repro` on the default region
-#   make test       install everything into .venv, then run the whole test suite (CI runs it)
+#   make run        install the locked environment (uv.lock) into .venv, then `dvc repro`
+#   make test       install the locked environment into .venv, then run the whole test suite (CI runs it)
+#   make lock       re-resolve uv.lock from pyproject.toml (after editing its dependencies)
 #   make test-fast  the suite without the tests marked `slow` (end-to-end, DVC, Dask,
 #                   subprocess-heavy): under 3 minutes, for the edit-test loop
 #   make lint       ruff (lint, import order, pyupgrade, docstrings) and mypy
@@ -8,17 +9,30 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
+# uv installs and locks the environment; it lives in its own small venv, apart from .venv,
+# because `uv sync` removes from .venv whatever the lock does not list.
+UV_VERSION := 0.13.9
+UV := $(abspath .tools)/bin/uv
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+export UV_PYTHON_DOWNLOADS := never
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test test-fast lint docs params bench
+.PHONY: install run test test-fast lint docs params bench lock
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test,dev]"
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet uv==$(UV_VERSION)
+
+# --locked: exactly the versions and hashes of uv.lock, and an error if pyproject.toml
+# asks for something the lock does not hold (then run `make lock`).
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --all-extras --python $(PYTHON)
 	touch $@
 
 install: $(VENV)/.installed
+
+lock: $(UV)
+	$(UV) lock --python $(PYTHON)
 
 run: install
 	dvc repro
