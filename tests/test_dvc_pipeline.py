@@ -50,6 +50,19 @@ def lock_outs(clone) -> dict[str, str]:
     return {o["path"]: o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", [])}
 
 
+def test_two_clones_reproduce_every_output_byte_for_byte(tmp_path, shared_data):
+    """The whole pipeline run twice, in two clones at different paths with their own DVC
+    caches: every tracked output (model files, maps, metrics, GeoPackage, PNGs) has the
+    same md5, so the two dvc.lock files are identical."""
+    first, second = (make_clone(tmp_path / name) for name in ("first", "second"))
+    for clone in (first, second):
+        sh("dvc", "repro", cwd=clone)
+    outs = lock_outs(first)
+    assert len(outs) > 30 and any(path.endswith("/model") for path in outs)
+    assert outs == lock_outs(second)
+    assert (first / "dvc.lock").read_text() == (second / "dvc.lock").read_text()
+
+
 def test_killed_repro_leaves_no_output_and_a_rerun_finishes_it(tmp_path, shared_data):
     """SIGKILL to `dvc repro` and its stage while the stage writes its output folder:
     the output is absent (never half-written), and the next `dvc repro` completes with the

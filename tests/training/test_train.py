@@ -51,7 +51,7 @@ def test_spatial_cv_keeps_blocks_on_one_side(region):
     assert pred["fold"].nunique() == 3
 
 
-@pytest.mark.parametrize("model", ["extra_trees", "lenet"])
+@pytest.mark.parametrize("model", ["extra_trees", "lenet", pytest.param("resnet18", marks=pytest.mark.slow)])
 def test_same_seed_gives_identical_metrics_and_model_files(region, tmp_path, model):
     outputs = []
     for _ in range(2):
