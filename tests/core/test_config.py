@@ -45,7 +45,7 @@ def test_params_yaml_is_the_base_not_conf(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("model=random_forest", "no config 'random_forest' in .*conf/model .*choose from .*extra_trees"),
+        ("model=naive_bayes", "no config 'naive_bayes' in .*conf/model .*choose from .*extra_trees"),
         ("labels.nope=1", "no key 'labels.nope'"),
         ("data.cell_size", "overrides:"),
     ],

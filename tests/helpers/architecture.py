@@ -19,7 +19,7 @@ LAYERS = ("core", "compute", "census", "imagery", "training", "mapping", "valida
 #: Libraries imported inside functions, for start-up time (and modules of this package
 #: that import them at module level).
 LAZY = ("torch", "torchvision", "lightning", "dask", "distributed", "mlflow", "geomad", "matplotlib",
-        "sklearn", "skops", "hydra", "safetensors",
+        "sklearn", "skops", "hydra", "safetensors", "skimage",
         "urbanmap.training.models.torch_model", "urbanmap.training.models.lenet",
         "urbanmap.training.models.resnet", "urbanmap.training.models.datamodule")
 

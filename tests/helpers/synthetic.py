@@ -25,6 +25,9 @@ FAST = {
     "extra_trees": ["model.estimator.n_estimators=20"],
     "lenet": ["model=lenet", "model.trainer.max_epochs=1", "model.trainer.batch_size=64"],
     "resnet18": ["model=resnet18", "model.trainer.max_epochs=1", "model.trainer.batch_size=64"],
+    "random_forest": ["model=random_forest", "model.estimator.n_estimators=20"],
+    "hist_gradient_boosting": ["model=hist_gradient_boosting", "model.estimator.max_iter=30"],
+    "logistic_regression": ["model=logistic_regression"],
 }
 
 

@@ -61,5 +61,42 @@ def test_nan_and_unknown_groups_are_input_errors(patches):
     patches[1, 0, 5, 5] = np.nan
     with pytest.raises(InputError, match=r"patches.npz: NaN or infinite values in the features of 1 of 4 patches"):
         compute_features(patches, BANDS, ["band_stats"], context="patches.npz")
+    with pytest.raises(InputError, match=r"patches.npz: NaN or infinite values in the features of 1 of 4 patches"):
+        compute_features(patches, BANDS, ["texture"], context="patches.npz")
     with pytest.raises(InputError, match="model.features.groups"):
-        compute_features(patches, BANDS, ["texture"])
+        compute_features(patches, BANDS, ["glcm"])
+
+
+def _texture(image: np.ndarray) -> dict[str, float]:
+    """The texture features of one patch whose six bands all equal `image` (p, p)."""
+    patch = np.repeat(image[None, None].astype(np.float32), 6, axis=1)
+    f = compute_features(patch, BANDS, ["texture"])
+    return dict(zip(f.names, f.X[0].tolist()))
+
+
+def test_texture_of_a_uniform_patch_has_no_contrast():
+    row = _texture(np.full((33, 33), 0.2))
+    assert row["nir_contrast"] == 0 and row["nir_pantex"] == 0 and row["nir_entropy"] == 0
+    assert row["brightness_homogeneity"] == 1
+
+
+def test_pantex_is_the_contrast_of_the_smoothest_direction():
+    """Stripes (a field, a road) have contrast across them and none along them, so PanTex
+    is 0; a built-up speckle keeps contrast in every direction."""
+    stripes = np.tile(np.where(np.arange(33) % 2, 0.4, 0.05), (33, 1))  # columns alternate
+    speckle = np.random.default_rng(1).uniform(0.05, 0.4, (33, 33))
+    row = _texture(stripes)
+    assert row["nir_contrast"] > 10 and row["nir_pantex"] == 0
+    # grey levels 3 and 25 of 32 (0.05 and 0.4 of 0..0.5) differ by 22: contrast 22^2 = 484
+    # across the stripes (0 degrees at distance 1, and both diagonals, which scikit-image
+    # rounds to the (1, 1) offsets at distance 2 as well), 0 along them and at (0, 2)
+    assert row["nir_contrast"] == pytest.approx(484 * 5 / 8)
+    assert _texture(speckle)["nir_pantex"] > 10
+
+
+def test_texture_names_and_groups(patches):
+    f = compute_features(patches, BANDS, ["band_stats", "texture"], percentiles=[50])
+    assert f.X.shape == (4, 6 * 3 + 10)
+    assert f.names[-10:] == [f"{b}_{s}" for b in ("brightness", "nir")
+                             for s in ("contrast", "homogeneity", "entropy", "correlation", "pantex")]
+    assert f.groups[-10:] == ["brightness_texture"] * 5 + ["nir_texture"] * 5

@@ -139,3 +139,21 @@ def test_resnet18_trains_and_loads_local_imagenet_style_weights(tiny, tmp_path):
     clf = models.build(cfg, tiny.bands, 33, seed=0, threads=2).fit(few.patches, few.label)
     _, card = round_trip(clf, few, tmp_path)
     assert "weights" not in json.loads((tmp_path / "model" / "model.json").read_text())["net"]
+
+
+@pytest.mark.parametrize("name, estimator", [
+    ("random_forest", "RandomForestClassifier"),
+    ("hist_gradient_boosting", "HistGradientBoostingClassifier"),
+    ("logistic_regression", "Pipeline"),  # StandardScaler, then LogisticRegression
+])
+def test_zoo_models_fit_round_trip_and_save_the_same_bytes(tiny, tmp_path, name, estimator):
+    """Every scikit-learn model of conf/model/ trains on the configured features, loads
+    back from skops without untrusted types, and two fits with one seed save one file."""
+    cfg = model_cfg(name, "model.features.groups=[band_stats,texture]")
+    fits = [models.build(cfg, tiny.bands, 33, seed=3).fit(tiny.patches, tiny.label) for _ in range(2)]
+    assert type(fits[0].estimator).__name__ == estimator
+    assert ((fits[0].predict_proba(tiny.patches) >= 0.5) == tiny.label).mean() > 0.9
+    _, card = round_trip(fits[0], tiny, tmp_path / "a")
+    round_trip(fits[1], tiny, tmp_path / "b")
+    assert card["features"]["n_features"] == 6 * 7 + 10
+    assert (tmp_path / "a/model/model.skops").read_bytes() == (tmp_path / "b/model/model.skops").read_bytes()

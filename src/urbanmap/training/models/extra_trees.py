@@ -39,6 +39,7 @@ TRUSTED = frozenset(
         "sklearn.ensemble._forest.RandomForestClassifier",
         "sklearn.tree._classes.ExtraTreeClassifier",
         "sklearn.tree._classes.DecisionTreeClassifier",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     }
 )
 
@@ -85,6 +86,21 @@ def skops_io() -> ModuleType:
         sys.meta_path.remove(finder)
 
 
+def build_estimator(cfg: dict[str, Any], seed: int) -> Any:
+    """The scikit-learn estimator of a model config: ``estimator`` instantiated with
+    ``random_state=seed``, behind a StandardScaler when ``standardise`` is true (for
+    linear models, whose penalty and solver assume features on one scale)."""
+    from hydra.utils import instantiate
+
+    estimator = instantiate(cfg["estimator"], random_state=seed)
+    if cfg.get("standardise"):
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        estimator = make_pipeline(StandardScaler(), estimator)
+    return estimator
+
+
 class ExtraTreesPatchClassifier:
     """A scikit-learn classifier on features of patches (see module docstring)."""
 
@@ -96,9 +112,7 @@ class ExtraTreesPatchClassifier:
         self.groups = list(feats.get("groups", ["flat"]))
         self.percentiles = list(feats.get("percentiles", [10, 25, 50, 75, 90]))
         if estimator is None:
-            from hydra.utils import instantiate
-
-            estimator = instantiate(cfg["estimator"], random_state=seed)
+            estimator = build_estimator(cfg, seed)
         self.estimator = estimator
         self.feature_names: list[str] = []
         self.feature_groups: list[str] = []
