@@ -21,6 +21,7 @@ STAGES = {
     "mosaic": ("urbanmap.imagery.mosaic:run", "annual cloud-free geomedian of the scenes for year= -> mosaic_<year>.tif (COG), mosaic_<year>.json"),
     "patches": ("urbanmap.training.patches:run", "balanced sample of labelled cells, their mosaic patches -> patches.npz"),
     "train": ("urbanmap.training.train:run", "cross-validation and final model (model=, cv=) -> cv_predictions.parquet, model/"),
+    "learning-curve": ("urbanmap.training.learning_curve:run", "accuracy against training cells per class (learning_curve.sizes) -> plots/learning_curve.csv, learning_curve/"),
     "evaluate": ("urbanmap.training.evaluate:run", "per-class metrics, plots, report, MLflow runs -> metrics.json, plots/, evaluation/"),
     "predict": ("urbanmap.mapping.predict:run", "the final model on every grid cell of year='s mosaic -> predictions_<year>.parquet/.tif/.png/.json"),
     "change": ("urbanmap.mapping.change:run", "years.train's map against years.target's -> change/ (parquet, COG, PNG, municipalities.csv, region.json)"),
