@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from urbanmap.core import config
+from urbanmap.core import config, io, paths
 from urbanmap.core.errors import InputError
 
 #: stage name -> (module:function, one-line description)
@@ -84,10 +84,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"params: wrote {out}")
             return 0
         cfg = config.load(".", args.overrides)
+        io.require_writable_folder(paths.region_dir(cfg))  # in a second, not after the stage's work
         module, _, func = STAGES[args.command][0].partition(":")
         getattr(importlib.import_module(module), func)(cfg)
     except InputError as exc:
         print(f"urbanmap {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        # every output is written to a temporary and renamed, so none is half-written
+        print(f"urbanmap {args.command}: interrupted; outputs left as they were", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        message = io.describe_os_error(exc)
+        if message is None:
+            raise
+        print(f"urbanmap {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

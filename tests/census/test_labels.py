@@ -72,7 +72,7 @@ def test_label_settings_name_the_config_key_that_is_wrong():
     for overrides, message in ((["labels.rule=density"], "labels.rule: unknown rule 'density'"),
                                (["labels.urban_fraction.non_urban_max=0.9"],
                                 r"labels.urban_fraction: non_urban_max \(0.9\) must not exceed urban_min \(0.5\)"),
-                               (["labels.urban_fraction.urban_min=half"], "labels.urban_fraction.urban_min: expected a number"),
+                               (["labels.urban_fraction.urban_min=half"], "labels.urban_fraction.urban_min takes a number"),
                                (["data.census=null"], "data.census: null")):
         with pytest.raises(InputError, match=message):
             LabelSettings.from_config(config.load(REPO, overrides))

@@ -47,7 +47,7 @@ def test_params_yaml_is_the_base_not_conf(tmp_path, monkeypatch):
     [
         ("model=naive_bayes", "no config 'naive_bayes' in .*conf/model .*choose from .*extra_trees"),
         ("labels.nope=1", "no key 'labels.nope'"),
-        ("data.cell_size", "overrides:"),
+        ("data.cell_size", "override 'data.cell_size' cannot be parsed"),
     ],
 )
 def test_bad_overrides_are_clear(in_repo, override, message):

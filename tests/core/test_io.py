@@ -1,3 +1,4 @@
+import os
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -57,3 +58,27 @@ def test_leftovers_of_a_killed_run_are_removed_by_the_next(tmp_path):
         (tmp / "B1.TIF").write_bytes(b"whole")
     io.write_json(tmp_path / "out.json", {"a": 1})
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.json.tmp-1", "out.json", "scenes"]
+
+
+def test_a_killed_mosaics_blocks_and_parts_are_removed_and_a_live_ones_kept(tmp_path):
+    """A SIGKILLed mosaic leaves `.mosaic_<year>.blocks-<pid>.tif` (with its overview and
+    VRT) and `.mosaic_<year>.tif.parts-<pid>/`: the next run removes those of a dead pid."""
+    import subprocess
+    import sys
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    live = os.getpid()
+    out = tmp_path / "mosaic_2010.tif"
+    left = [f".mosaic_2010.blocks-{dead}.tif", f".mosaic_2010.blocks-{dead}.ovr2.tif", f".mosaic_2010.blocks-{dead}.vrt",
+            f".mosaic_2010.tif.tmp-{dead}-140001", f".mosaic_2010.tif.tmp-{dead}"]
+    for name in left:
+        (tmp_path / name).write_bytes(b"half")
+    (tmp_path / f".mosaic_2010.tif.parts-{dead}").mkdir()
+    (tmp_path / f".mosaic_2010.tif.parts-{dead}" / "0.tif").write_bytes(b"half")
+    kept = [f".mosaic_2010.blocks-{live}.tif", f".mosaic_2010.tif.parts-{live}", f".mosaic_2019.blocks-{dead}.tif",
+            "mosaic_2010.json", f".other.tif.tmp-{dead}"]
+    for name in kept:
+        (tmp_path / name).write_bytes(b"keep")
+    removed = io.remove_stale_temporaries(out)
+    assert sorted(p.name for p in removed) == sorted([*left, f".mosaic_2010.tif.parts-{dead}"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)

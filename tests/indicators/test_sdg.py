@@ -129,7 +129,7 @@ def test_sdg_settings_name_the_config_key_that_is_wrong():
     assert settings.years == (2010, 2019) and settings.min_coverage == 0.9
     assert settings.population == sdg.PopulationSettings(None, 2020, 0.0115)
     for override, message in (("data.municipalities=null", "data.municipalities: null"),
-                              ("sdg.min_coverage=most", "sdg.min_coverage: expected a number"),
-                              ("sdg.population.growth_rate=fast", "sdg.population.growth_rate: expected a number")):
+                              ("sdg.min_coverage=most", "sdg.min_coverage takes a number"),
+                              ("sdg.population.growth_rate=fast", "sdg.population.growth_rate takes a number")):
         with pytest.raises(InputError, match=message):
             sdg.SdgSettings.from_config(config.load(REPO, [override]))

@@ -64,8 +64,8 @@ def test_same_seed_same_bytes(region, tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("learning_curve.sizes=[0,10]", "learning_curve.sizes: expected a list of whole numbers >= 1"),
-    ("learning_curve.sizes=[abc]", "learning_curve.sizes: expected a list of whole numbers"),
-    ("learning_curve.sizes=[2.5]", "learning_curve.sizes: expected a list of whole numbers >= 1"),
+    ("learning_curve.sizes=[abc]", "learning_curve.sizes takes a list of whole numbers"),
+    ("learning_curve.sizes=[2.5]", "learning_curve.sizes takes a list of whole numbers"),
     ("learning_curve.folds=4", "learning_curve.folds: expected a whole number from 1 to cv.n_splits=3"),
 ])
 def test_bad_settings_are_one_line_errors(region, capsys, override, message):

@@ -99,6 +99,6 @@ def test_bad_patches_fail_cleanly(region, tmp_path, capsys, in_repo, change, fra
 
 
 def test_unknown_model_is_refused(region, capsys, in_repo):
-    assert main(["train", *synthetic.overrides(region), "model=random_forest"]) == 2
+    assert main(["train", *synthetic.overrides(region), "model=naive_bayes"]) == 2
     err = capsys.readouterr().err
-    assert "no config 'random_forest'" in err and "extra_trees, lenet, resnet18" in err
+    assert "no config 'naive_bayes'" in err and "extra_trees, hist_gradient_boosting, lenet" in err

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -22,7 +23,7 @@ import rasterio.features
 import shapely
 from affine import Affine
 from numpy.typing import ArrayLike
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 from scipy import ndimage
@@ -197,6 +198,24 @@ def mosaic_region(
     return region
 
 
+def read_window(value: Any) -> tuple[float, ...] | None:
+    """data.window as (xmin, ymin, xmax, ymax), or None; InputError unless it is four
+    numbers with xmin < xmax and ymin < ymax (a window given as xmin, xmax, ymin, ymax
+    would otherwise select a different, usually huge, region)."""
+    if value is None:
+        return None
+    items = list(value) if isinstance(value, Sequence | ListConfig) and not isinstance(value, str) else None
+    if items is None or len(items) != 4 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in items):
+        raise InputError(f"data.window: expected four numbers [xmin, ymin, xmax, ymax] in data.crs units, got {value}")
+    xmin, ymin, xmax, ymax = (float(v) for v in items)
+    if not (xmin < xmax and ymin < ymax):
+        raise InputError(
+            f"data.window: expected [xmin, ymin, xmax, ymax] with xmin < xmax and ymin < ymax, got {items} "
+            f"(width {xmax - xmin:g}, height {ymax - ymin:g})"
+        )
+    return (xmin, ymin, xmax, ymax)
+
+
 @dataclass(frozen=True)
 class GridSettings:
     """What the `grid` stage reads from the config, checked.
@@ -240,7 +259,7 @@ class GridSettings:
             crs=crs,
             cell_size=cell_size,
             boundary=str(cfg.data.boundary) if cfg.data.boundary else None,
-            window=tuple(cfg.data.window) if cfg.data.window is not None else None,
+            window=read_window(cfg.data.window),
             mosaic_file=mosaic_file,
             out=paths.grid(cfg),
         )

@@ -41,6 +41,12 @@ class RuleThresholds:
             except (TypeError, ValueError):
                 raise InputError(f"{key}.{name}: expected a number, got {value!r}") from None
         urban_min, non_urban_max = values
+        if key.endswith("urban_fraction"):  # a share of the cell's area
+            for name, value in zip(("urban_min", "non_urban_max"), values, strict=True):
+                if not 0 <= value <= 1:
+                    raise InputError(f"{key}.{name}: a fraction of the cell's area from 0 to 1, got {value:g}")
+        elif min(values) < 0:
+            raise InputError(f"{key}: thresholds must not be negative, got urban_min {urban_min:g}, non_urban_max {non_urban_max:g}")
         if non_urban_max > urban_min:
             raise InputError(f"{key}: non_urban_max ({non_urban_max}) must not exceed urban_min ({urban_min})")
         return cls(urban_min, non_urban_max)

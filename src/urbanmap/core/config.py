@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -48,11 +49,30 @@ def write_params(root: str | Path, overrides: Sequence[str] = ()) -> Path:
     return out
 
 
-def load(root: str | Path = ".", overrides: Sequence[str] = ()) -> DictConfig:
-    """`root/params.yaml` with Hydra-style `overrides` applied (see module docstring)."""
+def parse_overrides(overrides: Sequence[str]) -> list[Any]:
+    """Hydra's parse of `overrides`; InputError naming the one it cannot parse, with a
+    hint to quote its value (Hydra's grammar takes unquoted values of ASCII letters,
+    digits and a few signs only: `data.name='méxico'`, in the shell "data.name='méxico'")."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    parser = OverridesParser.create()
+    parsed = []
+    for text in overrides:
+        try:
+            parsed += parser.parse_overrides([text])
+        except HydraException as exc:
+            key, sep, value = text.partition("=")
+            hint = (f"; quote the value: \"{key}='{value}'\"" if sep and value and not value.startswith(("'", '"', "["))
+                    else "")
+            reason = str(exc).splitlines()[0].removeprefix("LexerNoViableAltException: ")
+            reason = "characters that need quotes" if reason == text else reason
+            raise InputError(f"override {text!r} cannot be parsed ({reason}){hint}") from None
+    return parsed
+
+
+def load(root: str | Path = ".", overrides: Sequence[str] = ()) -> DictConfig:
+    """`root/params.yaml` with Hydra-style `overrides` applied (see module docstring)."""
     root = Path(root)
     params_path = root / PARAMS_FILE
     if not params_path.is_file():
@@ -64,10 +84,7 @@ def load(root: str | Path = ".", overrides: Sequence[str] = ()) -> DictConfig:
     if not isinstance(loaded, DictConfig):
         raise InputError(f"{params_path}: expected a mapping of config keys, got a list")
     cfg = loaded
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except HydraException as exc:
-        raise InputError(f"overrides: {exc}".splitlines()[0]) from exc
+    parsed = parse_overrides(overrides)
 
     conf_dir = root / CONF_DIR
     groups = [o for o in parsed if (conf_dir / o.key_or_group).is_dir()]
@@ -84,22 +101,87 @@ def load(root: str | Path = ".", overrides: Sequence[str] = ()) -> DictConfig:
         for o in groups:
             cfg[str(o.key_or_group)] = composed[str(o.key_or_group)]
 
+    added: set[str] = set()
     for o in parsed:
         if o in groups:
             continue
         key = o.key_or_group
-        exists = OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING
+        current = OmegaConf.select(cfg, key, default=_MISSING)
+        exists = current is not _MISSING
         if o.is_delete():
             if not exists:
                 raise InputError(f"{o.input_line}: no key {key!r} in {params_path}")
+            if key not in added:
+                raise InputError(f"{o.input_line}: the stages read {key}; set it (or {key}=null) instead of deleting it")
             parent, _, leaf = key.rpartition(".")
             node = OmegaConf.select(cfg, parent) if parent else cfg
             del node[leaf]
             continue
         if not exists and not o.is_add():
             raise InputError(f"{o.input_line}: no key {key!r} in {params_path} (use +{key}=... to add one)")
+        if exists:
+            check_type(str(o.input_line), key, OmegaConf.to_object(current) if OmegaConf.is_config(current) else current, o.value())
+        else:
+            added.add(key)
         OmegaConf.update(cfg, key, o.value(), merge=False, force_add=True)
     return cfg
+
+
+def _kind(value: Any) -> str | None:
+    """The kind of a config value an override must keep: None when any value will do."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "a whole number"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return "a text"
+
+
+def _fits(kind: str | None, value: Any) -> bool:
+    """Whether `value` is of `kind` (_kind); numbers fit texts, whole numbers fit numbers,
+    and 2.0 fits a whole number."""
+    if kind is None or value is None:
+        return True
+    fits = {
+        "true or false": lambda v: isinstance(v, bool),
+        "a whole number": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer()),
+        "a number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        "a list": lambda v: isinstance(v, list),
+        "a mapping": lambda v: isinstance(v, dict),
+        "a text": lambda v: isinstance(v, str | int | float) and not isinstance(v, bool),
+    }
+    return fits[kind](value)
+
+
+_PLURAL = {"true or false": "true / false values", "a whole number": "whole numbers", "a number": "numbers",
+           "a list": "lists", "a mapping": "mappings", "a text": "texts"}
+
+
+def check_type(override: str, key: str, current: Any, value: Any) -> None:
+    """InputError unless the override's `value` has the kind of the key's `current` value
+    in params.yaml (a number stays a number, a list of whole numbers stays one, ...).
+
+    The config's values are its schema: conf/ gives every key a value of the kind the
+    stages read, so `cv.n_splits=abc`, `cv.n_splits=2.7` or `data.window=5` are refused
+    here, naming the key, before any stage reads them. A key whose value is null takes
+    anything (its stage checks it).
+    """
+    kind = _kind(current)
+    if not _fits(kind, value):
+        raise InputError(f"{override}: {key} takes {kind} (like {current!r}), got {value!r}")
+    if kind == "a list" and current and isinstance(value, list):
+        kinds = {_kind(v) for v in current}
+        element = kinds.pop() if len(kinds) == 1 else None
+        bad = [v for v in value if not _fits(element, v)]
+        if bad and element is not None:
+            raise InputError(f"{override}: {key} takes a list of {_PLURAL[element]} (like {current!r}), got {bad[0]!r}")
 
 
 _MISSING = object()

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import glob
+import errno
 import json
 import os
+import re
 import shutil
 import struct
 from collections.abc import Iterator, Sequence
@@ -36,21 +37,38 @@ from urbanmap.core.errors import InputError
 LATTICE_KEY = b"urbanmap:lattice"
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    """Remove `.<name>.tmp-<pid>` / `.<name>.old.tmp-<pid>` beside `path` left by a run
-    that was killed (SIGKILL, power loss: no `finally` ran), when <pid> is not alive."""
-    for stale in path.parent.glob(f".{glob.escape(path.name)}*.tmp-*"):
-        pid = stale.name.rpartition(".tmp-")[2]
-        if not pid.isdigit() or stale.name not in (f".{path.name}.tmp-{pid}", f".{path.name}.old.tmp-{pid}"):
+def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporaries of `path` left by a run that was killed (SIGKILL, power
+    loss: no `finally` ran), when the process that made them is gone; return them.
+
+    Every temporary of an output is a hidden name beside it that carries its writer's pid:
+    `.<name>.tmp-<pid>` and `.<name>.old.tmp-<pid>` (atomic_output, atomic_directory),
+    `.<name>.tmp-<pid>-<thread>` (tiles), `.<name>.parts-<pid>/` (tiles' parts) and
+    `.<stem>.blocks-<pid>.tif` with its `.ovr2.tif` and `.vrt` (mosaic, composite).
+    Those of a live pid are another run's, and stay.
+    """
+    path = Path(path)
+    names = "|".join(re.escape(n) for n in {path.name, path.stem})
+    pattern = re.compile(rf"^\.(?:{names})\.(?:old\.)?(?:tmp|blocks|parts)-(\d+)(?:[-.].*)?$")
+    removed = []
+    for entry in path.parent.glob(".*") if path.parent.is_dir() else []:
+        match = pattern.match(entry.name)
+        if match is None or _pid_alive(int(match.group(1))):
             continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # a live process is writing it
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
 
 
 @contextlib.contextmanager
@@ -62,7 +80,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
+    remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
@@ -82,7 +100,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
+    remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     old = path.with_name(f".{path.name}.old.tmp-{os.getpid()}")
     for stale in (tmp, old):
@@ -98,6 +116,55 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         for leftover in (tmp, old):
             if leftover.exists():
                 shutil.rmtree(leftover)
+
+
+#: errno -> what a user reads when writing an output fails (the OS's own words are terse).
+_WRITE_FAULTS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOTDIR: "a file stands where a folder is needed",
+    errno.EISDIR: "a folder stands where a file is needed",
+    errno.EEXIST: "a file stands where a folder is needed",
+}
+
+
+def describe_os_error(exc: OSError) -> str | None:
+    """One line for a fault of the machine met while reading or writing files (disk
+    full, read-only, permissions, a file in place of a folder), naming the file; None
+    for other OSErrors (which are not the user's to fix).
+
+    GDAL reports a short write (a full disk) as "N requested and M written", in an
+    OSError without errno (rasterio's RasterioIOError), so that text counts as ENOSPC.
+    """
+    code = exc.errno
+    text = str(exc)
+    if code is None and " requested and " in text and " written" in text:
+        code = errno.ENOSPC
+    if code not in _WRITE_FAULTS:
+        return None
+    where = exc.filename or text.split(":")[0]
+    return f"{where}: cannot write: {_WRITE_FAULTS[code]}"
+
+
+def require_writable_folder(folder: str | os.PathLike[str]) -> Path:
+    """Create `folder` (and its parents) if needed and check a file can be written in it;
+    InputError naming it otherwise (a read-only disk, a file where it should be)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-check.tmp-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = _WRITE_FAULTS.get(exc.errno or 0, exc.strerror or str(exc))
+        blocker = next((p for p in [folder, *folder.parents] if p.exists()), folder)
+        if blocker.is_file():
+            reason = f"{blocker} is a file, not a folder"
+        raise InputError(f"{folder}: cannot write outputs here: {reason}") from None
+    return folder
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
@@ -122,6 +189,8 @@ def log_timing(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
 def require_file(path: str | os.PathLike[str], what: str) -> Path:
     """Return `path` as a Path, or raise InputError if it is not a readable file."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: {what} is a folder, not a file")
     if not path.is_file():
         raise InputError(f"{path}: {what} not found")
     if not os.access(path, os.R_OK):

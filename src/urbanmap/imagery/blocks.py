@@ -95,6 +95,11 @@ class MosaicSettings:
         for name in spread:
             if name not in SPREAD_BANDS:
                 raise InputError(f"mosaic.spread: unknown band {name!r} (choose from {', '.join(SPREAD_BANDS)})")
+        for key in ("block_cells", "max_iters", "gdal_cache_mb"):
+            if int(m[key]) < 1:
+                raise InputError(f"mosaic.{key}: must be at least 1, got {m[key]}")
+        if float(m.eps) <= 0:
+            raise InputError(f"mosaic.eps: must be positive, got {m.eps}")
         return cls(
             flag_bits(m.mask), buffer_px, spread, bool(m.count), int(m.block_cells),
             settings.task_threads, float(m.eps), int(m.max_iters), int(m.gdal_cache_mb), dict(m.cog),

@@ -275,6 +275,7 @@ def write_composite(src: Any, sp: Spec, settings: CompositeSettings, cells: pd.D
     pixels = no_data = 0
     out = settings.out
     out.parent.mkdir(parents=True, exist_ok=True)
+    io.remove_stale_temporaries(out)  # a killed run's blocks file and parts, before this run's
     with cog.BlockWriter(
         out.with_name(f".{out.stem}.blocks-{os.getpid()}"), profile, names,
         int(settings.cog.get("blocksize", cog.DEFAULTS["blocksize"])), block_cells * size if average else None,

@@ -229,6 +229,7 @@ def write_mosaic(stage: MosaicStageSettings, opts: MosaicSettings, cells: pd.Dat
     stage.out (written atomically); returns what it measured."""
     out = stage.out
     out.parent.mkdir(parents=True, exist_ok=True)
+    io.remove_stale_temporaries(out)  # a killed run's blocks file and parts, before this run's
     profile = {"width": lattice.width, "height": lattice.height, "count": len(band_names(opts.spread, opts.count)),
                "crs": lattice.crs, "transform": lattice.transform, "nodata": float("nan")}
     average = str(opts.cog.get("overview_resampling", "average")).lower() == "average"
@@ -277,6 +278,7 @@ def run(cfg: Any) -> None:
 
     start = time.perf_counter()
     stage = MosaicStageSettings.from_config(cfg)
+    MosaicSettings.from_config(cfg, stage.pixel_size)  # the mosaic.* keys checked before any file is read
     cells, lattice = read_lattice(stage.grid, stage.pixel_size, stage.patch_size)
     opts = MosaicSettings.from_config(cfg, lattice.pixel_size)  # mosaic.buffer in m needs the lattice's pixel size
     products, where = find_products(stage.source, lattice)

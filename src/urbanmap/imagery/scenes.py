@@ -216,6 +216,11 @@ def from_folder(folder: str | Path, year: int, months: Sequence[int] | None = No
     return select((Product(landsat.scene_from_folder(d)) for d in dirs), year, months, str(folder))
 
 
+#: data.imagery.source: scenes from a STAC catalog, a STAC API, a folder of Collection 2
+#: Level-2 files, or `file`, an existing composite (imagery/composite.py, not scenes).
+SOURCES = ("stac", "api", "folder", "file")
+
+
 @dataclass(frozen=True)
 class SceneSource:
     """Where a year's scenes are found: the `data.imagery` config group, checked (for
@@ -256,7 +261,7 @@ class SceneSource:
         elif source == "api":
             location, collection = str(im.api), str(im.collection)
         else:
-            raise InputError(f"data.imagery.source: must be stac, api or folder, got {source!r}")
+            raise InputError(f"data.imagery.source: must be one of {', '.join(SOURCES)}, got {source!r}")
         return cls(source, location, collection, year, tuple(months) if months else None)
 
     @property

@@ -74,6 +74,7 @@ class TrainSettings:
         """Read the settings; InputError naming the config key that is wrong."""
         if cfg.model.get("name") is None:
             raise InputError("model.name: missing (the model group's name, e.g. extra_trees)")
+        models.check(cfg.model, int(cfg.seed))
         return cls(
             patches=paths.patches(cfg), predictions=paths.cv_predictions(cfg), model_dir=paths.model_dir(cfg),
             model=cfg.model, model_name=str(cfg.model.name), model_kind=str(cfg.model.get("kind")),

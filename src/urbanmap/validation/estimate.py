@@ -100,21 +100,21 @@ def strata_design(stratum: np.ndarray, strata_area: pd.Series, stratum_is_map: b
     strata (rules in the module docstring); InputError "strata: ..." or "sample: ..."."""
     area_all = pd.Series(strata_area, dtype=float)
     if area_all.index.has_duplicates:
-        raise InputError(f"strata: class {area_all.index[area_all.index.duplicated()][0]!r} appears twice")
+        raise InputError(f"strata: class '{area_all.index[area_all.index.duplicated()][0]}' appears twice")
     if (area_all < 0).any() or not np.isfinite(area_all).all():
-        raise InputError(f"strata: area of {area_all.index[~(area_all >= 0)][0]!r} is negative or not a number")
+        raise InputError(f"strata: area of '{area_all.index[~(area_all >= 0)][0]}' is negative or not a number")
     unknown = sorted(set(stratum) - set(area_all.index.astype(str)))
     if unknown:
         what = "map_class" if stratum_is_map else "stratum"
-        raise InputError(f"sample: {what} {unknown[0]!r} is not a class of the strata ({', '.join(map(str, area_all.index))})")
+        raise InputError(f"sample: {what} '{unknown[0]}' is not a class of the strata ({', '.join(map(str, area_all.index))})")
     counts = pd.Series(stratum).value_counts()
     n_h_all = counts.reindex(area_all.index, fill_value=0).to_numpy()
     empty = area_all.index[(n_h_all == 0) & (area_all.to_numpy() > 0)]
     if len(empty):
-        raise InputError(f"strata: stratum {empty[0]!r} has area {area_all[empty[0]]:g} but no sampled unit")
+        raise InputError(f"strata: stratum '{empty[0]}' has area {area_all[empty[0]]:g} but no sampled unit")
     single = area_all.index[(n_h_all == 1) & (area_all.to_numpy() > 0)]
     if len(single):
-        raise InputError(f"sample: stratum {single[0]!r} has 1 sampled unit; its variance is undefined (needs >= 2)")
+        raise InputError(f"sample: stratum '{single[0]}' has 1 sampled unit; its variance is undefined (needs >= 2)")
     keep = n_h_all > 0
     area_h = area_all[keep]
     names_h = [str(s) for s in area_h.index]
@@ -144,7 +144,7 @@ def _report_classes(map_class: np.ndarray, ref_class: np.ndarray, classes: Seque
     for what, values in (("map_class", map_class), ("ref_class", ref_class)):
         bad = sorted(set(values) - set(names))
         if bad:
-            raise InputError(f"sample: {what} {bad[0]!r} is not a known class ({', '.join(names)})")
+            raise InputError(f"sample: {what} '{bad[0]}' is not a known class ({', '.join(names)})")
     return names
 
 
@@ -272,11 +272,11 @@ def read_strata(path: str | os.PathLike[str]) -> pd.Series:
     frame = _read_csv(path, "strata", ["class", "area"])
     names = frame["class"].str.strip()
     if names.duplicated().any():
-        raise InputError(f"{path}: class {names[names.duplicated()].iloc[0]!r} appears twice")
+        raise InputError(f"{path}: class '{names[names.duplicated()].iloc[0]}' appears twice")
     area = pd.to_numeric(frame["area"].str.strip(), errors="coerce")
     bad = np.flatnonzero(~(area >= 0).to_numpy())
     if bad.size:
-        raise InputError(f"{path}: area {frame['area'].iloc[bad[0]]!r} of class {names.iloc[bad[0]]!r} is not a number >= 0")
+        raise InputError(f"{path}: area '{frame['area'].iloc[bad[0]]}' of class '{names.iloc[bad[0]]}' is not a number >= 0")
     series = pd.Series(area.to_numpy(float), index=names.to_numpy(), name="area")
     units = list(frame["unit"].str.strip().unique()) if "unit" in frame.columns else []
     series.attrs["unit"] = str(units[0]) if len(units) == 1 and units[0] else None

@@ -38,7 +38,7 @@ def simulate_interpreter(truth: ArrayLike, error: float, classes: Sequence[str],
         raise InputError(f"validation.interpreter_error: {error} is not in [0, 1]")
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise InputError(f"truth: class {unknown[0]!r} is not one of {', '.join(names)}")
+        raise InputError(f"truth: class '{unknown[0]}' is not one of {', '.join(names)}")
     rng = np.random.default_rng([int(seed), _INTERPRETER])
     n = values.size
     flip = rng.permutation(n)[: int(round(error * n))]

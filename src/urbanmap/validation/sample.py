@@ -152,7 +152,7 @@ def sample_design(strata: ArrayLike, anticipated: Mapping[str, float], target_se
     names = [s for s in order if s in counts.index] + sorted(set(counts.index) - set(order))
     missing = [s for s in names if s not in anticipated]
     if missing:
-        raise InputError(f"validation.anticipated_accuracy: no value for stratum {missing[0]!r}")
+        raise InputError(f"validation.anticipated_accuracy: no value for stratum '{missing[0]}'")
     cells = counts[names].to_numpy(np.int64)
     weight = cells / cells.sum()
     accuracy = np.array([float(anticipated[s]) for s in names])

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from urbanmap.core.errors import InputError
 from urbanmap.core.io import atomic_directory
-from urbanmap.training.models.extra_trees import ExtraTreesPatchClassifier
+from urbanmap.training.models.extra_trees import ExtraTreesPatchClassifier, build_estimator
 
 CARD = "model_card.json"
 
@@ -62,6 +62,24 @@ def build(model_cfg: Any, bands: Sequence[str], patch_size: int, seed: int, thre
 
         return TorchPatchClassifier(cfg, list(bands), int(patch_size), seed, threads)
     raise InputError(f"model.kind: {kind!r} is not a model kind (sklearn or torch)")
+
+
+def check(model_cfg: Any, seed: int) -> None:
+    """InputError naming the `model` key that is wrong, before any file is read: the
+    scikit-learn estimator is built (and its parameters checked), a torch model's trainer
+    and optimizer settings are checked (its network needs the patches' bands)."""
+    container = OmegaConf.to_container(model_cfg, resolve=True) if not isinstance(model_cfg, dict) else model_cfg
+    if not isinstance(container, dict):
+        raise InputError(f"model: expected a config section, got {type(container).__name__}")
+    cfg = cast(dict[str, Any], container)
+    if cfg.get("kind") == "sklearn":
+        build_estimator(cfg, seed)
+    elif cfg.get("kind") == "torch":
+        from urbanmap.training.models.torch_model import check_trainer
+
+        check_trainer(cfg.get("trainer") or {}, cfg.get("optimizer") or {})
+    else:
+        raise InputError(f"model.kind: {cfg.get('kind')!r} is not a model kind (sklearn or torch)")
 
 
 def save(clf: PatchClassifier, folder: Path, card: dict[str, Any]) -> dict[str, Any]:

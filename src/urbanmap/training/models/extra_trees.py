@@ -90,9 +90,24 @@ def build_estimator(cfg: dict[str, Any], seed: int) -> Any:
     """The scikit-learn estimator of a model config: ``estimator`` instantiated with
     ``random_state=seed``, behind a StandardScaler when ``standardise`` is true (for
     linear models, whose penalty and solver assume features on one scale)."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+    from sklearn.utils._param_validation import InvalidParameterError
 
-    estimator = instantiate(cfg["estimator"], random_state=seed)
+    target = (cfg.get("estimator") or {}).get("_target_")
+    try:
+        estimator = instantiate(cfg["estimator"], random_state=seed)
+    except InstantiationException as exc:
+        reason = str(exc).replace("\n", " ").split(", set env var HYDRA_FULL_ERROR")[0].strip()
+        raise InputError(f"model.estimator: cannot build {target}: {reason}") from None
+    try:
+        # scikit-learn checks its parameters only in fit; this is the same check
+        # (a private method, stable since 1.2), made before any fitting starts
+        estimator._validate_params()
+    except InvalidParameterError as exc:
+        raise InputError(f"model.estimator ({target}): {exc}".splitlines()[0]) from None
+    except AttributeError:  # an estimator without scikit-learn's parameter constraints
+        pass
     if cfg.get("standardise"):
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler

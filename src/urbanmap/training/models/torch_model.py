@@ -111,7 +111,7 @@ def build_net(net_cfg: dict[str, Any], in_channels: int, patch_size: int, bands:
         cause = exc.__cause__ if isinstance(exc.__cause__, InputError) else None
         if cause:
             raise cause from exc
-        raise InputError(f"model.net: cannot build {target}: {exc}".splitlines()[0]) from exc
+        raise InputError(f"model.net: cannot build {target}: {exc}".splitlines()[0].split(", set env var HYDRA_FULL_ERROR")[0]) from None
 
 
 def seed_all(seed: int, threads: int) -> None:
@@ -125,6 +125,24 @@ def seed_all(seed: int, threads: int) -> None:
     torch.set_num_threads(max(1, int(threads)))
 
 
+def check_trainer(trainer: dict[str, Any], optimizer: dict[str, Any]) -> None:
+    """InputError naming the model.trainer / model.optimizer key whose value is out of range
+    (Lightning reads max_epochs=-1 as "no limit", a negative rate trains uphill)."""
+    whole = {"max_epochs": 1, "batch_size": 1, "early_stopping_patience": 0}
+    for name, low in whole.items():
+        value = trainer.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise InputError(f"model.trainer.{name}: expected a whole number >= {low}, got {value!r}")
+    fraction = trainer.get("validation_fraction")
+    if fraction is not None and not (isinstance(fraction, int | float) and 0 <= fraction < 1):
+        raise InputError(f"model.trainer.validation_fraction: expected a fraction from 0 to below 1, got {fraction!r}")
+    for name in ("lr", "weight_decay"):
+        value = optimizer.get(name)
+        if value is not None and not (isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+                                      and (name != "lr" or value > 0)):
+            raise InputError(f"model.optimizer.{name}: expected a {'positive' if name == 'lr' else 'non-negative'} number, got {value!r}")
+
+
 class TorchPatchClassifier:
     """A Lightning-trained network behind the PatchClassifier interface."""
 
@@ -135,6 +153,7 @@ class TorchPatchClassifier:
         self.mean: np.ndarray | None = None  # (b,) float32 per-band normalisation
         self.std: np.ndarray | None = None
         self.epochs = self.best_epoch = 0
+        check_trainer(cfg.get("trainer") or {}, cfg.get("optimizer") or {})
 
     def _fitted(self) -> tuple[torch.nn.Module, np.ndarray, np.ndarray]:
         """The net and its normalisation; RuntimeError before fit (or load)."""
