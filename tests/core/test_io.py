@@ -1,4 +1,5 @@
 import os
+
 import geopandas as gpd
 import numpy as np
 import pandas as pd
