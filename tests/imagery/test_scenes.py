@@ -179,3 +179,48 @@ def test_gathered_warp_equals_gdal_warping_every_band(tmp_path):
             np.testing.assert_array_equal(got[i, j], expected)
         [ds.close() for ds in datasets]
     assert (got[:, :, 0] == 0).all() and (got[:, :, :, 0] == 0).all() and (got[:, :, H // 2, W // 2] > 0).all()
+
+
+def test_a_stac_api_that_never_answers_fails_within_the_timeout(in_repo, tmp_path, capsys):
+    """A server that accepts the connection and never answers: the mosaic stage stops
+    after data.imagery.timeout_s with one line naming the API, not hanging."""
+    import socket
+    import threading
+    import time
+
+    from urbanmap.cli import main
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held = []
+    stop = threading.Event()
+
+    def accept_and_wait():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])  # never read, never answered
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept_and_wait, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/stac"
+    region = tmp_path / "valle_de_mexico"
+    try:
+        assert main(["grid", f"out_dir={tmp_path}"]) == 0
+        start = time.monotonic()
+        status = main(["mosaic", "year=2010", f"out_dir={tmp_path}", "data.imagery.source=api",
+                       f"data.imagery.api={url}", "data.imagery.timeout_s=1"])
+        elapsed = time.monotonic() - start
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and elapsed < 15, (status, elapsed)
+    assert err == f"urbanmap mosaic: error: {url} (landsat-c2l2-sr): STAC API search failed: no answer within data.imagery.timeout_s=1 s"
+    assert not (region / "mosaic_2010.tif").exists()

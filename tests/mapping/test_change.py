@@ -125,6 +125,7 @@ def test_maps_of_other_cells_are_refused(region, monkeypatch, capsys):
     assert run_cli(monkeypatch, root) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "predictions_2019.parquet: predicted on other cells" in err
+    assert "(1 cells only in 2010's map, 0 only in 2019's)" in err  # the second year has fewer cells
     assert not (root / "tiny" / "change").exists()
 
 

@@ -200,7 +200,7 @@ def test_predict_settings_are_read_once_and_checked():
     assert settings.mosaic.name == "mosaic_2019.tif" and settings.predictions.name == "predictions_2019.parquet"
     assert settings.compute.mode == "local"
     for override, message in (("predict.threshold=1.5", "predict.threshold: expected a number between 0 and 1"),
-                              ("predict.block_cells=2.5", "predict.block_cells: expected a positive whole number"),
+                              ("predict.block_cells=2.5", "predict.block_cells takes a whole number"),
                               ("year=soon", "year='soon': not a year")):
         with pytest.raises(InputError, match=message):
             PredictSettings.from_config(config.load(REPO, [override]))
@@ -287,3 +287,44 @@ def test_a_rerun_writes_the_same_bytes_and_logs_its_timing_apart(trained, tmp_pa
     log = [json.loads(line) for line in (root / "tiny" / "logs" / "timings.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["year"]) for r in log] == [("predict", 2010)] * 2
     assert all(r["seconds"] > 0 and r["cells_per_second"] > 0 for r in log)
+
+
+def damage(path, how):
+    """Rewrite the COG at `path`: truncated to half, bytes scrambled in its tiles, its
+    reflectance x 10,000 (unscaled digital numbers), or every pixel NaN."""
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "corrupt":
+        for i in range(len(data) // 3, len(data) - 64, 5):
+            data[i] = (data[i] * 31 + 7) % 256
+        path.write_bytes(data)
+    else:
+        with rasterio.open(path) as src:
+            img, profile, names = src.read(), src.profile, src.descriptions
+        img = img * 10_000 if how == "unscaled" else np.full_like(img, np.nan)
+        profile.update(driver="GTiff")
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(img)
+            dst.descriptions = names
+
+
+@pytest.mark.parametrize("how, fragment", [
+    ("truncated", "cannot read"),  # the file's directory, or a tile, whichever GDAL meets first
+    ("corrupt", "cannot read"),
+    ("unscaled", "not a surface reflectance (0..1); the mosaic looks like unscaled digital numbers"),
+    ("nan", "no valid pixel in the mosaic"),
+])
+def test_a_damaged_or_unscaled_mosaic_is_one_line_naming_it(trained, tmp_path, monkeypatch, capsys, how, fragment):
+    root, _ = copy_region(trained, tmp_path)
+    mosaic = root / "tiny" / "mosaic_2010.tif"
+    damage(mosaic, how)
+    assert run_cli(monkeypatch, root, "year=2010") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"urbanmap predict: error: {mosaic}: ") and fragment in err, err
+    assert not any(p.exists() for p in outputs(root / "tiny", 2010))
+    before = (root / "tiny" / "patches.npz").read_bytes()
+    assert main(["patches", *overrides(root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{mosaic}: " in err and fragment in err, err
+    assert (root / "tiny" / "patches.npz").read_bytes() == before

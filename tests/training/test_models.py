@@ -157,3 +157,52 @@ def test_zoo_models_fit_round_trip_and_save_the_same_bytes(tiny, tmp_path, name,
     round_trip(fits[1], tiny, tmp_path / "b")
     assert card["features"]["n_features"] == 6 * 7 + 10
     assert (tmp_path / "a/model/model.skops").read_bytes() == (tmp_path / "b/model/model.skops").read_bytes()
+
+
+def saved_extra_trees(tiny, folder, *overrides):
+    clf = models.build(model_cfg("extra_trees", *overrides), tiny.bands, 33, seed=0).fit(tiny.patches, tiny.label)
+    round_trip(clf, tiny, folder)
+    return folder / "model"
+
+
+def test_a_model_file_and_a_card_of_different_runs_are_refused(tiny, tmp_path):
+    flat = saved_extra_trees(tiny, tmp_path / "flat")
+    stats = saved_extra_trees(tiny, tmp_path / "stats", "model.features.groups=[band_stats]")
+    (flat / "model_card.json").write_bytes((stats / "model_card.json").read_bytes())  # the card of another run
+    with pytest.raises(InputError, match=r"model.skops: the model takes 6,534 features, but its card's features "
+                                         r"\(band_stats of 6 bands, 33 x 33 px\) make 42: .* different runs"):
+        models.load(flat)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("patch_size", "abc", "patch_size: expected a whole number of pixels >= 2, got 'abc'"),
+    ("bands", "red", "bands: expected a list of band names, got 'red'"),
+    ("cell_size", -1, "cell_size: expected a positive number of metres, got -1"),
+])
+def test_a_card_with_wrong_fields_is_refused(tiny, tmp_path, field, value, message):
+    folder = saved_extra_trees(tiny, tmp_path)
+    card = json.loads((folder / "model_card.json").read_text())
+    card[field] = value
+    (folder / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(InputError, match=f"model_card.json: {message}"):
+        models.load(folder)
+
+
+def test_an_object_array_in_the_model_file_is_refused_in_one_line(tiny, tmp_path):
+    """Numpy would unpickle an object array: skops' loader refuses it, and so do we."""
+    import io as bytes_io
+    import zipfile
+
+    folder = saved_extra_trees(tiny, tmp_path)
+    path = folder / "model.skops"
+    with zipfile.ZipFile(path) as src:
+        members = {name: src.read(name) for name in src.namelist()}
+    name = next(n for n in members if n.endswith(".npy"))
+    buffer = bytes_io.BytesIO()
+    np.save(buffer, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    members[name] = buffer.getvalue()
+    with zipfile.ZipFile(path, "w") as dst:
+        for n, data in members.items():
+            dst.writestr(n, data)
+    with pytest.raises(InputError, match=r"model.skops: cannot load the model: ValueError: Object arrays cannot be loaded"):
+        models.load(folder)

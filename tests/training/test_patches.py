@@ -221,3 +221,22 @@ def test_settings_are_read_once_and_checked(tmp_path):
     assert settings.mosaic == tmp_path / "tiny" / "mosaic_2010.tif" and settings.compute.tile_size >= 5
     with pytest.raises(InputError, match=r"patches.bands: expected a list of band names, got \[\]"):
         PatchSettings.from_config(cfg_for(tmp_path, "patches.bands=[]"))
+
+
+def test_a_corrupt_tile_is_named_when_its_patches_are_read(region, tmp_path):
+    """A COG whose header is intact but whose tiles are scrambled opens, and fails only
+    when a tile is decoded: one InputError naming the file and where it was reading."""
+    root, cells, _ = region
+    cog = tmp_path / "cog.tif"
+    with rasterio.open(root / "tiny" / "mosaic_2010.tif") as src:
+        profile = {**src.profile, "driver": "COG", "compress": "deflate", "blocksize": 256}
+        with rasterio.open(cog, "w", **profile) as dst:
+            dst.write(src.read())
+    data = bytearray(cog.read_bytes())
+    for i in range(len(data) // 2, len(data), 3):
+        data[i] ^= 0x5A
+    cog.write_bytes(data)
+    lattice = tiny.lattice_of(cells)
+    with rasterio.open(cog) as src, pytest.raises(InputError, match=rf"{cog}: cannot read the pixels at column \d+, row \d+: .*"
+                                                                    r"the file is damaged or truncated"):
+        read_patches(src, lattice, cells["col"], cells["row"], [1, 2, 3, 4, 5, 6])

@@ -102,3 +102,32 @@ def test_unknown_model_is_refused(region, capsys, in_repo):
     assert main(["train", *synthetic.overrides(region), "model=naive_bayes"]) == 2
     err = capsys.readouterr().err
     assert "no config 'naive_bayes'" in err and "extra_trees, hist_gradient_boosting, lenet" in err
+
+
+def test_a_train_stopped_between_its_outputs_is_refused_by_evaluate(region, tmp_path, capsys, in_repo, monkeypatch):
+    """Train writes model/ and then cv_predictions.parquet, both stamped with its run: a
+    run stopped between the two (Ctrl-C, a full disk) leaves the new model beside the
+    previous predictions, and evaluate refuses the pair instead of reporting a mix."""
+    args = [*synthetic.overrides(region, "tiny", *synthetic.FAST["extra_trees"])]
+    assert main(["train", *args]) == 0
+    assert main(["evaluate", *args]) == 0
+    capsys.readouterr()
+
+    def stopped(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "write_predictions", stopped)
+    assert main(["train", *args, "seed=7"]) == 130  # the new model is written, then the run stops
+    monkeypatch.undo()
+    assert main(["evaluate", *args, "seed=7"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0] == "urbanmap train: interrupted; outputs left as they were"
+    assert "cv_predictions.parquet (run " in err[1] and "model_card.json (run " in err[1]
+    assert err[1].endswith("come from different train runs (one was stopped or failed); run train again")
+    assert main(["train", *args, "seed=7"]) == 0 and main(["evaluate", *args, "seed=7"]) == 0  # a rerun mends it
+
+
+def test_the_run_stamp_is_the_inputs_not_the_time(region):
+    stamps = {train.run_stamp(paths.patches(cfg_for(region, "extra_trees", *extra)), train.TrainSettings.from_config(cfg_for(region, "extra_trees", *extra)))
+              for extra in ([], [], ["seed=1"], ["cv=spatial", "cv.n_splits=3"])}
+    assert len(stamps) == 3

@@ -191,19 +191,34 @@ def from_catalog(path: str | Path, year: int, months: Sequence[int] | None = Non
 
 
 def from_api(url: str, collection: str, year: int, months: Sequence[int] | None = None,
-             bbox: Sequence[float] | None = None, max_items: int | None = None) -> list[Product]:
+             bbox: Sequence[float] | None = None, max_items: int | None = None, timeout_s: float = 60) -> list[Product]:
     """Products found by a STAC API search (pystac-client): `collection`, the lon/lat
-    `bbox`, the calendar `year` (then filtered by `months`)."""
+    `bbox`, the calendar `year` (then filtered by `months`). Each request may take
+    `timeout_s` seconds to connect and as long again for each read: a server that never
+    answers fails the search then, instead of stalling the stage."""
     where = f"{url} ({collection})"
     try:
-        search = pystac_client.Client.open(url).search(
+        search = pystac_client.Client.open(url, timeout=timeout_s).search(
             collections=[collection], bbox=list(bbox) if bbox is not None else None,
             datetime=f"{year}-01-01T00:00:00Z/{year}-12-31T23:59:59Z", max_items=max_items,
         )
         items = list(search.items())
     except Exception as exc:  # network, HTTP and API errors of many types
-        raise InputError(f"{where}: STAC API search failed: {exc}".splitlines()[0]) from exc
+        reason = f"no answer within data.imagery.timeout_s={timeout_s:g} s" if _timed_out(exc) else str(exc)
+        raise InputError(f"{where}: STAC API search failed: {reason}".splitlines()[0]) from exc
     return select((product_from_item(item, where) for item in items), year, months, where)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether `exc` (or an exception it was raised from) is a timeout of requests or sockets."""
+    import requests
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, requests.Timeout | TimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "timed out" in str(exc)
 
 
 def from_folder(folder: str | Path, year: int, months: Sequence[int] | None = None) -> list[Product]:
@@ -235,6 +250,7 @@ class SceneSource:
         collection: the API's collection (data.imagery.collection); "" unless kind is api.
         year: the calendar year of acquisition.
         months: the months (1-12) kept (data.imagery.months), or None: the whole year.
+        timeout_s: seconds the API may take per request (data.imagery.timeout_s, > 0).
     """
 
     kind: str
@@ -242,6 +258,7 @@ class SceneSource:
     collection: str
     year: int
     months: tuple[int, ...] | None
+    timeout_s: float = 60.0
 
     @classmethod
     def from_config(cls, cfg: Any, year: int) -> SceneSource:
@@ -262,7 +279,10 @@ class SceneSource:
             location, collection = str(im.api), str(im.collection)
         else:
             raise InputError(f"data.imagery.source: must be one of {', '.join(SOURCES)}, got {source!r}")
-        return cls(source, location, collection, year, tuple(months) if months else None)
+        timeout = im.get("timeout_s", 60.0)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise InputError(f"data.imagery.timeout_s: expected a positive number of seconds, got {timeout!r}")
+        return cls(source, location, collection, year, tuple(months) if months else None, float(timeout))
 
     @property
     def where(self) -> str:
@@ -278,4 +298,4 @@ class SceneSource:
             return from_catalog(self.location, self.year, self.months, bbox)
         if self.kind == "folder":
             return from_folder(self.location, self.year, self.months)
-        return from_api(self.location, self.collection, self.year, self.months, bbox)
+        return from_api(self.location, self.collection, self.year, self.months, bbox, timeout_s=self.timeout_s)

@@ -142,8 +142,8 @@ def compare(first: pd.DataFrame, second: pd.DataFrame, years: tuple[int, int],
     if only.any():
         n1, n2 = int((merged["_merge"] == "left_only").sum()), int((merged["_merge"] == "right_only").sum())
         raise InputError(
-            f"{names[1]}: predicted on other cells than {names[0]} ({n1:,} cells only in the first, "
-            f"{n2:,} only in the second); predict both years on the same grid"
+            f"{names[1]}: predicted on other cells than {names[0]} ({n1:,} cells only in {t1}'s map, "
+            f"{n2:,} only in {t2}'s); predict both years on the same grid"
         )
     merged = merged.drop(columns="_merge")
     merged["change"] = change_classes(merged[f"class_{t1}"].to_numpy(), merged[f"class_{t2}"].to_numpy())

@@ -368,11 +368,23 @@ def write_outputs(settings: EvaluateSettings, summary: dict[str, Any], meta: dic
     io.write_json(settings.metrics, metrics_json(summary, meta))
 
 
+def check_same_run(cv_meta: dict[str, Any], card: dict[str, Any], settings: EvaluateSettings) -> None:
+    """InputError unless the predictions and the model carry the same train run's stamp
+    (train.run_stamp): a train stopped between writing them leaves a mismatched pair."""
+    ours, theirs = cv_meta.get("run"), (card.get("cv") or {}).get("run")
+    if ours != theirs:
+        raise InputError(
+            f"{settings.predictions} (run {ours}) and {settings.model_dir / models.CARD} (run {theirs}) come from "
+            f"different train runs (one was stopped or failed); run train again"
+        )
+
+
 def run(cfg: DictConfig) -> None:
     """The stage: cv_predictions.parquet + model/ -> metrics.json, plots/, evaluation/, MLflow."""
     settings = EvaluateSettings.from_config(cfg)
     predictions, cv_meta = read_predictions(settings.predictions)
     clf, card = models.load(settings.model_dir)
+    check_same_run(cv_meta, card, settings)
 
     summary = summarize(predictions)
     meta = {

@@ -33,17 +33,19 @@ validation chips share: `check_mosaic` (the file is on the lattice and has the b
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 from pyproj import CRS
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from tqdm import tqdm
 
@@ -184,7 +186,49 @@ def check_mosaic(src: Any, lattice: PixelLattice, name: str, bands: Sequence[str
         raise InputError(
             f"{name}: mosaic lacks band(s) {', '.join(missing)} (band descriptions: {', '.join(descriptions)})"
         )
-    return [descriptions.index(b) + 1 for b in bands]
+    indexes = [descriptions.index(b) + 1 for b in bands]
+    check_reflectance(src, name, indexes)
+    return indexes
+
+
+#: The largest plausible surface reflectance in a 99th percentile of a band (snow, salt
+#: flats and bright roofs stay below about 1.2; a mosaic of Collection 2 digital numbers,
+#: 7,273 to 43,636 for reflectance 0 to 1, or of reflectance x 10,000 is far above).
+MAX_REFLECTANCE_P99 = 2.0
+
+
+def check_reflectance(src: Any, name: str, indexes: Sequence[int], size: int = 256) -> None:
+    """InputError unless the bands look like surface reflectance (about 0..1).
+
+    Reads one decimated view of the bands (at most `size` x `size` pixels, from the
+    file's overviews when it has them), so the check costs little on any region. A
+    mosaic of unscaled digital numbers would otherwise pass and map no urban cell.
+    """
+    scale = max(1, math.ceil(max(src.width, src.height) / size))
+    shape = (len(indexes), max(1, src.height // scale), max(1, src.width // scale))
+    data = guarded_read(src, name, "its overview", functools.partial(src.read, list(indexes), out_shape=shape, masked=True))
+    values = np.ma.compressed(data)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        raise InputError(f"{name}: no valid pixel in the mosaic (every pixel is nodata or NaN)")
+    p99 = float(np.percentile(values, 99))
+    if p99 > MAX_REFLECTANCE_P99:
+        raise InputError(
+            f"{name}: the bands' 99th percentile is {p99:,.4g}, not a surface reflectance (0..1); the mosaic looks "
+            f"like unscaled digital numbers (Collection 2 Level-2: reflectance = DN x 0.0000275 - 0.2)"
+        )
+
+
+def guarded_read(src: Any, name: str, what: str, read: Callable[[], Any]) -> Any:
+    """`read()` of an open raster, with a damaged file's read error as one InputError
+    naming `name` and `what` was being read (GDAL reports a truncated file or a corrupt
+    tile only when that tile is read)."""
+    try:
+        return read()
+    except RasterioError as exc:
+        cause = exc.__cause__ or exc  # rasterio's "Read failed" chains GDAL's own message
+        reason = (str(cause).splitlines() or ["read failed"])[0].rstrip(".")
+        raise InputError(f"{name}: cannot read {what}: {reason}; the file is damaged or truncated (run its stage again)") from None
 
 
 def read_patches(src: Any, lattice: PixelLattice, cols: ArrayLike, rows: ArrayLike, indexes: Sequence[int],
@@ -217,7 +261,9 @@ def read_patches(src: Any, lattice: PixelLattice, cols: ArrayLike, rows: ArrayLi
     for members in tqdm(groups, desc="patches", unit="block", disable=None, leave=False):
         r0, c0 = ri[members].min(), ci[members].min()
         nr, nc = ri[members].max() - r0 + 1, ci[members].max() - c0 + 1
-        data = src.read(list(indexes), window=Window(int(c0 * p), int(r0 * p), int(nc * p), int(nr * p)))
+        window = Window(int(c0 * p), int(r0 * p), int(nc * p), int(nr * p))
+        data = guarded_read(src, str(src.name), f"the pixels at column {window.col_off}, row {window.row_off}",
+                            functools.partial(src.read, list(indexes), window=window))
         cube = data.reshape(len(indexes), nr, p, nc, p)
         out[members] = cube[:, ri[members] - r0, :, ci[members] - c0, :]  # -> (k, b, p, p)
     return out

@@ -15,7 +15,9 @@ Every model of a run uses the global seed, so a run is reproducible bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import json
 import os
 import time
@@ -159,6 +161,21 @@ def model_card(settings: TrainSettings, ps: PatchSet, meta: dict[str, Any]) -> d
     }
 
 
+def run_stamp(patches: Path, settings: TrainSettings) -> str:
+    """The run's stamp, written into both outputs (the model card's and the predictions'
+    `cv.run`): the first 16 hex digits of the SHA-256 of the patches file, the model and
+    CV config and the seed. The same inputs give the same stamp (the outputs stay the
+    same bytes); two outputs with different stamps come from different runs."""
+    digest = hashlib.sha256()
+    with open(patches, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    setup = {"model": OmegaConf.to_container(settings.model, resolve=True), "cv": dataclasses.asdict(settings.cv),
+             "seed": settings.seed}
+    digest.update(json.dumps(setup, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
 def run(cfg: DictConfig) -> None:
     """The stage: patches.npz -> cv_predictions.parquet, model/ (final model + card)."""
     settings = TrainSettings.from_config(cfg)
@@ -174,9 +191,12 @@ def run(cfg: DictConfig) -> None:
     final = make().fit(ps.patches, ps.label)
     final_seconds = time.perf_counter() - start
 
-    meta = {"model": settings.model_name, "cv": settings.cv.name, "n_splits": settings.cv.n_splits, "seed": seed}
-    write_predictions(settings.predictions, predictions, meta)
+    meta = {"model": settings.model_name, "cv": settings.cv.name, "n_splits": settings.cv.n_splits, "seed": seed,
+            "run": run_stamp(path, settings)}
+    # model/ first, the predictions last: a run stopped between the two leaves the new
+    # model beside the previous predictions, whose stamp then differs (evaluate refuses)
     models.save(final, settings.model_dir, model_card(settings, ps, meta))
+    write_predictions(settings.predictions, predictions, meta)
     acc = float((predictions["y_pred"] == predictions["y_true"]).mean())
     print(
         f"train ({settings.model_name}, {settings.cv.name} {int(folds.max()) + 1} folds): {len(ps):,} cells, "

@@ -98,9 +98,29 @@ def read_card(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{path}: model card not found")
     try:
-        return json.loads(path.read_text())
+        card = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: not valid JSON: {exc}") from exc
+    check_card(card, path)
+    return cast(dict[str, Any], card)
+
+
+def check_card(card: Any, path: Path) -> None:
+    """InputError naming the card and the field that is missing or of the wrong kind:
+    `bands` a list of band names, `patch_size` a whole number of pixels >= 2,
+    `cell_size` and `pixel_size` positive metres (when present)."""
+    if not isinstance(card, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(card).__name__}")
+    bands = card.get("bands")
+    if not isinstance(bands, list) or not bands or not all(isinstance(b, str) for b in bands):
+        raise InputError(f"{path}: bands: expected a list of band names, got {bands!r}")
+    size = card.get("patch_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+        raise InputError(f"{path}: patch_size: expected a whole number of pixels >= 2, got {size!r}")
+    for key in ("cell_size", "pixel_size"):
+        value = card.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+            raise InputError(f"{path}: {key}: expected a positive number of metres, got {value!r}")
 
 
 def load(folder: Path) -> tuple[PatchClassifier, dict[str, Any]]:

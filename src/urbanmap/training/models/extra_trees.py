@@ -184,12 +184,22 @@ class ExtraTreesPatchClassifier:
         unknown = sorted(set(untrusted) - TRUSTED)
         if unknown:
             raise InputError(f"{path}: refusing to load untrusted type(s) {', '.join(unknown)}")
-        estimator = sio.load(path, trusted=list(untrusted))
+        try:
+            estimator = sio.load(path, trusted=list(untrusted))
+        except Exception as exc:  # e.g. numpy refusing an object array (it would unpickle)
+            raise InputError(f"{path}: cannot load the model: {type(exc).__name__}: {exc}".splitlines()[0]) from None
         cfg = {"features": card.get("features", {}), "estimator": None}
         clf = cls(cfg, card["bands"], card.get("seed", 0), estimator=estimator)
         p = int(card["patch_size"])
         names = clf.features(np.zeros((1, len(clf.bands), p, p), np.float32))  # names only
         clf.feature_names, clf.feature_groups = names.names, names.groups
+        expected = getattr(estimator, "n_features_in_", len(names.names))
+        if expected != len(names.names):
+            raise InputError(
+                f"{path}: the model takes {expected:,} features, but its card's features ({', '.join(clf.groups)} of "
+                f"{len(clf.bands)} bands, {p} x {p} px) make {len(names.names):,}: the model file and its card "
+                f"come from different runs; run train again"
+            )
         return clf
 
 
