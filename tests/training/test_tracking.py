@@ -1,6 +1,7 @@
 """MLflow tracking: parent and per-fold child runs, artifacts, the registered model; a
 SQLite store, an unreachable server (one warning, results stand) and a real server."""
 
+import hashlib
 import json
 import logging
 import os
@@ -67,6 +68,15 @@ def check_logged(uri: str, cfg, local_artifacts: bool = True):
     assert {"metrics.json", "report.md", "confusion.png", "confusion.csv", "roc.csv"} <= evaluation
     versions = client.search_model_versions("name='urbanmap-tiny-extra_trees'")
     assert [v.run_id for v in versions] == [parent.info.run_id]
+
+    # the run names the exact data it was fitted on: the patches file's path and MD5
+    patches = paths.patches(cfg)
+    inputs = client.get_run(parent.info.run_id).inputs.dataset_inputs
+    assert len(inputs) == 1 and inputs[0].dataset.name == "patches.npz"
+    assert inputs[0].dataset.digest == hashlib.md5(patches.read_bytes()).hexdigest()
+    assert json.loads(inputs[0].dataset.source)["uri"] == str(patches)
+    assert {t.key: t.value for t in inputs[0].tags}["mlflow.data.context"] == "training"
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
     return client, parent
 
 
@@ -84,9 +94,10 @@ def test_settings_are_read_once_with_the_environment_first(monkeypatch):
 def test_runs_in_a_sqlite_store(trained, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = tracked_cfg(trained, f"tracking.uri={uri}")
+    cfg = tracked_cfg(trained, f"tracking.uri={uri}", "tracking.sweep=zoo-2026-12")
     evaluate.run(cfg)
     _, parent = check_logged(uri, cfg)
+    assert parent.data.tags["sweep"] == "zoo-2026-12"
     assert parent.info.artifact_uri.startswith((tmp_path / "mlruns").as_uri())  # beside the store
     assert (tmp_path / "mlruns").is_dir()
 

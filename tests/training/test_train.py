@@ -1,5 +1,7 @@
 """The train stage: CV predictions, final model, both CV schemes, determinism, bad input."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,6 +10,7 @@ from helpers import synthetic
 from helpers.project import REPO
 from urbanmap.cli import main
 from urbanmap.core import config, paths
+from urbanmap.core.errors import InputError
 from urbanmap.examples import tiny
 from urbanmap.training import evaluate, patches, patchset, train
 from urbanmap.training.cv import spatial_blocks
@@ -128,6 +131,35 @@ def test_a_train_stopped_between_its_outputs_is_refused_by_evaluate(region, tmp_
 
 
 def test_the_run_stamp_is_the_inputs_not_the_time(region):
-    stamps = {train.run_stamp(paths.patches(cfg_for(region, "extra_trees", *extra)), train.TrainSettings.from_config(cfg_for(region, "extra_trees", *extra)))
-              for extra in ([], [], ["seed=1"], ["cv=spatial", "cv.n_splits=3"])}
-    assert len(stamps) == 3
+    md5 = train.file_md5(paths.patches(cfg_for(region)))
+    stamps = [train.run_stamp(md5, train.TrainSettings.from_config(cfg_for(region, "extra_trees", *extra)))
+              for extra in ([], [], ["seed=1"], ["cv=spatial", "cv.n_splits=3"], ["cv.repeats=2"])]
+    assert stamps[0] == stamps[1] and len(set(stamps)) == 4
+    assert train.run_stamp("0" * 32, train.TrainSettings.from_config(cfg_for(region))) != stamps[0]
+
+
+@pytest.mark.parametrize("scheme", [["cv=kfold"], ["cv=spatial", "cv.n_splits=3", "cv.block_size=4000"]])
+def test_repeated_cv_draws_a_new_split_per_repeat(region, scheme):
+    cfg = cfg_for(region, "extra_trees", *scheme, "cv.n_splits=3", "cv.repeats=3")
+    train.run(cfg)
+    evaluate.run(cfg)
+    pred = pd.read_parquet(paths.cv_predictions(cfg))
+    ps = patchset.load_patches(paths.patches(cfg))
+    assert sorted(pred["repeat"].unique()) == [0, 1, 2] and len(pred) == 3 * len(ps)
+    assert (pred.groupby("repeat")["cell_id"].apply(lambda c: sorted(c) == sorted(ps.cell_id))).all()
+    folds = pred.pivot(index="cell_id", columns="repeat", values="fold")
+    assert (folds[0] != folds[1]).any() and (folds[1] != folds[2]).any()  # each repeat its own split
+    per_fold = pd.read_csv(paths.evaluation_dir(cfg) / "per_fold.csv")
+    assert list(per_fold.columns[:2]) == ["repeat", "fold"] and len(per_fold) == 9
+    metrics = json.loads(paths.metrics(cfg).read_text())
+    assert (metrics["folds"], metrics["repeats"], metrics["samples"]) == (3, 3, len(ps))
+    single = cfg_for(region, "extra_trees", *scheme, "cv.n_splits=3")
+    train.run(single)  # repeat 0 is the split of a run without repeats
+    one = pd.read_parquet(paths.cv_predictions(single)).set_index("cell_id")["fold"]
+    assert (one.loc[folds.index] == folds[0]).all()
+
+
+def test_repeats_are_checked(region):
+    for bad in ("cv.repeats=0", "cv.repeats=1.5"):
+        with pytest.raises(InputError, match="cv.repeats"):
+            train.TrainSettings.from_config(cfg_for(region, "extra_trees", bad))

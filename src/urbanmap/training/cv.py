@@ -104,12 +104,15 @@ class CvSettings:
         n_splits: folds (>= 2).
         shuffle: kfold only: shuffle before splitting (from the seed); spatial always does.
         block_size: spatial only: block side, metres in the grid's CRS (> 0); None for kfold.
+        repeats: how many times the whole split is drawn (>= 1), repeat r from seed + r
+            (repeated CV, e.g. 10 x 10-fold, for the corrected resampled t-test).
     """
 
     name: str
     n_splits: int
     shuffle: bool = True
     block_size: float | None = None
+    repeats: int = 1
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> CvSettings:
@@ -124,7 +127,12 @@ class CvSettings:
         block_size = cv.get("block_size")
         if name == "spatial" and (not block_size or block_size <= 0):
             raise InputError(f"cv.block_size: must be a positive number of metres, got {block_size}")
-        return cls(name, n_splits, bool(cv.get("shuffle", True)), block_size)
+        repeats = cv.get("repeats", 1)
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise InputError(f"cv.repeats: expected a whole number >= 1, got {repeats!r}")
+        if repeats > 1 and name == "kfold" and not cv.get("shuffle", True):
+            raise InputError("cv.repeats: repeats of an unshuffled k-fold split are all the same split; set cv.shuffle=true")
+        return cls(name, n_splits, bool(cv.get("shuffle", True)), block_size, repeats)
 
     def folds(self, y: ArrayLike, x: ArrayLike, yc: ArrayLike, seed: int, context: str = "patches") -> np.ndarray:
         """assign_folds with these settings: (n,) int64 test fold of each sample."""

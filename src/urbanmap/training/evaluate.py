@@ -118,12 +118,19 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, p_urban: np.n
 
 
 def fold_table(predictions: pd.DataFrame) -> pd.DataFrame:
-    """One row of `classification_metrics` per fold (index: fold)."""
+    """One row of `classification_metrics` per fold (index: fold), or per repeat and
+    fold (index: repeat, fold) when the predictions hold more than one repeat."""
+    keys = ["repeat", "fold"] if "repeat" in predictions and predictions["repeat"].nunique() > 1 else ["fold"]
     rows = {
-        int(cast(int, k)): classification_metrics(g["y_true"].to_numpy(), g["y_pred"].to_numpy(), g["p_urban"].to_numpy())
-        for k, g in predictions.groupby("fold", sort=True)
+        k: classification_metrics(g["y_true"].to_numpy(), g["y_pred"].to_numpy(), g["p_urban"].to_numpy())
+        for k, g in predictions.groupby(keys if len(keys) > 1 else keys[0], sort=True)
     }
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("fold")
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    if len(keys) > 1:
+        table.index = pd.MultiIndex.from_tuples([cast(tuple[int, int], k) for k in table.index], names=keys)
+        return table
+    table.index = table.index.astype(int)
+    return table.rename_axis("fold")
 
 
 def summarize(predictions: pd.DataFrame) -> dict[str, Any]:
@@ -389,7 +396,8 @@ def run(cfg: DictConfig) -> None:
     summary = summarize(predictions)
     meta = {
         "model": card["name"], "cv": cv_meta.get("cv", settings.cv_name), "folds": int(predictions["fold"].nunique()),
-        "samples": len(predictions), "region": settings.region, "year": card.get("year"), "seed": card.get("seed"),
+        "repeats": int(predictions["repeat"].nunique()) if "repeat" in predictions else 1,
+        "samples": int(predictions["cell_id"].nunique()), "region": settings.region, "year": card.get("year"), "seed": card.get("seed"),
     }
     importances, maps = importance_tables(clf, card)
     write_outputs(settings, summary, meta, predictions, importances, maps)
@@ -402,6 +410,7 @@ def run(cfg: DictConfig) -> None:
     )
     if settings.tracking is not None:
         artifacts = [settings.metrics, *sorted(settings.plots_dir.glob("*.csv")), *sorted(evaluation.iterdir())]
-        run_id = tracking.log_experiment(settings.tracking, summary, meta, artifacts, settings.model_dir)
+        run_id = tracking.log_experiment(settings.tracking, summary, meta, artifacts, settings.model_dir,
+                                         dataset=cv_meta.get("patches"))
         if run_id:
             print(f"evaluate: MLflow run {run_id} at {settings.tracking.uri}")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,8 @@ class TrackingSettings:
         registered_model: tracking.registered_model, or None for
             ``urbanmap-<region>-<model>``.
         timeout_s: tracking.timeout_s, seconds an HTTP store may take per request.
+        sweep: tracking.sweep, a name shared by the parent runs of one sweep (tag
+            ``sweep``), or None.
         params: the whole composed config, flattened to dotted keys (the parent run's params).
     """
 
@@ -54,6 +57,7 @@ class TrackingSettings:
     experiment: str
     registered_model: str | None = None
     timeout_s: int = 5
+    sweep: str | None = None
     params: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -65,7 +69,8 @@ class TrackingSettings:
         registered = t.get("registered_model")
         return cls(
             uri=tracking_uri(str(t.uri)), experiment=str(t.experiment), registered_model=str(registered) if registered else None,
-            timeout_s=int(t.get("timeout_s", 5) or 5), params=flatten(OmegaConf.to_container(cfg, resolve=True)),
+            timeout_s=int(t.get("timeout_s", 5) or 5), sweep=str(t.sweep) if t.get("sweep") else None,
+            params=flatten(OmegaConf.to_container(cfg, resolve=True)),
         )
 
 
@@ -94,16 +99,18 @@ def _artifact_location(uri: str) -> str | None:
 
 
 def log_experiment(settings: TrackingSettings, summary: dict[str, Any], meta: dict[str, Any],
-                   artifacts: Iterable[str | os.PathLike[str]], model_dir: str | os.PathLike[str]) -> str | None:
+                   artifacts: Iterable[str | os.PathLike[str]], model_dir: str | os.PathLike[str],
+                   dataset: dict[str, str] | None = None) -> str | None:
     """Log the parent run, per-fold child runs, artifacts and the registered model;
-    return the parent run id, or None (with one warning) if tracking failed."""
+    return the parent run id, or None (with one warning) if tracking failed. `dataset`
+    (the patches file's path and MD5, from train) becomes the run's training input."""
     uri = settings.uri
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(settings.timeout_s))
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing leaves the machine
     state: dict[str, Any] = {"client": None, "run_id": None}
     try:
-        return _log(settings, summary, meta, artifacts, Path(model_dir), state)
+        return _log(settings, summary, meta, artifacts, Path(model_dir), state, dataset)
     except Exception as exc:  # any tracking failure must leave the stage's results standing
         if state["client"] is not None and state["run_id"] is not None:
             try:
@@ -119,7 +126,8 @@ def log_experiment(settings: TrackingSettings, summary: dict[str, Any], meta: di
 
 
 def _log(settings: TrackingSettings, summary: dict[str, Any], meta: dict[str, Any],
-         artifacts: Iterable[str | os.PathLike[str]], model_dir: Path, state: dict[str, Any]) -> str:
+         artifacts: Iterable[str | os.PathLike[str]], model_dir: Path, state: dict[str, Any],
+         dataset: dict[str, str] | None = None) -> str:
     """The runs of log_experiment; `state` gets the client and parent run id as soon as
     the parent exists (so a failure can mark it FAILED)."""
     from mlflow import MlflowClient
@@ -131,11 +139,17 @@ def _log(settings: TrackingSettings, summary: dict[str, Any], meta: dict[str, An
     experiment = client.get_experiment_by_name(settings.experiment)
     exp_id = (experiment.experiment_id if experiment
               else client.create_experiment(settings.experiment, artifact_location=_artifact_location(uri)))
+    # model training, not GenAI: MLflow 3's UI then opens the experiment on its runs
+    client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
     tags = {"region": meta["region"], "model": meta["model"], "cv": meta["cv"], "stage": "urbanmap evaluate"}
+    if settings.sweep:
+        tags["sweep"] = settings.sweep
     parent = client.create_run(exp_id, run_name=f"{meta['model']}-{meta['cv']}", tags=tags)
     state.update(client=client, run_id=parent.info.run_id)
     pid = parent.info.run_id
     _log_params(client, pid, settings.params)
+    if dataset:
+        _log_dataset(client, pid, dataset)
     _log_metrics(client, exp_id, pid, tags, summary)
     for path in artifacts:
         client.log_artifact(pid, str(path), artifact_path="evaluation")
@@ -144,6 +158,21 @@ def _log(settings: TrackingSettings, summary: dict[str, Any], meta: dict[str, An
     _register_model(client, pid, registered, f"{parent.info.artifact_uri}/model", tags)
     client.set_terminated(pid)
     return str(pid)
+
+
+def _log_dataset(client: Any, run_id: str, dataset: dict[str, str]) -> None:
+    """The patches file as the run's training dataset: its DVC path as the source and its
+    MD5 (dvc.lock's) as the digest, so the run names the exact data it was fitted on."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    with warnings.catch_warnings():  # MLflow registers the local-file source twice and says so
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(dataset["path"])
+    meta_dataset: Any = MetaDataset  # concrete at run time; its stubs leave `profile` abstract
+    entity = meta_dataset(source, name=Path(dataset["path"]).name, digest=dataset["md5"])._to_mlflow_entity()
+    client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", "training")])])
 
 
 def _log_params(client: Any, run_id: str, params: dict[str, str]) -> None:
@@ -164,7 +193,10 @@ def _log_metrics(client: Any, exp_id: str, parent_id: str, tags: dict[str, str],
         return [Metric(f"{prefix}{k}{suffix}", float(v), 0, 0) for k, v in d.items()]
 
     for k, row in summary["folds"].iterrows():
-        child = client.create_run(exp_id, run_name=f"fold-{k}", tags={**tags, "mlflow.parentRunId": parent_id, "fold": str(k)})
+        repeat, fold = k if isinstance(k, tuple) else (0, k)
+        name = f"repeat-{repeat}-fold-{fold}" if isinstance(k, tuple) else f"fold-{fold}"
+        child = client.create_run(exp_id, run_name=name, tags={**tags, "mlflow.parentRunId": parent_id,
+                                                               "fold": str(fold), "repeat": str(repeat)})
         client.log_batch(child.info.run_id, metrics=metrics(row.to_dict()))
         client.set_terminated(child.info.run_id)
     client.log_batch(parent_id, metrics=metrics(summary["mean"]) + metrics(summary["std"], suffix="_std")

@@ -5,8 +5,9 @@
 2. For each fold, a fresh model from the `model` group (models/) is fitted on the other
    folds and predicts the fold: out-of-fold ``p_urban`` for every sampled cell, written
    to ``<region_dir>/cv_predictions.parquet`` (columns fold, cell_id, col, row, x, y,
-   y_true, p_urban, y_pred; y 1 = urban; x, y cell centres in metres of the grid CRS;
-   y_pred = p_urban >= 0.5).
+   y_true, p_urban, y_pred, repeat; y 1 = urban; x, y cell centres in metres of the grid
+   CRS; y_pred = p_urban >= 0.5). With ``cv.repeats`` R > 1 the whole split is drawn R
+   times (repeat r from seed + r), and every cell has one row per repeat.
 3. The final model is refitted on all sampled cells and saved in
    ``<region_dir>/model/`` (git-ignored, a DVC output) with ``model_card.json``.
 
@@ -161,19 +162,23 @@ def model_card(settings: TrainSettings, ps: PatchSet, meta: dict[str, Any]) -> d
     }
 
 
-def run_stamp(patches: Path, settings: TrainSettings) -> str:
-    """The run's stamp, written into both outputs (the model card's and the predictions'
-    `cv.run`): the first 16 hex digits of the SHA-256 of the patches file, the model and
-    CV config and the seed. The same inputs give the same stamp (the outputs stay the
-    same bytes); two outputs with different stamps come from different runs."""
-    digest = hashlib.sha256()
-    with open(patches, "rb") as fh:
+def file_md5(path: Path) -> str:
+    """The MD5 of a file, as DVC records it in dvc.lock (hex)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
-    setup = {"model": OmegaConf.to_container(settings.model, resolve=True), "cv": dataclasses.asdict(settings.cv),
-             "seed": settings.seed}
-    digest.update(json.dumps(setup, sort_keys=True).encode())
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
+
+
+def run_stamp(patches_md5: str, settings: TrainSettings) -> str:
+    """The run's stamp, written into both outputs (the model card's and the predictions'
+    `cv.run`): the first 16 hex digits of the SHA-256 of the patches file's MD5, the
+    model and CV config and the seed. The same inputs give the same stamp (the outputs
+    stay the same bytes); two outputs with different stamps come from different runs."""
+    setup = {"patches": patches_md5, "model": OmegaConf.to_container(settings.model, resolve=True),
+             "cv": dataclasses.asdict(settings.cv), "seed": settings.seed}
+    return hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def run(cfg: DictConfig) -> None:
@@ -183,22 +188,29 @@ def run(cfg: DictConfig) -> None:
     ps = load_patches(path)
     check_patches(ps, str(path))
     seed = settings.seed
-    folds = settings.cv.folds(ps.label, ps.x, ps.y, seed, context=str(path))
+    md5 = file_md5(path)
     make = functools.partial(models.build, settings.model, ps.bands, ps.patch_size, seed, settings.threads)
     make()  # a bad model config fails here, before any fitting
-    predictions, seconds = cross_validate(ps, folds, make)
+    parts, seconds = [], []
+    for repeat in range(settings.cv.repeats):  # repeat r splits from seed + r; every model keeps the seed
+        folds = settings.cv.folds(ps.label, ps.x, ps.y, seed + repeat, context=str(path))
+        part, part_seconds = cross_validate(ps, folds, make)
+        parts.append(part.assign(repeat=np.int64(repeat)))
+        seconds += part_seconds
+    predictions = pd.concat(parts, ignore_index=True)
     start = time.perf_counter()
     final = make().fit(ps.patches, ps.label)
     final_seconds = time.perf_counter() - start
 
-    meta = {"model": settings.model_name, "cv": settings.cv.name, "n_splits": settings.cv.n_splits, "seed": seed,
-            "run": run_stamp(path, settings)}
+    meta = {"model": settings.model_name, "cv": settings.cv.name, "n_splits": settings.cv.n_splits,
+            "repeats": settings.cv.repeats, "seed": seed, "run": run_stamp(md5, settings),
+            "patches": {"path": str(path), "md5": md5}}
     # model/ first, the predictions last: a run stopped between the two leaves the new
     # model beside the previous predictions, whose stamp then differs (evaluate refuses)
     models.save(final, settings.model_dir, model_card(settings, ps, meta))
     write_predictions(settings.predictions, predictions, meta)
     acc = float((predictions["y_pred"] == predictions["y_true"]).mean())
     print(
-        f"train ({settings.model_name}, {settings.cv.name} {int(folds.max()) + 1} folds): {len(ps):,} cells, "
+        f"train ({settings.model_name}, {settings.cv.name} {settings.cv.n_splits} folds x {settings.cv.repeats}): {len(ps):,} cells, "
         f"out-of-fold accuracy {acc:.4f}, {sum(seconds) + final_seconds:.1f} s -> {settings.model_dir}"
     )
