@@ -17,7 +17,7 @@ export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 export UV_PYTHON_DOWNLOADS := never
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test test-fast lint docs params bench lock
+.PHONY: install run test test-fast lint docs params bench lock sweep
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -56,3 +56,17 @@ params: install
 
 bench: install
 	python benchmarks/bench_grid_labels.py
+
+# A sweep: models x feature groups x CV schemes, queued as DVC experiments of the train
+# and evaluate stages (the rest of the pipeline stays as `make run` left it), run one
+# after another, then compared by `urbanmap compare` into data/<region>/comparison/.
+# The MLflow store is the project's own (a queued run works in a temporary copy).
+SWEEP_MODELS ?= extra_trees,random_forest,hist_gradient_boosting,logistic_regression
+SWEEP_FEATURES ?= [band_stats,index_stats],[band_stats,index_stats,texture]
+SWEEP_CV ?= kfold,spatial
+SWEEP_NAME ?= sweep
+sweep: install
+	dvc exp run --queue evaluate -S 'model=$(SWEEP_MODELS)' -S 'model.features.groups=$(SWEEP_FEATURES)' \
+		-S 'cv=$(SWEEP_CV)' -S 'tracking.sweep=$(SWEEP_NAME)' -S 'tracking.uri=sqlite:///$(CURDIR)/mlflow.db'
+	dvc exp run --run-all --jobs 1
+	urbanmap compare sweep:$(SWEEP_NAME)

@@ -52,6 +52,16 @@ def _add_validate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
         q.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra-style overrides")
 
 
+def _add_compare_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`urbanmap compare RUN [RUN ...] [--out DIR] [key=value ...]` (comparison/compare.py runs it)."""
+    text = ("paired comparison of earlier train runs (result folders, DVC experiments or MLflow run ids) "
+            "-> comparison/ (report.md, experiments.csv, pairs.csv, ranking.csv, gaps.csv, intervals.png)")
+    p = sub.add_parser("compare", help=text, description=text)
+    p.add_argument("items", nargs="+", metavar="RUN|key=value",
+                   help="two or more runs to compare, and Hydra-style overrides (which locate the default --out)")
+    p.add_argument("--out", help="output folder (default: <region_dir>/comparison)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="urbanmap",
@@ -69,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides for the composition")
 
     _add_validate_parser(sub)
+    _add_compare_parser(sub)
     return parser
 
 
@@ -76,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit status (2 on bad input)."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "validate":
-            importlib.import_module("urbanmap.validation.validate").command(args)
+        if args.command in ("validate", "compare"):
+            module = {"validate": "urbanmap.validation.validate", "compare": "urbanmap.comparison.compare"}[args.command]
+            importlib.import_module(module).command(args)
             return 0
         if args.command == "params":
             out = config.write_params(".", args.overrides)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 #: The phase packages, lowest first: each imports only from itself and those before it.
 #: cli.py and __main__.py (the entry point) sit above all of them.
-LAYERS = ("core", "compute", "census", "imagery", "training", "mapping", "validation", "indicators", "examples")
+LAYERS = ("core", "compute", "census", "imagery", "training", "comparison", "mapping", "validation", "indicators", "examples")
 #: Libraries imported inside functions, for start-up time (and modules of this package
 #: that import them at module level).
 LAZY = ("torch", "torchvision", "lightning", "dask", "distributed", "mlflow", "geomad", "matplotlib",
-        "sklearn", "skops", "hydra", "safetensors", "skimage",
+        "sklearn", "skops", "hydra", "safetensors", "skimage", "statsmodels",
         "urbanmap.training.models.torch_model", "urbanmap.training.models.lenet",
         "urbanmap.training.models.resnet", "urbanmap.training.models.datamodule")
 

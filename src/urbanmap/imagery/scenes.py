@@ -33,6 +33,7 @@ from typing import Any
 
 import pystac
 import pystac_client
+import requests
 
 from urbanmap.core import paths
 from urbanmap.core.errors import InputError
@@ -211,8 +212,6 @@ def from_api(url: str, collection: str, year: int, months: Sequence[int] | None 
 
 def _timed_out(exc: BaseException) -> bool:
     """Whether `exc` (or an exception it was raised from) is a timeout of requests or sockets."""
-    import requests
-
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, requests.Timeout | TimeoutError):

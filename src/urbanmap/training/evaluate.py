@@ -409,7 +409,8 @@ def run(cfg: DictConfig) -> None:
         f"{mean['non_urban_f1']:.4f} -> {settings.metrics}, {evaluation / 'report.md'}"
     )
     if settings.tracking is not None:
-        artifacts = [settings.metrics, *sorted(settings.plots_dir.glob("*.csv")), *sorted(evaluation.iterdir())]
+        artifacts = [settings.metrics, settings.predictions, *sorted(settings.plots_dir.glob("*.csv")),
+                     *sorted(evaluation.iterdir())]
         run_id = tracking.log_experiment(settings.tracking, summary, meta, artifacts, settings.model_dir,
                                          dataset=cv_meta.get("patches"))
         if run_id:

@@ -1,0 +1,126 @@
+"""`urbanmap compare` on real train runs of the tiny region: the files, the refused
+pairs, the ranking and gaps; bad runs."""
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from helpers import synthetic
+from helpers.project import REPO
+from urbanmap.cli import main
+from urbanmap.core import config
+from urbanmap.examples import tiny
+from urbanmap.training import patches, train
+
+RUNS = {  # folder -> overrides of its train run (same patches)
+    "et": ["model.estimator.n_estimators=20"],
+    "lr": ["model=logistic_regression"],
+    "et_spatial": ["model.estimator.n_estimators=20", "cv=spatial", "cv.n_splits=3", "cv.block_size=4000"],
+    "et_seed7": ["model.estimator.n_estimators=20", "seed=7"],
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Four train runs of the tiny region, each in its own out_dir."""
+    root = tmp_path_factory.mktemp("compare")
+    tiny.make_region(root / "et")
+    patches.run(config.load(REPO, synthetic.overrides(root / "et")))
+    for name, extra in RUNS.items():
+        if name != "et":
+            shutil.copytree(root / "et" / "tiny", root / name / "tiny")
+        train.run(config.load(REPO, synthetic.overrides(root / name, "tiny", *extra)))
+    return root
+
+
+def compare(runs, capsys, *names, out="out"):
+    status = main(["compare", *(str(runs / n / "tiny") for n in names), "--out", str(runs / out)])
+    return status, capsys.readouterr()
+
+
+def test_compare_writes_the_tables_the_report_and_the_plot(runs, capsys, in_repo):
+    status, captured = compare(runs, capsys, "et", "lr", "et_spatial", "et_seed7")
+    assert status == 0, captured.err
+    out = runs / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["experiments.csv", "gaps.csv", "intervals.png", "pairs.csv",
+                                                    "ranking.csv", "report.md"]
+    table = pd.read_csv(out / "experiments.csv")
+    assert len(table) == 4 and (table["cells"] == 200).all() and (table["folds"] == 3).all()
+    for m in ("overall_accuracy", "macro_f1", "urban_f1", "non_urban_precision"):
+        assert (table[f"{m}_low"] <= table[m]).all() and (table[m] <= table[f"{m}_high"]).all()
+        assert (table[f"pooled_{m}_low"] <= table[f"pooled_{m}"]).all()
+    pairs = pd.read_csv(out / "pairs.csv").fillna({"refused_reason": ""})
+    assert {"p_corrected_t", "p_mcnemar", "p_holm", "significant", "refused_reason"} <= set(pairs.columns)
+    assert len(pairs) == 6 * 2  # every pair, overall accuracy and macro F1
+    oa = pairs[pairs["metric"] == "overall_accuracy"].set_index(["a", "b"])
+    same = oa.loc[("extra_trees-kfold (et/tiny)", "logistic_regression-kfold")]
+    assert same["refused_reason"] == "" and 0 <= same["p_corrected_t"] <= 1 and same["test"] == "corrected t"
+    spatial = oa.xs("extra_trees-spatial", level="b").iloc[0]
+    assert spatial["refused_reason"].startswith("different CV schemes") and spatial["test"] == "McNemar"
+    seeded = oa.loc[oa.index.get_level_values("b").str.contains("et_seed7")].iloc[0]
+    assert seeded["refused_reason"].startswith("different seeds (42 and 7)")
+    assert (oa["p_holm"] >= oa["p_tested"] - 1e-12).all() and oa["p_holm"].max() <= 1
+    ranking = pd.read_csv(out / "ranking.csv")
+    assert ranking["rank"].tolist() == [1, 2, 3, 4] and ranking["overall_accuracy"].is_monotonic_decreasing
+    assert ranking["group"].str.len().min() >= 1
+    gaps = pd.read_csv(out / "gaps.csv")
+    assert gaps["model"].tolist() == ["extra_trees"] or len(gaps) == 0  # two kfold runs of one model: labelled apart
+    report = (out / "report.md").read_text()
+    assert "## Ranking (overall accuracy)" in report and "different seeds" in report
+    assert (out / "intervals.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_gap_of_random_and_spatial_cv(runs, capsys, in_repo):
+    status, captured = compare(runs, capsys, "et", "et_spatial", out="gap")
+    assert status == 0, captured.err
+    gaps = pd.read_csv(runs / "gap" / "gaps.csv")
+    table = pd.read_csv(runs / "gap" / "experiments.csv").set_index("cv")
+    assert gaps["model"].tolist() == ["extra_trees"]
+    expected = table.loc["kfold", "overall_accuracy"] - table.loc["spatial", "overall_accuracy"]
+    assert gaps["gap"].iloc[0] == pytest.approx(expected, abs=1e-5)
+    assert gaps["ci_low"].iloc[0] < gaps["gap"].iloc[0] < gaps["ci_high"].iloc[0]
+
+
+def test_same_inputs_same_bytes(runs, capsys, in_repo):
+    for out in ("b1", "b2"):
+        assert compare(runs, capsys, "et", "lr", out=out)[0] == 0
+    for name in ("experiments.csv", "pairs.csv", "ranking.csv", "report.md", "intervals.png"):
+        assert (runs / "b1" / name).read_bytes() == (runs / "b2" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("args, message", [
+    (["et"], "compare: needs at least two runs to compare, got 1"),
+    (["et", "nowhere"], "nowhere: not a result folder with cv_predictions.parquet, a DVC experiment or an MLflow run id"),
+    (["et", "empty"], "empty: no cv_predictions.parquet in this folder"),
+    (["et", "et"], "is given twice"),
+    (["et", "columns"], "lacks column(s) y_pred"),
+])
+def test_bad_runs_are_one_line_errors_and_nothing_is_written(runs, capsys, in_repo, args, message):
+    (runs / "empty").mkdir(exist_ok=True)
+    (runs / "columns").mkdir(exist_ok=True)
+    pd.read_parquet(runs / "et" / "tiny" / "cv_predictions.parquet").drop(columns="y_pred").to_parquet(
+        runs / "columns" / "cv_predictions.parquet")
+    items = [str(runs / a) if a not in ("nowhere",) and a != "et" else (str(runs / "et" / "tiny") if a == "et" else a)
+             for a in args]
+    assert main(["compare", *items, "--out", str(runs / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (runs / "bad").exists()
+
+
+def test_an_mlflow_run_id_is_a_run(runs, capsys, in_repo, monkeypatch):
+    from mlflow import MlflowClient
+
+    from urbanmap.training import evaluate
+
+    uri = f"sqlite:///{runs / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    evaluate.run(config.load(REPO, [*synthetic.overrides(runs / "lr", "tiny", *RUNS["lr"]), "tracking.enabled=true"]))
+    client = MlflowClient(tracking_uri=uri)
+    parent = [r for r in client.search_runs([client.get_experiment_by_name("urbanmap").experiment_id])
+              if "mlflow.parentRunId" not in r.data.tags][0]
+    assert main(["compare", str(runs / "et" / "tiny"), parent.info.run_id, "--out", str(runs / "ml")]) == 0
+    table = pd.read_csv(runs / "ml" / "experiments.csv")
+    assert table["run"].tolist()[1] == parent.info.run_id and table["model"].tolist() == ["extra_trees", "logistic_regression"]
+    capsys.readouterr()
