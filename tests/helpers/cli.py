@@ -35,6 +35,7 @@ def expect_error(capsys, folder: Path, args: list[str], *fragments: str) -> str:
     assert len(err.splitlines()) == 1, err
     for fragment in fragments:
         assert fragment in err, err
+    assert "np.str_(" not in err and "np.float64(" not in err, err  # values as a user writes them
     written = {p for p in folder.rglob("*") if p.is_file()} - before
     assert not written, written
     return err
