@@ -124,3 +124,46 @@ def test_an_mlflow_run_id_is_a_run(runs, capsys, in_repo, monkeypatch):
     table = pd.read_csv(runs / "ml" / "experiments.csv")
     assert table["run"].tolist()[1] == parent.info.run_id and table["model"].tolist() == ["extra_trees", "logistic_regression"]
     capsys.readouterr()
+
+
+def test_dvc_experiments_and_a_sweep_are_runs(runs, tmp_path):
+    """A DVC experiment is found by its name among refs/exps; its dvc.lock gives the MD5
+    of cv_predictions.parquet, read from the DVC cache; `sweep:<name>` is every
+    experiment whose params.yaml sets tracking.sweep to <name>."""
+    import hashlib
+    import subprocess
+
+    from urbanmap.comparison import runs as run_args
+    from urbanmap.core.errors import InputError
+
+    repo = tmp_path / "project"
+    repo.mkdir()
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "ci@example.org")
+    git("config", "user.name", "ci")
+    for name, folder, sweep in (("exp-et", "et", "s1"), ("exp-lr", "lr", "s1"), ("exp-other", "et_seed7", "s2")):
+        data = (runs / folder / "tiny" / "cv_predictions.parquet").read_bytes()
+        md5 = hashlib.md5(data).hexdigest()
+        cached = repo / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_bytes(data)
+        (repo / "dvc.lock").write_text(f"schema: '2.0'\nstages:\n  train:\n    outs:\n    - path: data/tiny/cv_predictions.parquet\n"
+                                       f"      md5: {md5}\n")
+        (repo / "params.yaml").write_text(f"tracking:\n  sweep: {sweep}\n")
+        git("add", "dvc.lock", "params.yaml")
+        git("commit", "-qm", name)
+        git("update-ref", f"refs/exps/ab/cdef0123/{name}", "HEAD")
+    found = run_args.load_all(["sweep:s1"], repo, None)
+    assert [(e.label, e.model) for e in found] == [("exp-et", "extra_trees"), ("exp-lr", "logistic_regression")]
+    assert run_args.resolve("exp-other", repo, None).seed == 7
+    with pytest.raises(InputError, match="sweep:s3: no DVC experiment has tracking.sweep=s3"):
+        run_args.load_all(["sweep:s3"], repo, None)
+    for cached in (repo / ".dvc" / "cache").rglob("*"):
+        if cached.is_file():
+            cached.unlink()
+    with pytest.raises(InputError, match=r"exp-et: data/tiny/cv_predictions.parquet \(md5 \w+\) is not in the DVC cache"):
+        run_args.resolve("exp-et", repo, None)

@@ -31,6 +31,13 @@ FAST = {
 }
 
 
+def patched_region(root: Path) -> Path:
+    """A tiny labelled region with its mosaic and patches (100 per class) under `root`."""
+    make_region(root)
+    patches.run(config.load(REPO, overrides(root)))
+    return root
+
+
 def trained_region(root: Path):
     """A tiny labelled region with its mosaic, patches and a trained Extra Trees model
     under `root`; returns the config that made them."""

@@ -8,17 +8,13 @@ from helpers import synthetic
 from helpers.project import REPO
 from urbanmap.cli import main
 from urbanmap.core import config, paths
-from urbanmap.examples import tiny
-from urbanmap.training import learning_curve, patches
+from urbanmap.training import learning_curve
 
 
 @pytest.fixture(scope="module")
 def region(tmp_path_factory):
     """A synthetic region with its patches (100 per class) cut once."""
-    root = tmp_path_factory.mktemp("curve")
-    tiny.make_region(root)
-    patches.run(config.load(REPO, synthetic.overrides(root)))
-    return root
+    return synthetic.patched_region(tmp_path_factory.mktemp("curve"))
 
 
 def curve_cfg(root, *extra):

@@ -11,18 +11,14 @@ from helpers.project import REPO
 from urbanmap.cli import main
 from urbanmap.core import config, paths
 from urbanmap.core.errors import InputError
-from urbanmap.examples import tiny
-from urbanmap.training import evaluate, patches, patchset, train
+from urbanmap.training import evaluate, patchset, train
 from urbanmap.training.cv import spatial_blocks
 
 
 @pytest.fixture(scope="module")
 def region(tmp_path_factory):
     """A synthetic region with its patches (100 per class) cut once."""
-    root = tmp_path_factory.mktemp("train")
-    tiny.make_region(root)
-    patches.run(config.load(REPO, synthetic.overrides(root)))
-    return root
+    return synthetic.patched_region(tmp_path_factory.mktemp("train"))
 
 
 def cfg_for(root, model="extra_trees", *extra):

@@ -48,12 +48,17 @@ class PatchClassifier(Protocol):
         """Model-specific entries of the model card (features, normalisation, ...)."""
 
 
-def build(model_cfg: Any, bands: Sequence[str], patch_size: int, seed: int, threads: int = 1) -> PatchClassifier:
-    """An unfitted classifier from the `model` config section (a DictConfig or a dict)."""
+def _as_dict(model_cfg: Any) -> dict[str, Any]:
+    """The `model` config section (a DictConfig or a dict) as a plain dict."""
     container = OmegaConf.to_container(model_cfg, resolve=True) if not isinstance(model_cfg, dict) else model_cfg
     if not isinstance(container, dict):
         raise InputError(f"model: expected a config section, got {type(container).__name__}")
-    cfg = cast(dict[str, Any], container)  # a config section's keys are names
+    return cast(dict[str, Any], container)  # a config section's keys are names
+
+
+def build(model_cfg: Any, bands: Sequence[str], patch_size: int, seed: int, threads: int = 1) -> PatchClassifier:
+    """An unfitted classifier from the `model` config section (a DictConfig or a dict)."""
+    cfg = _as_dict(model_cfg)
     kind = cfg.get("kind")
     if kind == "sklearn":
         return ExtraTreesPatchClassifier(cfg, list(bands), seed)
@@ -68,10 +73,7 @@ def check(model_cfg: Any, seed: int) -> None:
     """InputError naming the `model` key that is wrong, before any file is read: the
     scikit-learn estimator is built (and its parameters checked), a torch model's trainer
     and optimizer settings are checked (its network needs the patches' bands)."""
-    container = OmegaConf.to_container(model_cfg, resolve=True) if not isinstance(model_cfg, dict) else model_cfg
-    if not isinstance(container, dict):
-        raise InputError(f"model: expected a config section, got {type(container).__name__}")
-    cfg = cast(dict[str, Any], container)
+    cfg = _as_dict(model_cfg)
     if cfg.get("kind") == "sklearn":
         build_estimator(cfg, seed)
     elif cfg.get("kind") == "torch":
