@@ -71,6 +71,13 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
+def _name_the_output(exc: OSError, path: Path) -> None:
+    """Give a write error that names no file (PIL's, a library's own writes) the output
+    being written, so describe_os_error's line says which output a full disk stopped."""
+    if exc.filename is None:
+        exc.filename = str(path)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` if the block succeeds.
@@ -85,6 +92,9 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        _name_the_output(exc, path)
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -112,6 +122,9 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
+    except OSError as exc:
+        _name_the_output(exc, path)
+        raise
     finally:
         for leftover in (tmp, old):
             if leftover.exists():
