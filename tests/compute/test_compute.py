@@ -100,6 +100,37 @@ def test_bad_compute_config_exits_2(monkeypatch, region, capsys):
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
 
 
+def test_a_tasks_input_error_reaches_a_dask_client_as_one(tmp_path):
+    """A task's InputError raised from a GDAL read error (a truncated mosaic) crosses
+    Dask's serialisation as an InputError with its message, not as a bare Exception
+    that the command line would print as a traceback."""
+    from distributed.core import clean_exception, error_message
+    from rasterio.shutil import copy
+
+    from urbanmap.compute.executor import _measured
+    from urbanmap.examples import tiny
+    from urbanmap.training.patchset import read_patches
+
+    cells = tiny.labelled_cells(20, 20)
+    tiny.write_mosaic(tmp_path / "tiled.tif", cells)
+    path = tmp_path / "mosaic.tif"
+    copy(tmp_path / "tiled.tif", path, driver="COG", compress="ZSTD")  # its header first, as the mosaic stage writes
+    with open(path, "r+b") as fh:
+        fh.truncate(path.stat().st_size // 2)
+
+    def cut(_: object) -> np.ndarray:
+        import rasterio
+
+        with rasterio.open(path) as src:
+            return read_patches(src, tiny.lattice_of(cells), cells["col"], cells["row"], [1, 2, 3, 4, 5, 6])
+
+    with pytest.raises(InputError, match="damaged or truncated") as raised:
+        _measured(cut, None)
+    # What a worker sends for a failed task and what the client makes of it
+    kind, exc, _ = clean_exception(error_message(raised.value)["exception"].data)
+    assert kind is InputError and str(exc) == str(raised.value) and str(path) in str(exc)
+
+
 @pytest.mark.slow
 def test_a_worker_without_the_package_is_refused_with_exit_2(monkeypatch, region, tmp_path, capsys):
     """A scheduler whose only worker runs in an environment with every dependency installed

@@ -82,7 +82,7 @@ def test_scene_source_reads_data_imagery(in_repo):
     assert api.where == "https://landsatlook.usgs.gov/stac-server landsat-c2l2-sr" and api.months is None
     with pytest.raises(InputError, match=r"data.imagery.months: months are 1-12, got \[0, 13\]"):
         scenes.SceneSource.from_config(config.load(".", ["data.imagery.months=[0,13]"]), 2019)
-    with pytest.raises(InputError, match="data.imagery.source: must be stac, api or folder, got 'ftp'"):
+    with pytest.raises(InputError, match="data.imagery.source: must be one of stac, api, folder, file, got 'ftp'"):
         scenes.SceneSource.from_config(config.load(".", ["data.imagery.source=ftp"]), 2019)
 
 
@@ -102,8 +102,8 @@ def test_stac_api_search_is_asked_for_the_region_and_year(monkeypatch, tmp_path)
 
     class Client:
         @staticmethod
-        def open(url):
-            asked["url"] = url
+        def open(url, timeout=None):
+            asked.update(url=url, timeout=timeout)
             return Client()
 
         def search(self, **kw):
@@ -112,7 +112,7 @@ def test_stac_api_search_is_asked_for_the_region_and_year(monkeypatch, tmp_path)
 
     monkeypatch.setattr(pystac_client, "Client", Client)
     products = scenes.from_api("https://example.test/stac", "landsat-c2l2-sr", 2019, months=[1, 3], bbox=(-99.2, 19.3, -99.1, 19.4))
-    assert asked == {"url": "https://example.test/stac", "collections": ["landsat-c2l2-sr"], "bbox": [-99.2, 19.3, -99.1, 19.4],
+    assert asked == {"url": "https://example.test/stac", "timeout": 60, "collections": ["landsat-c2l2-sr"], "bbox": [-99.2, 19.3, -99.1, 19.4],
                      "datetime": "2019-01-01T00:00:00Z/2019-12-31T23:59:59Z", "max_items": None}
     assert [p.scene.acquired.month for p in products] == [1, 3]
 

@@ -156,9 +156,19 @@ def release_freed_memory() -> None:
 
 def _measured(fn: Callable[[Any], Any], item: Any) -> tuple[Any, dict[str, Any]]:
     """Run `fn(item)`, then release the memory it freed; return (its result, where and
-    how it ran). Runs on the worker."""
+    how it ran). Runs on the worker; an InputError it raises reaches the client as one."""
     began, start = time.time(), time.perf_counter()
-    result = fn(item)
+    message: str | None = None
+    try:
+        result = fn(item)
+    except InputError as exc:
+        message = str(exc)
+    if message is not None:
+        # Raised afresh, outside the handler, so without cause or context: Dask pickles
+        # a task's exception with both (tblib), and GDAL's errors (rasterio's CPLE_*) do
+        # not unpickle, so the client would get a bare Exception holding the repr and the
+        # command line would print a traceback. The message is all the user sees.
+        raise InputError(message)
     seconds = time.perf_counter() - start
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     release_freed_memory()  # a worker runs many tasks: what one freed must not stay in its RSS
