@@ -200,5 +200,7 @@ def test_synth_settings_are_read_and_checked_once(in_repo):
     assert s.landscape["parcel_m"] == [240.0, 360.0] and s.clouds.height_m == (1000.0, 3000.0)
     with pytest.raises(InputError, match="synth.pixel_size: must be positive"):
         SynthSettings.from_config(config.load(REPO, ["synth.pixel_size=0"]))
+    with pytest.raises(InputError, match=r"synth.footprints.1.edge takes a number \(like 0.25\), got 'far'"):
+        config.load(REPO, ["synth.footprints.1.edge=far"])
     with pytest.raises(InputError, match=r"synth.footprints\[1\]: needs path, row, side and edge"):
-        SynthSettings.from_config(config.load(REPO, ["synth.footprints.1.edge=far"]))
+        SynthSettings.from_config(config.load(REPO, ["synth.footprints.1.edge=null"]))
