@@ -133,7 +133,7 @@ def test_mosaic_with_fewer_than_six_bands(gridded, example, tmp_path_factory, ca
 
 def test_mosaic_dn_without_scale(gridded, example, capsys):
     expect_error(capsys, gridded, ["mosaic", *cli_args(example, gridded, "data.imagery.scale=1")],
-                 "not a reflectance", "data.imagery.scale")
+                 "not a surface reflectance", "data.imagery.scale")
 
 
 # --- pure cores -------------------------------------------------------------------------------

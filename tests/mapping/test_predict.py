@@ -312,7 +312,7 @@ def damage(path, how):
 @pytest.mark.parametrize("how, fragment", [
     ("truncated", "cannot read"),  # the file's directory, or a tile, whichever GDAL meets first
     ("corrupt", "cannot read"),
-    ("unscaled", "not a surface reflectance (0..1); the mosaic looks like unscaled digital numbers"),
+    ("unscaled", "is not a surface reflectance (0..1); the mosaic looks like unscaled digital numbers"),
     ("nan", "no valid pixel in the mosaic"),
 ])
 def test_a_damaged_or_unscaled_mosaic_is_one_line_naming_it(trained, tmp_path, monkeypatch, capsys, how, fragment):

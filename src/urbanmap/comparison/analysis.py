@@ -78,8 +78,7 @@ def pair_row(a: Experiment, b: Experiment, names: tuple[str, str], fa: FoldScore
     refused = same_folds(a, b)
     row: dict[str, object] = {"a": names[0], "b": names[1], "metric": metric}
     if refused:
-        diff = stats.corrected_interval(fa.scores[metric], fa.n_train, fa.n_test).estimate - \
-            stats.corrected_interval(fb.scores[metric], fb.n_train, fb.n_test).estimate
+        diff = float(fa.scores[metric].mean() - fb.scores[metric].mean())
         row |= {"diff": diff, "ci_low": np.nan, "ci_high": np.nan, "t": np.nan, "p_corrected_t": np.nan}
     else:
         t, p, ci = stats.corrected_t_test(fa.scores[metric] - fb.scores[metric], fa.n_train, fa.n_test, ALPHA)
@@ -132,12 +131,13 @@ def ranking(table: pd.DataFrame, pairs: pd.DataFrame, metric: str = "overall_acc
 
 def spatial_gaps(experiments: list[Experiment], names: list[str], scores: list[FoldScores],
                  metric: str = "overall_accuracy") -> pd.DataFrame:
-    """Per model with a kfold and a spatial experiment: kfold minus spatial fold-mean
+    """Per model and seed with a kfold and a spatial experiment: kfold minus spatial fold-mean
     `metric`, with a normal interval of the two independent corrected variances summed."""
     rows = []
     z = float(scipy_stats.norm.ppf(1 - ALPHA / 2))
-    for model in dict.fromkeys(e.model for e in experiments):
-        kinds = {e.cv: (n, fs) for e, n, fs in zip(experiments, names, scores, strict=True) if e.model == model}
+    for model, seed in dict.fromkeys((e.model, e.seed) for e in experiments):
+        kinds = {e.cv: (n, fs) for e, n, fs in zip(experiments, names, scores, strict=True)
+                 if (e.model, e.seed) == (model, seed)}
         if "kfold" not in kinds or "spatial" not in kinds:
             continue
         (nk, k), (ns, s) = kinds["kfold"], kinds["spatial"]

@@ -4,12 +4,14 @@ grid of an existing composite) and imagery (composites) phases."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import rasterio
 import shapely
 from pyproj import CRS, Transformer
+from rasterio.enums import Resampling
 from rasterio.io import DatasetReader
 
 from urbanmap.core import io
@@ -47,3 +49,28 @@ def open_raster(path: str, what: str) -> DatasetReader:
         src.close()
         raise InputError(f"{path}: the {what} has no CRS")
     return src
+
+
+def check_reflectance(src: Any, indexes: Sequence[int], where: str, hint: str, scale: np.ndarray | None = None,
+                      offset: np.ndarray | None = None, nodata: float | None = None) -> float:
+    """Median of the bands on one decimated read (at most about 512 px a side, from the
+    file's overviews when it has them), times `scale` plus `offset` when given; InputError
+    naming `where` when every pixel is nodata or the median cannot be a surface
+    reflectance (-0.2..1.5), ending with `hint` (what to fix). Returns the median.
+
+    A mosaic of unscaled digital numbers (Collection 2: 7,273 to 43,636 for reflectance 0
+    to 1) or of reflectance x 10,000 would otherwise pass and map no urban cell.
+    """
+    factor = max(1, max(src.width, src.height) // 512)
+    shape = (len(indexes), max(1, src.height // factor), max(1, src.width // factor))
+    sample = src.read(list(indexes), out_shape=shape, resampling=Resampling.nearest).astype(np.float64)
+    if nodata is not None:
+        sample[sample == nodata] = np.nan
+    if scale is not None and offset is not None:
+        sample = sample * scale[:, None, None] + offset[:, None, None]
+    if not np.isfinite(sample).any():
+        raise InputError(f"{where}: no valid pixel in the mosaic (every pixel is nodata)")
+    median = float(np.nanmedian(sample))
+    if not -0.2 <= median <= 1.5:
+        raise InputError(f"{where}: median band value {median:.4g} is not a surface reflectance (0..1); {hint}")
+    return median

@@ -109,27 +109,6 @@ def calibration(src: Any, indexes: Sequence[int], scale: float | None, offset: f
     return s, o
 
 
-def check_reflectance(src: Any, indexes: Sequence[int], scale: np.ndarray, offset: np.ndarray, nodata: float | None,
-                      where: str) -> float:
-    """Median reflectance of the six bands on a decimated read; InputError if it cannot
-    be reflectance (DN without scale, or a wrong scale). Returns the median."""
-    factor = max(1, max(src.width, src.height) // 512)
-    shape = (len(indexes), max(1, src.height // factor), max(1, src.width // factor))
-    sample = src.read(list(indexes), out_shape=shape, resampling=Resampling.nearest).astype(np.float64)
-    if nodata is not None:
-        sample[sample == nodata] = np.nan
-    sample = sample * scale[:, None, None] + offset[:, None, None]
-    if not np.isfinite(sample).any():
-        raise InputError(f"{where}: the mosaic file holds only nodata")
-    median = float(np.nanmedian(sample))
-    if not -0.2 <= median <= 1.5:
-        raise InputError(
-            f"{where}: median band value {median:.4g} after scale and offset is not a reflectance (0..1); "
-            "set data.imagery.scale and data.imagery.offset"
-        )
-    return median
-
-
 def align_block(src: Any, indexes: Sequence[int], scale: np.ndarray, offset: np.ndarray, nodata: float | None, crs: Any,
                 transform: Any, shape: tuple[int, int], resampling: str, threads: int = 1) -> np.ndarray:
     """Warp bands of an open raster onto one block of the lattice.
@@ -252,7 +231,7 @@ def spec(src: Any, settings: CompositeSettings, lattice: PixelLattice) -> Spec:
     se, oe = calibration(src, [bands[b] for b in list(bands)[6:]], None, None)
     scale, offset = np.concatenate([s6, se]), np.concatenate([o6, oe])
     nodata = settings.nodata if settings.nodata is not None else src.nodata
-    check_reflectance(src, six, s6, o6, nodata, path)
+    rasters.check_reflectance(src, six, path, "set data.imagery.scale and data.imagery.offset", s6, o6, nodata)
     resampling = settings.resampling
     if resampling is None:
         resampling = auto_resampling(rasters.source_pixel_m(src, lattice.crs), lattice.pixel_size)

@@ -51,7 +51,7 @@ from urbanmap.mapping import cellmap, predict_tiles
 from urbanmap.mapping.cellmap import extent_km, pyplot, save_png
 from urbanmap.mapping.classify import CLASSES, check_model, classes
 from urbanmap.training import models
-from urbanmap.training.patchset import check_mosaic
+from urbanmap.training.patchset import check_mosaic, check_reflectance
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,7 @@ def check_inputs(settings: PredictSettings, card: dict[str, Any], mosaic_path: P
     with src:
         check_model(card, card_name, src, cell_size, str(mosaic_path))
         indexes = check_mosaic(src, lattice, str(mosaic_path), card["bands"])
+        check_reflectance(src, str(mosaic_path), indexes)
         if settings.compute.mode == "local":
             predict_tiles.model(settings.model_dir, predict_tiles.tile_threads(settings.compute))
     return list(indexes)

@@ -31,7 +31,7 @@ from urbanmap.compute.tiles import part_output, parts_folder
 from urbanmap.core import io, paths
 from urbanmap.core.errors import InputError
 from urbanmap.core.lattice import PixelLattice, cell_blocks, group_cells, patch_size
-from urbanmap.training.patchset import PatchSet, check_mosaic, read_patches, save_patches, valid_patches
+from urbanmap.training.patchset import PatchSet, check_mosaic, check_reflectance, read_patches, save_patches, valid_patches
 from urbanmap.training.sampler import balanced_sample, selection
 
 if TYPE_CHECKING:  # pandas only in annotations: a Dask worker cutting tiles never imports it
@@ -219,7 +219,7 @@ def mosaic_bands(settings: PatchSettings, lattice: PixelLattice) -> list[str]:
         # Optional extra mosaic bands (data.imagery.extra_bands, e.g. smad) that the mosaic has.
         out = list(settings.bands)
         out += [b for b in settings.extra_bands if b in src.descriptions and b not in out]
-        check_mosaic(src, lattice, str(path), out)
+        check_reflectance(src, str(path), check_mosaic(src, lattice, str(path), out)[:len(settings.bands)])
     return out
 
 

@@ -49,6 +49,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from tqdm import tqdm
 
+from urbanmap.core import rasters
 from urbanmap.core.errors import InputError
 from urbanmap.core.io import atomic_output, require_file
 from urbanmap.core.lattice import PixelLattice, group_cells
@@ -167,7 +168,8 @@ def load_patches(path: str | os.PathLike[str]) -> PatchSet:
 
 def check_mosaic(src: Any, lattice: PixelLattice, name: str, bands: Sequence[str]) -> list[int]:
     """Check an open rasterio dataset is on `lattice` and has `bands`; return their
-    1-based band indexes. InputError naming `name` otherwise."""
+    1-based band indexes. InputError naming `name` otherwise. Reads metadata only, so a
+    tile task may call it; a stage also calls check_reflectance once, at its entry."""
     if src.crs is None:
         raise InputError(f"{name}: mosaic has no CRS")
     crs = CRS.from_user_input(src.crs)
@@ -186,37 +188,14 @@ def check_mosaic(src: Any, lattice: PixelLattice, name: str, bands: Sequence[str
         raise InputError(
             f"{name}: mosaic lacks band(s) {', '.join(missing)} (band descriptions: {', '.join(descriptions)})"
         )
-    indexes = [descriptions.index(b) + 1 for b in bands]
-    check_reflectance(src, name, indexes)
-    return indexes
+    return [descriptions.index(b) + 1 for b in bands]
 
 
-#: The largest plausible surface reflectance in a 99th percentile of a band (snow, salt
-#: flats and bright roofs stay below about 1.2; a mosaic of Collection 2 digital numbers,
-#: 7,273 to 43,636 for reflectance 0 to 1, or of reflectance x 10,000 is far above).
-MAX_REFLECTANCE_P99 = 2.0
-
-
-def check_reflectance(src: Any, name: str, indexes: Sequence[int], size: int = 256) -> None:
-    """InputError unless the bands look like surface reflectance (about 0..1).
-
-    Reads one decimated view of the bands (at most `size` x `size` pixels, from the
-    file's overviews when it has them), so the check costs little on any region. A
-    mosaic of unscaled digital numbers would otherwise pass and map no urban cell.
-    """
-    scale = max(1, math.ceil(max(src.width, src.height) / size))
-    shape = (len(indexes), max(1, src.height // scale), max(1, src.width // scale))
-    data = guarded_read(src, name, "its overview", functools.partial(src.read, list(indexes), out_shape=shape, masked=True))
-    values = np.ma.compressed(data)
-    values = values[np.isfinite(values)]
-    if not values.size:
-        raise InputError(f"{name}: no valid pixel in the mosaic (every pixel is nodata or NaN)")
-    p99 = float(np.percentile(values, 99))
-    if p99 > MAX_REFLECTANCE_P99:
-        raise InputError(
-            f"{name}: the bands' 99th percentile is {p99:,.4g}, not a surface reflectance (0..1); the mosaic looks "
-            f"like unscaled digital numbers (Collection 2 Level-2: reflectance = DN x 0.0000275 - 0.2)"
-        )
+def check_reflectance(src: Any, name: str, indexes: Sequence[int]) -> None:
+    """InputError unless the bands of the mosaic `name` look like surface reflectance
+    (rasters.check_reflectance; guarded_read names a damaged file)."""
+    hint = "the mosaic looks like unscaled digital numbers (Collection 2 Level-2: reflectance = DN x 0.0000275 - 0.2)"
+    guarded_read(src, name, "its overview", functools.partial(rasters.check_reflectance, src, indexes, name, hint))
 
 
 def guarded_read(src: Any, name: str, what: str, read: Callable[[], Any]) -> Any:

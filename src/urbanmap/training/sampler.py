@@ -24,7 +24,7 @@ import numpy as np
 
 from urbanmap.core.errors import InputError
 from urbanmap.core.lattice import PixelLattice
-from urbanmap.training.patchset import CLASSES, PatchSet, check_mosaic, read_patches, valid_patches
+from urbanmap.training.patchset import CLASSES, PatchSet, check_mosaic, check_reflectance, read_patches, valid_patches
 
 if TYPE_CHECKING:  # pandas only in annotations: a Dask worker cutting tiles never imports it
     import pandas as pd
@@ -167,6 +167,7 @@ def extract(labels: pd.DataFrame, lattice: PixelLattice, src: Any, bands: Sequen
         bands: band names to cut, in order.
     """
     indexes = check_mosaic(src, lattice, name, bands)
+    check_reflectance(src, name, indexes)
     cols, rows = labels["col"].to_numpy(), labels["row"].to_numpy()
     nodata = src.nodata
 
