@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.spatial import cKDTree
 
 from urbanmap.core import io
 from urbanmap.core.errors import InputError
@@ -51,6 +52,14 @@ class Endmembers:
         """(first row, number of rows) of npv, soil and water in `dry`."""
         n_npv, n_soil = len(self.npv), len(self.soil)
         return {"npv": (0, n_npv), "soil": (n_npv, n_soil), "water": (n_npv + n_soil, len(self.water))}
+
+    def soil_near_built(self, share: float) -> np.ndarray:
+        """Rows of `soil` nearest the built surfaces: the share `share` of the table (at
+        least one row) whose Euclidean distance over the six bands to the nearest
+        `impervious` spectrum is smallest, in table (brightness) order (uint16)."""
+        distance, _ = cKDTree(self.impervious.astype(np.float64)).query(self.soil.astype(np.float64))
+        n = min(max(int(round(float(share) * len(self.soil))), 1), len(self.soil))
+        return np.sort(np.argsort(distance, kind="stable")[:n]).astype(np.uint16)
 
 
 def group_spectra(table: pd.DataFrame, prefixes: dict[str, list[str]], max_reflectance: float,

@@ -87,23 +87,28 @@ def seasonal_state(date: dt.date, peak_doy: float, crop_peak_doy: float, crop_da
 
 
 def settlement_targets(polygons: npt.ArrayLike, population: npt.ArrayLike, kind: npt.ArrayLike, *, at_density: float,
-                       value: float, per_decade: float, low: float, high: float,
-                       rural_factor: float) -> tuple[np.ndarray, np.ndarray]:
+                       value: float, per_decade: float, low: float, high: float, rural_factor: float,
+                       dense_rural: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Target impervious fraction of each census locality, in painting order.
 
     A locality of density d (inhabitants per km² of its polygon) gets
     ``clip(value + per_decade * log10(d / at_density), low, high)``, times
-    `rural_factor` for rural localities; unclassified ones are ignored and a missing
-    population takes the median density of its kind (over the localities given: the
-    client computes this once for the whole region). Larger polygons come first, so that
-    smaller ones are painted over them (`settlement_raster`).
+    `rural_factor` for rural localities less dense than `dense_rural` (all of them when
+    it is None): a dense rural locality is built up like an urban one, though the census
+    labels it rural. Unclassified localities are ignored and a missing population takes
+    the median density of its kind (over the localities given: the client computes this
+    once for the whole region). Larger polygons come first, so that smaller ones are
+    painted over them (`settlement_rasters`).
 
     Args:
         polygons: shapely polygons (n,) in the scene CRS (metres).
         population: float (n,), NaN where unknown.
         kind: str (n,) "urban" / "rural" / "unclassified" (labels.read_census).
+        dense_rural: inhabitants per km² from which a rural locality is built like an
+            urban one, or None.
     Returns:
-        (polygons (m,) object array, targets float32 (m,)), m <= n.
+        (polygons (m,) object array, targets float32 (m,), urban bool (m,): the census
+        classes the locality urban), m <= n.
     """
     kind = np.asarray(kind)
     keep = np.isin(kind, ["urban", "rural"])
@@ -116,37 +121,106 @@ def settlement_targets(polygons: npt.ArrayLike, population: npt.ArrayLike, kind:
         known = density[sel & np.isfinite(density)]
         density[sel & ~np.isfinite(density)] = np.median(known) if known.size else at_density
     target = np.clip(value + per_decade * np.log10(np.maximum(density, 1.0) / at_density), low, high)
-    target = np.where(kind == "rural", target * rural_factor, target).astype(np.float32)
+    sparse_rural = (kind == "rural") & ~(density >= (np.inf if dense_rural is None else float(dense_rural)))
+    target = np.where(sparse_rural, target * rural_factor, target).astype(np.float32)
     order = np.argsort(-area_km2, kind="stable")
-    return polygons[order], target[order]
+    return polygons[order], target[order], (kind == "urban")[order]
 
 
-def settlement_raster(polygons: Sequence[shapely.Geometry] | np.ndarray, targets: npt.ArrayLike, transform: Affine,
-                      shape: tuple[int, int]) -> np.ndarray:
-    """Target impervious fraction of each pixel of a window (float32 (rows, cols), 0
-    outside localities): `polygons` painted in order (later over earlier) by pixel centre
-    (GDAL's rasterizer, on the window's own transform)."""
+def settlement_rasters(polygons: Sequence[shapely.Geometry] | np.ndarray, targets: npt.ArrayLike, urban: npt.ArrayLike,
+                       transform: Affine, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Target impervious fraction and census class of each pixel of a window:
+    `polygons` painted in order (later over earlier) by pixel centre (GDAL's rasterizer,
+    on the window's own transform).
+
+    Returns:
+        (float32 (rows, cols) target, 0 outside localities; bool (rows, cols): inside an
+        urban locality).
+    """
     if len(polygons) == 0:
-        return np.zeros(shape, np.float32)
+        return np.zeros(shape, np.float32), np.zeros(shape, bool)
     ids = rasterio.features.rasterize(
         ((g, int(i) + 1) for i, g in enumerate(polygons)), out_shape=shape, transform=transform, fill=0, dtype="int32"
     )
-    return np.concatenate([[np.float32(0)], np.asarray(targets, np.float32)])[ids]
+    target = np.concatenate([[np.float32(0)], np.asarray(targets, np.float32)])[ids]
+    return target, np.concatenate([[False], np.asarray(urban, bool)])[ids]
+
+
+def polygon_mask(polygons: Sequence[shapely.Geometry] | np.ndarray, transform: Affine, shape: tuple[int, int]) -> np.ndarray:
+    """Bool (rows, cols): the window's pixels whose centre lies in one of `polygons`."""
+    if len(polygons) == 0:
+        return np.zeros(shape, bool)
+    return rasterio.features.rasterize(((g, 1) for g in polygons), out_shape=shape, transform=transform, fill=0,
+                                       dtype="uint8").astype(bool)
 
 
 #: Sub-streams of the landscape's key (seed, tag): one per random field or draw.
 (_TERRAIN, _PATCHES, _GREEN, _GREEN_PX, _DRY, _DRY_PX, _SHIFT, _FALLOW, _CROP_GREEN, _CROP_SOIL, _CROP_PEAK,
- _HOOD, _GRAIN, _PARK, _IMP, _IMP_PX, _GROW, _ROOF) = range(1, 19)
+ _HOOD, _GRAIN, _PARK, _IMP, _IMP_PX, _GROW, _ROOF, _OPEN, _OPEN_USE, _ARID, _SPRAWL) = range(1, 23)
 #: Parcels per side of a chunk of per-parcel draws.
 _PARCEL_CHUNK = 64
+
+
+@dataclass(frozen=True)
+class OpenLand:
+    """Large unbuilt patches inside urban localities: parks, vacant lots, quarries
+    (synth.realism.open_land). The census counts them as urban land; the image sees
+    grass, trees or bare soil.
+
+    Attributes:
+        share: share (about) of the urban localities' land left unbuilt (0: none).
+        patch_m: correlation length (m) of the patches.
+        uses: shares of the open land that are parks (irrigated vegetation), vacant lots
+            (bare soil with weeds) and quarries (the brightest soils, no vegetation).
+    """
+
+    share: float = 0.0
+    patch_m: float = 800.0
+    uses: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
+
+
+@dataclass(frozen=True)
+class AridSoil:
+    """Bare soils spectrally close to built surfaces (synth.realism.arid_soil).
+
+    Attributes:
+        share: share (about) of the bare-soil land whose spectra are drawn from the pool.
+        patch_m: correlation length (m) of those areas.
+        pool: share of the soil spectra, nearest the impervious ones, that form the pool
+            (Endmembers.soil_near_built).
+    """
+
+    share: float = 0.0
+    patch_m: float = 1500.0
+    pool: float = 0.025
+
+
+@dataclass(frozen=True)
+class Sprawl:
+    """Built-up land just outside the urban localities (synth.realism.sprawl): the
+    pixels of the zone around them (`build_landscape`'s `sprawl` mask) that no locality
+    covers are built over in clusters.
+
+    Attributes:
+        share: share (about) of the zone's pixels built over (0: none).
+        impervious: their target impervious fraction (texture, yards and gardens as in
+            the localities).
+        cluster_m: correlation length (m) of the clusters.
+    """
+
+    share: float = 0.0
+    impervious: float = 0.55
+    cluster_m: float = 150.0
 
 
 def build_landscape(
     key: Sequence[int], win: Win, settlement: np.ndarray, em: Endmembers, pixel_size: float, *,
     water: float, soil: float, vegetation: float, terrain_m: float, patch_m: float,
     parcel_m: Sequence[float], fallow: float, texture: float, park_fraction: float,
+    urban: np.ndarray | None = None, young: np.ndarray | None = None, sprawl: np.ndarray | None = None,
+    open_land: OpenLand = OpenLand(), arid_soil: AridSoil = AridSoil(), sprawl_built: Sprawl = Sprawl(),
 ) -> Landscape:
-    """The base landscape of the census year over a window of the global pixel grid.
+    """The base landscape of a year over a window of the global pixel grid.
 
     Every value is a pure function of (key, global pixel coordinates), so windows can be
     computed independently and agree where they overlap.
@@ -154,7 +228,7 @@ def build_landscape(
     Args:
         key: integers (seed, stream tag): every year shares the same base landscape.
         win: the window (global pixel indices, see fields.Win).
-        settlement: float32 (win.h, win.w) target impervious fraction (settlement_raster).
+        settlement: float32 (win.h, win.w) target impervious fraction (settlement_rasters).
         em: end-member tables.
         pixel_size: metres.
         water, soil, vegetation: shares of the landscape (before settlements) given to
@@ -166,6 +240,14 @@ def build_landscape(
         fallow: share of crop parcels left bare all year.
         texture: standard deviation of the impervious fraction around a locality's target.
         park_fraction: share (about) of settled pixels that are parks and gardens.
+        urban: bool (win.h, win.w), pixels of urban localities (where `open_land` lies);
+            None: none.
+        young: bool (win.h, win.w), pixels of the localities not yet built in this year
+            (zones.young_fringe): left as they were before settlement; None: none.
+        sprawl: bool (win.h, win.w), the zone around the urban localities where
+            `sprawl_built` builds outside every locality; None: none.
+        open_land, arid_soil, sprawl_built: where the census and the image disagree
+            (their defaults: not at all).
     """
     key = tuple(int(k) for k in key)
     shape = (win.h, win.w)
@@ -187,11 +269,69 @@ def build_landscape(
     bare = cover == SOIL
     land.g_max[bare], land.g_amp[bare] = 0.12, 0.12  # weeds in the rainy season
     land.i_dry[bare] = dry["soil"][0] + pick(u_dry[bare], dry["soil"][1])
+    _arid(land, em, key, win, px, u_dry, arid_soil)
     wet = cover == WATER
     land.i_dry[wet] = dry["water"][0] + pick(u_dry[wet], dry["water"][1])
+    urban = np.zeros(shape, bool) if urban is None else urban
+    if young is not None:  # the locality's polygon was drawn after this year: not built yet
+        settlement, urban = np.where(young, np.float32(0), settlement), urban & ~young
+    if sprawl is not None:
+        settlement = _sprawl(key, win, px, settlement, sprawl & (cover != WATER), sprawl_built)
     _settle(land, em, key, win, px, settlement, u_dry, texture, park_fraction)
+    _open_land(land, em, key, win, px, settlement > 0, urban, u_dry, open_land)
     land.crop[...] = cover == CROPLAND
     return land
+
+
+def _arid(land: Landscape, em: Endmembers, key: Sequence[int], win: Win, px: float, u_dry: np.ndarray,
+          arid: AridSoil) -> None:
+    """Arid soils (in place): patches of the bare-soil land take their spectra from the
+    soils nearest the built surfaces, with fewer weeds."""
+    bare = land.cover == SOIL
+    if arid.share <= 0 or not bare.any():
+        return
+    where = bare & (_field(key, win, px, _ARID, arid.patch_m) >= threshold(arid.share))
+    pool = em.soil_near_built(arid.pool)
+    land.i_dry[where] = em.dry_offsets["soil"][0] + pool[pick(u_dry[where], len(pool))]
+    land.g_max[where], land.g_amp[where] = 0.05, 0.05
+
+
+def _sprawl(key: Sequence[int], win: Win, px: float, settlement: np.ndarray, zone: np.ndarray,
+            sprawl: Sprawl) -> np.ndarray:
+    """The settlement targets with clusters of the sprawl zone outside every locality
+    built over (a new array)."""
+    zone = zone & (settlement <= 0)
+    if sprawl.share <= 0 or not zone.any():
+        return settlement
+    built = zone & (_field(key, win, px, _SPRAWL, sprawl.cluster_m) >= threshold(sprawl.share))
+    return np.where(built, np.float32(sprawl.impervious), settlement)
+
+
+def _open_land(land: Landscape, em: Endmembers, key: Sequence[int], win: Win, px: float, settled: np.ndarray,
+               urban: np.ndarray, u_dry: np.ndarray, open_land: OpenLand) -> None:
+    """Open land (in place): patches of the urban localities left unbuilt, each a park,
+    a vacant lot or a quarry."""
+    urban = settled & urban
+    if open_land.share <= 0 or not urban.any():
+        return
+    where = urban & (_field(key, win, px, _OPEN, open_land.patch_m) >= threshold(open_land.share))
+    if not where.any():
+        return
+    land.impervious[where] *= 0.05  # paths, kiosks, a shed
+    use = uniform(_field(key, win, px, _OPEN_USE, open_land.patch_m))  # one use per patch, about
+    park_cut, lot_cut = np.cumsum(open_land.uses[:2]) / max(float(np.sum(open_land.uses)), 1e-9)
+    park, lot = where & (use < park_cut), where & (use >= park_cut) & (use < lot_cut)
+    quarry = where & (use >= lot_cut)
+    dry = em.dry_offsets
+    start, n = dry["soil"]
+    land.cover[park], land.cover[lot | quarry] = VEGETATION, SOIL
+    land.g_max[park], land.g_amp[park] = 0.75, 0.30  # irrigated lawns and trees
+    land.i_dry[park] = dry["npv"][0] + pick(u_dry[park], dry["npv"][1])
+    land.g_max[lot], land.g_amp[lot] = 0.15, 0.15  # weeds in the rainy season
+    land.i_dry[lot] = start + pick(u_dry[lot], n)
+    land.g_max[quarry], land.g_amp[quarry] = 0.0, 0.0
+    bright = max(n // 10, 1)  # the brightest tenth of the soil table (sorted by brightness)
+    land.i_dry[quarry] = start + n - 1 - pick(u_dry[quarry], bright)
 
 
 def _field(key: Sequence[int], win: Win, px: float, sub: int, scale_m: float) -> np.ndarray:

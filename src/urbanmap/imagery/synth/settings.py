@@ -17,6 +17,7 @@ from urbanmap.compute.executor import ComputeSettings
 from urbanmap.core import paths
 from urbanmap.core.errors import InputError
 from urbanmap.imagery.synth import schedule
+from urbanmap.imagery.synth.landcover import AridSoil, OpenLand, Sprawl
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,52 @@ class CloudSettings:
 
 
 @dataclass(frozen=True)
+class RealismSettings:
+    """Where the census and the image disagree (`synth.realism`).
+
+    Attributes:
+        open_land: unbuilt patches of the urban localities (landcover.OpenLand).
+        dense_rural: inhabitants per km² from which a rural locality is built like an
+            urban one, or None (landcover.settlement_targets).
+        arid_soil: bare soils drawn from the spectra nearest the built ones
+            (landcover.AridSoil).
+        vintage: the year the locality polygons were drawn, or None; growth_rate: the
+            urban area's growth per year before it (zones.unbuilt_share).
+        sprawl: built-up land outside the localities (landcover.Sprawl); sprawl_m: the
+            width (m) of the zone around the urban area where it lies.
+    """
+
+    open_land: OpenLand
+    dense_rural: float | None
+    arid_soil: AridSoil
+    vintage: int | None
+    growth_rate: float
+    sprawl: Sprawl
+    sprawl_m: float
+
+    @classmethod
+    def from_config(cls, realism: Any) -> RealismSettings:
+        """Read the `synth.realism` section; InputError naming the key that is wrong."""
+        o, a, v, sp = realism.open_land, realism.arid_soil, realism.vintage, realism.sprawl
+        uses = tuple(float(u) for u in o.uses)
+        if len(uses) != 3 or min(uses) < 0 or sum(uses) <= 0:
+            raise InputError(f"synth.realism.open_land.uses: needs three shares >= 0 (parks, vacant lots, quarries), "
+                             f"got {list(uses)}")
+        shares = {"open_land.share": o.share, "arid_soil.share": a.share, "arid_soil.pool": a.pool,
+                  "sprawl.share": sp.share}
+        for name, value in shares.items():
+            if not 0 <= float(value) <= 1:
+                raise InputError(f"synth.realism.{name}: must be a share between 0 and 1, got {value}")
+        return cls(
+            open_land=OpenLand(float(o.share), float(o.patch_m), (uses[0], uses[1], uses[2])),
+            dense_rural=None if realism.dense_rural is None else float(realism.dense_rural),
+            arid_soil=AridSoil(float(a.share), float(a.patch_m), float(a.pool)),
+            vintage=None if v.year is None else int(v.year), growth_rate=float(v.growth_rate),
+            sprawl=Sprawl(float(sp.share), float(sp.impervious), float(sp.cluster_m)), sprawl_m=float(sp.width_m),
+        )
+
+
+@dataclass(frozen=True)
 class SynthSettings:
     """The `synth` stage's settings: the `synth` config group, checked, with the year,
     the seed, the compute settings and every path the stage reads or writes.
@@ -101,9 +148,12 @@ class SynthSettings:
         noise: sensor -> (6,) standard deviation of the sensor noise (reflectance),
             "default" for the others (synth.noise).
         peak_doy, crop_peak_doy, crop_days: the seasons (synth.phenology), days of year.
-        landscape: keyword arguments of landcover.build_landscape (synth.landcover and
-            the texture and parks of synth.urban).
-        settlement: keyword arguments of landcover.settlement_targets (synth.urban).
+        landscape: keyword arguments of landcover.build_landscape (synth.landcover, the
+            texture and parks of synth.urban, the open land, arid soils and sprawl of
+            synth.realism).
+        settlement: keyword arguments of landcover.settlement_targets (synth.urban and
+            synth.realism.dense_rural).
+        realism: synth.realism (RealismSettings).
         urban_min_pixel, urban_min_cell: impervious fraction that makes a pixel urban,
             share of urban pixels that makes a cell urban (synth.urban_min).
         growth_share, growth_min_neighbours, growth_impervious: later years' fringe
@@ -142,7 +192,8 @@ class SynthSettings:
     crop_peak_doy: float
     crop_days: float
     landscape: dict[str, Any]
-    settlement: dict[str, float]
+    settlement: dict[str, Any]
+    realism: RealismSettings
     urban_min_pixel: float
     urban_min_cell: float
     growth_share: float
@@ -174,6 +225,7 @@ class SynthSettings:
         if pixel <= 0:
             raise InputError(f"synth.pixel_size: must be positive, got {pixel}")
         lc, u, ph, g, patch = s.landcover, s.urban, s.phenology, s.growth, cfg.data.get("patch_size")
+        realism = RealismSettings.from_config(s.realism)
         return cls(
             year=year, train_year=int(cfg.years.train), target_year=int(cfg.years.target), seed=int(cfg.seed),
             region=str(cfg.data.name), sensors=sensors, pixel=pixel,
@@ -188,9 +240,12 @@ class SynthSettings:
             peak_doy=float(ph.peak_doy), crop_peak_doy=float(ph.crop_peak_doy), crop_days=float(ph.crop_days),
             landscape=dict(water=float(lc.water), soil=float(lc.soil), vegetation=float(lc.vegetation),
                            terrain_m=float(lc.terrain_m), patch_m=float(lc.patch_m), parcel_m=[float(v) for v in lc.parcel_m],
-                           fallow=float(lc.fallow), texture=float(u.texture), park_fraction=float(u.parks)),
+                           fallow=float(lc.fallow), texture=float(u.texture), park_fraction=float(u.parks),
+                           open_land=realism.open_land, arid_soil=realism.arid_soil, sprawl_built=realism.sprawl),
             settlement=dict(at_density=float(u.at_density), value=float(u.value), per_decade=float(u.per_decade),
-                            low=float(u.low), high=float(u.high), rural_factor=float(u.rural_factor)),
+                            low=float(u.low), high=float(u.high), rural_factor=float(u.rural_factor),
+                            dense_rural=realism.dense_rural),
+            realism=realism,
             urban_min_pixel=float(s.urban_min.pixel), urban_min_cell=float(s.urban_min.cell),
             growth_share=float(g.share), growth_min_neighbours=int(g.min_neighbours),
             growth_impervious=tuple(float(v) for v in g.impervious), census=CensusSettings.from_config(cfg.data.census),

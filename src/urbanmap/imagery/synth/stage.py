@@ -59,7 +59,7 @@ from urbanmap.compute.tiles import parts_folder
 from urbanmap.core import io
 from urbanmap.core.errors import InputError
 from urbanmap.core.lattice import PixelLattice, patch_size
-from urbanmap.imagery.synth import assemble, fields, landcover, schedule, stac, truth
+from urbanmap.imagery.synth import assemble, fields, landcover, schedule, stac, truth, zones
 from urbanmap.imagery.synth import tiles as tasks
 from urbanmap.imagery.synth.acquisitions import ScenePlan, plan_scenes
 from urbanmap.imagery.synth.endmembers import Endmembers, read_endmembers
@@ -106,24 +106,56 @@ def world_tiles(settings: SynthSettings, world: World, lattice: PixelLattice) ->
 
 
 def settlements(settings: SynthSettings, world: World, lattice: PixelLattice) -> gpd.GeoDataFrame:
-    """The census localities over the world, with their target impervious fraction, in
-    painting order (landcover.settlement_targets): a GeoDataFrame in the scene CRS (the
-    stage writes it as GeoParquet for every task to rasterise over its tile)."""
+    """The census localities over the world, with their target impervious fraction and
+    whether the census classes them urban, in painting order
+    (landcover.settlement_targets): a GeoDataFrame in the scene CRS (the stage writes it
+    as GeoParquet for every task to rasterise over its tile)."""
     grid_crs = lattice.crs
     census_bounds = Transformer.from_crs(world.crs, grid_crs, always_xy=True).transform_bounds(*world.bounds, densify_pts=21)
     polygons, kind, population, _ = labels.read_census(settings.census, census_bounds, grid_crs)
     polygons = np.asarray(gpd.GeoSeries(polygons, crs=grid_crs).to_crs(world.crs).values, dtype=object)
-    ordered, targets = landcover.settlement_targets(polygons, population, kind, **settings.settlement)
-    return gpd.GeoDataFrame({"target": targets}, geometry=list(ordered), crs=world.crs)
+    ordered, targets, urban = landcover.settlement_targets(polygons, population, kind, **settings.settlement)
+    return gpd.GeoDataFrame({"target": targets, "urban": urban}, geometry=list(ordered), crs=world.crs)
+
+
+def urban_zones(settings: SynthSettings, places: gpd.GeoDataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The urban area's parts (zones.urban_area, of the urban localities simplified to
+    half a scene pixel: the zones need no finer edges) and the sprawl zone around them."""
+    polygons = shapely.simplify(places.geometry.values[places["urban"].to_numpy(bool)], settings.pixel / 2)
+    parts = zones.urban_area(polygons)
+    return parts, zones.sprawl_zone(parts, settings.realism.sprawl_m)
 
 
 def make_job(settings: SynthSettings, em: Endmembers, places: gpd.GeoDataFrame, plan: ScenePlan, folder: Path) -> tasks.Job:
     """What every task shares: the settlements written to `folder/settlements.parquet`
-    (tiles.write_polygons), the scenes' specs, the parts folder `folder`."""
+    (tiles.write_polygons), the year's young fringe and the sprawl zone beside it, the
+    scenes' specs, the parts folder `folder`."""
     tasks.write_polygons(places, folder / "settlements.parquet")
-    return tasks.Job(settings.seed, settings.pixel, dict(settings.landscape), em, str(folder / "settlements.parquet"),
-                     settings.urban_min_pixel, tuple(plan.specs), tuple(float(v) / settings.pixel for v in settings.clouds.scales_m),
-                     settings.clouds.dilate_px, plan.median_state, None, settings.growth_impervious, str(folder))
+    parts, sprawl = urban_zones(settings, places)
+    job = tasks.Job(settings.seed, settings.pixel, dict(settings.landscape), em, str(folder / "settlements.parquet"),
+                    settings.urban_min_pixel, tuple(plan.specs), tuple(float(v) / settings.pixel for v in settings.clouds.scales_m),
+                    settings.clouds.dilate_px, plan.median_state, None, settings.growth_impervious, str(folder),
+                    young=young_file(settings, parts, settings.year, places.crs, folder),
+                    sprawl=_zone_file(sprawl, places.crs, folder / "sprawl.parquet"))
+    if settings.later:  # pass 1 builds the census year, whose fringe was younger
+        job = dataclasses.replace(job, base_young=young_file(settings, parts, settings.train_year, places.crs, folder))
+    return job
+
+
+def young_file(settings: SynthSettings, parts: np.ndarray, year: int, crs: Any, folder: Path) -> str | None:
+    """The urban area's fringe not yet built in `year` (zones.young_fringe) written to
+    `folder/young_<year>.parquet`, or None where there is none."""
+    r = settings.realism
+    return _zone_file(zones.young_fringe(parts, zones.unbuilt_share(year, r.vintage, r.growth_rate)), crs,
+                      folder / f"young_{year}.parquet")
+
+
+def _zone_file(polygons: np.ndarray, crs: Any, path: Path) -> str | None:
+    """Polygons written for the tasks (tiles.write_polygons), or None if there are none."""
+    if len(polygons) == 0:
+        return None
+    tasks.write_polygons(gpd.GeoDataFrame(geometry=list(polygons), crs=crs), path)
+    return str(path)
 
 
 def _base_fractions(base: Path, lattice: PixelLattice) -> tuple[np.ndarray, np.ndarray]:
@@ -316,8 +348,8 @@ def run(cfg: Any) -> dict[str, Any]:
         base_urban = None
         if s.later:
             (folder / "base").mkdir()
-            grown, base_urban = grown_cells(s, ex, dataclasses.replace(job, parts=str(folder / "base")), tiles, world,
-                                            lattice, cells, folder / "base")
+            base_job = dataclasses.replace(job, parts=str(folder / "base"), young=job.base_young)
+            grown, base_urban = grown_cells(s, ex, base_job, tiles, world, lattice, cells, folder / "base")
             job = dataclasses.replace(job, grown=str(grown))
         scene_parts, counts = scene_pass(s, ex, job, tiles, folder)
         stats = write_products(s, plan, scene_parts, counts, scenes_tmp, folder, world.crs)

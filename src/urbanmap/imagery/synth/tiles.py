@@ -26,7 +26,6 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
-import rasterio.features
 import shapely
 from affine import Affine
 
@@ -77,6 +76,9 @@ class Job:
     grown: str | None = None  # GeoParquet of grown cells' polygons (scene CRS), or None
     grown_impervious: tuple[float, ...] = (0.0, 0.0)  # (low, high) impervious fraction of grown pixels
     parts: str = ""
+    young: str | None = None  # GeoParquet of the localities' fringe not yet built this year (zones.young_fringe), or None
+    sprawl: str | None = None  # GeoParquet of the zone around the urban area (zones.sprawl_zone), or None
+    base_young: str | None = None  # the census year's young fringe, for pass 1 of a later year
 
 
 def window_transform(win: Win, pixel: float) -> Affine:
@@ -131,20 +133,35 @@ def _polygons_in(path: str, bounds: Sequence[float], columns: Sequence[str] = ()
 
 
 def landscape(win: Win, job: Job, grown: bool) -> landcover.Landscape:
-    """The landscape (landcover.Landscape) of a window: the census year's, and with
-    `grown` the cells grown by this year built over."""
+    """The landscape (landcover.Landscape) of a window: the year's (the localities, less
+    their fringe not yet built, with the sprawl around them), and with `grown` the cells
+    grown by this year built over."""
     transform, bounds = window_transform(win, job.pixel), window_bounds(win, job.pixel)
-    polygons, cols = _polygons_in(job.settlements, bounds, ["target"])
-    settlement = landcover.settlement_raster(polygons, cols["target"], transform, (win.h, win.w))
-    land = landcover.build_landscape((job.seed, LANDSCAPE), win, settlement, job.em, job.pixel, **job.landscape)
+    shape = (win.h, win.w)
+    polygons, cols = _polygons_in(job.settlements, bounds, ["target", "urban"])
+    settlement, urban = landcover.settlement_rasters(polygons, cols["target"], cols["urban"], transform, shape)
+    young, sprawl = (_mask(path, bounds, transform, shape) for path in (job.young, job.sprawl))
+    land = landcover.build_landscape((job.seed, LANDSCAPE), win, settlement, job.em, job.pixel, urban=urban, young=young,
+                                     sprawl=sprawl, **job.landscape)
     if grown and job.grown:
-        cells, _ = _polygons_in(job.grown, bounds)
-        if len(cells):
-            where = rasterio.features.rasterize(((g, 1) for g in cells), out_shape=(win.h, win.w), transform=transform,
-                                                fill=0, dtype="uint8").astype(bool)
+        where = _mask(job.grown, bounds, transform, shape)
+        if where is not None and where.any():
             low, high = job.grown_impervious
             land = landcover.grow(land, where, (job.seed, GROWTH_PIXELS), win, job.em, low, high, pixel_size=job.pixel)
     return land
+
+
+def _mask(path: str | None, bounds: Sequence[float], transform: Affine, shape: tuple[int, int]) -> np.ndarray | None:
+    """The window's pixels inside the polygons of a file written by write_polygons (bool),
+    or None without a file."""
+    if path is None:
+        return None
+    polygons, _ = _polygons_in(path, bounds)
+    # Clipped to the window (and a pixel around it) first: a zone is a few large
+    # polygons, and GDAL's rasterizer would otherwise be handed all of their vertices.
+    pad = abs(transform.a)
+    polygons = shapely.clip_by_rect(polygons, bounds[0] - pad, bounds[1] - pad, bounds[2] + pad, bounds[3] + pad)
+    return landcover.polygon_mask(polygons[~shapely.is_empty(polygons)], transform, shape)
 
 
 def base_task(tile: dict[str, Any], job: Job) -> str:
