@@ -277,6 +277,31 @@ def test_truth_cells_and_fringe_growth(region):
     assert (change < -0.05).all()
 
 
+def test_the_urban_fringe_drawn_after_2010_is_built_between_the_years(region, in_repo):
+    """synth.realism.vintage: the polygons are of 2015, so the 2010 truth leaves the ring
+    inside the urban area's edge unbuilt (though the census labels it urban), and 2019
+    has built it (the pass that grows the fringe cells starts from 2010's classes)."""
+    from urbanmap.census import labels
+    from urbanmap.imagery.synth import stage, zones
+    from urbanmap.imagery.synth.settings import SynthSettings
+
+    cfg, region_dir, _ = region
+    s = SynthSettings.from_config(load_cfg(region_dir.parent, "year=2010"))
+    _, lattice = stage.read_lattice(s)
+    places = stage.settlements(s, stage.scene_world(s, lattice), lattice)
+    parts, _ = stage.urban_zones(s, places)
+    share = zones.unbuilt_share(2010, s.realism.vintage, s.realism.growth_rate)
+    ring = gpd.GeoSeries(zones.young_fringe(parts, share), crs=places.crs).to_crs(lattice.crs)
+    inside = landcover.polygon_mask(list(ring), lattice.transform, (lattice.height, lattice.width))
+    polygons, kind, _, _ = labels.read_census(s.census, lattice.bounds, lattice.crs)
+    urban_polygons = landcover.polygon_mask(list(polygons[kind == "urban"]), lattice.transform, (lattice.height, lattice.width))
+    assert inside.sum() > 500 and urban_polygons[inside].mean() > 0.95  # the census's urban land
+    built = {year: read(region_dir / "truth" / str(year) / "landcover.tif")[inside] == landcover.URBAN for year in (2010, 2019)}
+    # the ring is a pixel or three wide, and the truth is the world's 30 m pixels sampled
+    # onto the lattice by nearest neighbour: some of its lattice pixels fall beside it
+    assert built[2010].mean() < 0.2 and built[2019].mean() > 0.5, (built[2010].mean(), built[2019].mean())
+
+
 # --- determinism, atomicity, bad input -------------------------------------------------
 
 

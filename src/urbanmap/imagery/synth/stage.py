@@ -120,7 +120,10 @@ def settlements(settings: SynthSettings, world: World, lattice: PixelLattice) ->
 
 def urban_zones(settings: SynthSettings, places: gpd.GeoDataFrame) -> tuple[np.ndarray, np.ndarray]:
     """The urban area's parts (zones.urban_area, of the urban localities simplified to
-    half a scene pixel: the zones need no finer edges) and the sprawl zone around them."""
+    half a scene pixel: the zones need no finer edges) and the sprawl zone around them;
+    none when neither synth.realism.vintage nor the sprawl needs them."""
+    if settings.realism.vintage is None and settings.realism.sprawl_m <= 0:
+        return np.empty(0, dtype=object), np.empty(0, dtype=object)
     polygons = shapely.simplify(places.geometry.values[places["urban"].to_numpy(bool)], settings.pixel / 2)
     parts = zones.urban_area(polygons)
     return parts, zones.sprawl_zone(parts, settings.realism.sprawl_m)
