@@ -8,10 +8,15 @@ be built on its own (the stage builds it tile by tile). Each pixel holds:
 
 - `impervious`: fraction of built surface (0..1), from the census: inside localities it
   rises with the locality's population density, with neighbourhood texture and parks;
+  where census and image disagree (synth.realism), urban localities hold unbuilt open
+  land (`OpenLand`), dense rural ones are built like urban ones (`settlement_targets`),
+  the fringe drawn after the year is unbuilt (`young`) and a band around the urban area
+  is partly built (`Sprawl`);
 - `cover`: the class of its pervious part: vegetation (forest, shrub, grass), cropland
   (rectangular parcels, some fallow), bare soil or water, laid out by smoothed random
   fields (water in the lowest ground, bare soil next, natural vegetation on the highest
-  ground, cropland in between); settlements' pervious part is gardens or bare ground;
+  ground, cropland in between; patches of bare soil take the soils nearest the built
+  spectra, `AridSoil`); settlements' pervious part is gardens or bare ground;
 - `i_imp`, `i_green`, `i_dry`: which measured spectrum (endmembers tables) its built,
   green and dry/background parts have, spatially coherent;
 - `g_max`, `g_amp`: green fraction of the pervious part at the seasonal peak, and its

@@ -25,7 +25,8 @@ and the executor. A later year runs two passes: the census year's classes per ti
 once the client has grown the fringe cells (a per-cell table), the scenes. The client
 assembles the products block by block and samples the truth onto the lattice in blocks of
 whole cells (assemble.py); it never holds a world-sized array. What is decided from the
-whole region is small: the localities' target impervious fractions, the per-cell growth,
+whole region is small: the localities' target impervious fractions, the urban area's
+zones (the fringe not yet built, the sprawl band: zones.py), the per-cell growth,
 and each scene's cloud cut (the cloud field's quantile at the drawn cover, measured on a
 sample of the product's pixels, so that every scene's measured cover is the drawn one to
 within ~0.1%). Land-cover shares, park and cirrus shares are cut at the normal quantiles
