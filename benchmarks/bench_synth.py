@@ -46,9 +46,13 @@ def _landscape(cfg):
     em = read_endmembers(s.spectra, s.endmembers, s.max_reflectance)
     _, lattice = stage.read_lattice(s)
     world = stage.scene_world(s, lattice)
-    settlements = Path(cfg.out_dir) / "settlements.parquet"
-    tiles.write_polygons(stage.settlements(s, world, lattice), settlements)  # as the stage writes them for its tasks
-    job = tiles.Job(s.seed, s.pixel, dict(s.landscape), em, str(settlements), s.urban_min_pixel)
+    folder = Path(cfg.out_dir)
+    places = stage.settlements(s, world, lattice)
+    tiles.write_polygons(places, folder / "settlements.parquet")  # as the stage writes them for its tasks
+    parts, sprawl = stage.urban_zones(s, places)
+    job = tiles.Job(s.seed, s.pixel, dict(s.landscape), em, str(folder / "settlements.parquet"), s.urban_min_pixel,
+                    young=stage.young_file(s, parts, s.year, places.crs, folder),
+                    sprawl=stage.zone_file(sprawl, places.crs, folder / "sprawl.parquet"))
     land = tiles.landscape(world.win, job, grown=False)
     acqs = schedule.acquisitions(s.year, s.sensors, footprints(s, world.bounds), s.scenes_per_footprint)
     return land, em, [landcover.seasonal_state(a.acquired, s.peak_doy, s.crop_peak_doy, s.crop_days) for a in acqs]

@@ -140,7 +140,7 @@ def make_job(settings: SynthSettings, em: Endmembers, places: gpd.GeoDataFrame, 
                     settings.urban_min_pixel, tuple(plan.specs), tuple(float(v) / settings.pixel for v in settings.clouds.scales_m),
                     settings.clouds.dilate_px, plan.median_state, None, settings.growth_impervious, str(folder),
                     young=young_file(settings, parts, settings.year, places.crs, folder),
-                    sprawl=_zone_file(sprawl, places.crs, folder / "sprawl.parquet"))
+                    sprawl=zone_file(sprawl, places.crs, folder / "sprawl.parquet"))
     if settings.later:  # pass 1 builds the census year, whose fringe was younger
         job = dataclasses.replace(job, base_young=young_file(settings, parts, settings.train_year, places.crs, folder))
     return job
@@ -150,11 +150,11 @@ def young_file(settings: SynthSettings, parts: np.ndarray, year: int, crs: Any, 
     """The urban area's fringe not yet built in `year` (zones.young_fringe) written to
     `folder/young_<year>.parquet`, or None where there is none."""
     r = settings.realism
-    return _zone_file(zones.young_fringe(parts, zones.unbuilt_share(year, r.vintage, r.growth_rate)), crs,
+    return zone_file(zones.young_fringe(parts, zones.unbuilt_share(year, r.vintage, r.growth_rate)), crs,
                       folder / f"young_{year}.parquet")
 
 
-def _zone_file(polygons: np.ndarray, crs: Any, path: Path) -> str | None:
+def zone_file(polygons: np.ndarray, crs: Any, path: Path) -> str | None:
     """Polygons written for the tasks (tiles.write_polygons), or None if there are none."""
     if len(polygons) == 0:
         return None
