@@ -60,12 +60,14 @@ bench: install
 # A sweep: models x feature groups x CV schemes, queued as DVC experiments of the train
 # and evaluate stages (the rest of the pipeline stays as `make run` left it), run one
 # after another, then compared by `urbanmap compare` into data/<region>/comparison/.
-# The MLflow store is the project's own (a queued run works in a temporary copy).
+# The MLflow store is the project's own (a queued run works in a temporary copy,
+# .dvc/tmp/exps/<tmp>/, where the link below gives its `../shared` the repository's).
 SWEEP_MODELS ?= extra_trees,random_forest,hist_gradient_boosting,logistic_regression
 SWEEP_FEATURES ?= [band_stats,index_stats],[band_stats,index_stats,texture]
 SWEEP_CV ?= kfold,spatial
 SWEEP_NAME ?= sweep
 sweep: install
+	mkdir -p .dvc/tmp/exps && ln -sfn ../../../../shared .dvc/tmp/exps/shared
 	dvc exp run --queue evaluate -S 'model=$(SWEEP_MODELS)' -S 'model.features.groups=$(SWEEP_FEATURES)' \
 		-S 'cv=$(SWEEP_CV)' -S 'tracking.sweep=$(SWEEP_NAME)' -S 'tracking.uri=sqlite:///$(CURDIR)/mlflow.db'
 	dvc exp run --run-all --jobs 1
