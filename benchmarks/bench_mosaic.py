@@ -5,7 +5,7 @@ bare costs of its two unavoidable parts, all measured in one run.
 
 key=value: config overrides passed to every step (e.g. compute.tile_size=64).
 
-Scenes: `urbanmap grid` + `urbanmap synth year=2019` into DIR (default
+Scenes: `urbanmap grid` + `urbanmap synth period=2019` into DIR (default
 /tmp/urbanmap-bench; reused when already there), for the default region and, unless
 --no-big, for a region four times larger (120 km x 120 km, same centre).
 
@@ -55,11 +55,11 @@ def _cfg(work: Path, name: str, window, extra=()):
     from urbanmap.core import config
 
     return config.load(ROOT, [f"out_dir={work}", f"data.name={name}", f"data.window=[{','.join(map(str, window))}]",
-                              f"year={YEAR}", *extra])
+                              f"period={YEAR}", *extra])
 
 
 def _overrides(work: Path, name: str, window, extra=()):
-    return [f"out_dir={work}", f"data.name={name}", f"data.window=[{','.join(map(str, window))}]", f"year={YEAR}", *extra]
+    return [f"out_dir={work}", f"data.name={name}", f"data.window=[{','.join(map(str, window))}]", f"period={YEAR}", *extra]
 
 
 def ensure_scenes(work: Path, name: str, window) -> None:

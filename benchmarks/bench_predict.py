@@ -10,7 +10,7 @@ never written, into a work folder under /tmp. The LeNet is trained there on patc
 
 For each model, measured in the same run:
 
-  cli        `urbanmap predict year=<year>` in a fresh interpreter: imports, model load,
+  cli        `urbanmap predict period=<year>` in a fresh interpreter: imports, model load,
              the block loop, and writing the GeoParquet, COG, PNG and JSON (what
              `dvc repro` waits for);
   loop       `classify.predict_cells` alone: windowed reads of blocks of
@@ -87,7 +87,7 @@ def measure(work: Path, name: str, year: int, repeats: int) -> dict:
     from urbanmap.training import models
     from urbanmap.training.patchset import check_mosaic, read_patches, valid_patches
 
-    overrides = [f"out_dir={work / name}", f"year={year}", "tracking.enabled=false"]
+    overrides = [f"out_dir={work / name}", f"period={year}", "tracking.enabled=false"]
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "urbanmap", "predict", *overrides], cwd=ROOT,
                           capture_output=True, text=True)

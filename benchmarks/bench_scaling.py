@@ -8,13 +8,13 @@ windows of 4x (120 km) and, with --with-16x, 16x (240 km) its area around the sa
 centre, in a temporary out_dir: builds the grid and labels (untimed), then times, each
 in its own process,
 
-  synth    year=2010 (the embedded default's scenes and truth), compute=local, then dask
-  mosaic   year=2010, compute=local (2 threads), then compute=dask on a LocalCluster of 2
+  synth    period=2010 (the embedded default's scenes and truth), compute=local, then dask
+  mosaic   period=2010, compute=local (2 threads), then compute=dask on a LocalCluster of 2
            process workers of 1 thread each: started by the stage ("dask": its start
            counted), and kept running by the benchmark ("dask-address":
            compute.address, warm workers, as with a persistent cluster)
   patches  patches.n_per_class = 1000 x the area factor, local then dask
-  predict  year=2010 with the default region's model (data/valle_de_mexico/model), local
+  predict  period=2010 with the default region's model (data/valle_de_mexico/model), local
            then dask
 
 and checks that each Dask output is the same bytes as the local one. Unless --no-startup,
@@ -192,7 +192,7 @@ def run_regions(args: argparse.Namespace, factors: list[int], modes: list[str], 
     regions = ([] if args.no_startup else [(0, "startup", window(1, 4000, startup_centre))])
     regions += [(f, f"scale{f}", window(f, args.side, centre)) for f in factors]
     for f, name, win in regions:
-        common = [f"out_dir={work}", f"data.name={name}", f"data.window=[{','.join(map(str, win))}]", "year=2010"]
+        common = [f"out_dir={work}", f"data.name={name}", f"data.window=[{','.join(map(str, win))}]", "period=2010"]
         region = work / name
         stage(["grid", *common])
         stage(["labels", *common])

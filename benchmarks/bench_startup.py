@@ -12,7 +12,7 @@ is written there), measured in the same run:
             was imported, and the number of modules;
   load      models.load of the Extra Trees model in a fresh interpreter (what the
             stage's process, or each Dask worker, pays once);
-  stages    `urbanmap predict year=2010` and `urbanmap patches` (n_per_class 1000),
+  stages    `urbanmap predict period=2010` and `urbanmap patches` (n_per_class 1000),
             compute=local (2 threads) and compute=dask (a LocalCluster of 2 process
             workers of 1 thread, started by the stage), each in a fresh interpreter:
             wall seconds, seconds from the process start to the first finished tile, the
@@ -39,7 +39,7 @@ REGION = "valle_de_mexico"
 INPUTS = ("grid.parquet", "labels.parquet", "mosaic_2010.tif", "model")
 MODES = {"local": ["compute=local", "compute.threads=2"],
          "dask": ["compute=dask", "compute.n_workers=2", "compute.threads_per_worker=1", "compute.memory_limit=4GiB"]}
-STAGES = {"predict": ["year=2010"], "patches": ["patches.n_per_class=1000"]}
+STAGES = {"predict": ["period=2010"], "patches": ["patches.n_per_class=1000"]}
 
 IMPORT = """
 import sys, time

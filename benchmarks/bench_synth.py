@@ -64,7 +64,7 @@ def step_synth(cfg, prepared) -> tuple[float | None, dict]:
     from urbanmap.imagery.synth import run
 
     summary = run(cfg)
-    folder = paths.scenes_dir(cfg, summary["year"])
+    folder = paths.scenes_dir(cfg, summary["period"])
     return None, {"scenes": summary["scenes"],
                   "output_mb": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6}
 
@@ -78,7 +78,7 @@ def step_io_floor(cfg, prepared) -> tuple[float | None, dict]:
     from urbanmap.imagery.landsat import BANDS, scene_from_folder
     from urbanmap.imagery.synth.scenes import write_product
 
-    year = paths.stage_year(cfg)
+    year = paths.stage_period(cfg)
     seconds, count = 0.0, 0
     for folder in sorted(p for p in paths.scenes_dir(cfg, year).iterdir() if p.is_dir()):
         scene = scene_from_folder(folder)

@@ -45,7 +45,7 @@ DOTTED = re.compile(r"(?<![\w/.$+~-])(?P<key>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)(?!
 #: `group=option[,option|option]`: a config group swapped (`data=mexico`, `model=extra_trees,lenet`).
 GROUP = re.compile(r"(?<![\w/.$+~-])(?P<group>[A-Za-z_]\w*)=(?P<options>[A-Za-z_][\w]*(?:[,|][A-Za-z_]\w*)*)(?![\w.])")
 #: The overrides of a command line: `urbanmap <stage> key=value ...` and `dvc exp run -S key=value`.
-#: A placeholder value (`key=value`, `a.b=value`, `year=<YYYY>`) makes the key a placeholder too.
+#: A placeholder value (`key=value`, `a.b=value`, `period=<YYYY>`) makes the key a placeholder too.
 OVERRIDE = re.compile(r"(?:^|\s)(?P<key>[A-Za-z_][\w.]*)=(?!value\b|<|\.\.\.)")
 DVC_SET = re.compile(r"(?:^|\s)(?:-S|--set-param)[ \t]+['\"]?(?P<key>[A-Za-z_][\w.]*)=(?!value\b|<|\.\.\.)")
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\((?P<target>[^)\s]+)\)")
@@ -199,7 +199,7 @@ Run `urbanmap grid data=mexico`, then `urbanmap frobnicate` and `urbanmap valida
 `urbanmap validate <step>` and `python -m urbanmap.examples.byo` are fine.
 
 ```bash
-urbanmap mosaic year=2019 mosaic.blok_cells=4 compute=dask compute.address=tcp://x:8786
+urbanmap mosaic period=2019 mosaic.blok_cells=4 compute=dask compute.address=tcp://x:8786
 dvc exp run -S model=lenett -S modle.x=1 -S model.trainer.max_epochs=3
 make run && make tset
 dvc get https://example.org/nso/urbanmap data/valle_de_mexico/labels.parquet

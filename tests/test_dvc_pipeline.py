@@ -34,7 +34,7 @@ def test_repro_reruns_only_what_changed(tmp_path, shared_data):
     set_params(clone, **{"model.estimator.n_estimators": 30})
     rerun = stages_run(sh("dvc", "repro", cwd=clone).stdout)
     assert rerun[:2] == ["train", "evaluate"]  # then the maps that the new model makes
-    assert not {"grid", "labels", "synth@train", "mosaic@train", "patches"} & set(rerun)
+    assert not {"grid", "labels", "synth@2010", "mosaic@2010", "patches"} & set(rerun)
 
     set_params(clone, **{"labels.urban_fraction.urban_min": 0.6})
     assert stages_run(sh("dvc", "repro", cwd=clone).stdout)[:1] == ["labels"]
@@ -77,8 +77,8 @@ def test_killed_repro_leaves_no_output_and_a_rerun_finishes_it(tmp_path, shared_
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
-        while not list(scenes.glob(".2010.tmp-*/*/*.TIF")):  # synth@train is writing scenes
-            assert repro.poll() is None and time.monotonic() < deadline, "synth@train never started writing"
+        while not list(scenes.glob(".2010.tmp-*/*/*.TIF")):  # synth@2010 is writing scenes
+            assert repro.poll() is None and time.monotonic() < deadline, "synth@2010 never started writing"
             time.sleep(0.05)
     finally:
         os.killpg(repro.pid, signal.SIGKILL)

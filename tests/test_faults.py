@@ -85,7 +85,7 @@ def test_ctrl_c_is_one_line_exit_130_and_outputs_stay(tmp_path):
     (region / "scenes").mkdir()
     (region / "scenes" / "2010").mkdir()
     (region / "scenes" / "2010" / "catalog.json").write_text("an earlier run's catalog")
-    proc = urbanmap("synth", "year=2010", f"out_dir={tmp_path}")
+    proc = urbanmap("synth", "period=2010", f"out_dir={tmp_path}")
     time.sleep(8)  # imports done, scenes being generated (the stage takes about a minute)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)

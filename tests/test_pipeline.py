@@ -76,7 +76,7 @@ def test_dvc_yaml_declares_the_paths_the_stages_write():
 
     def render(path, item=None):
         path = path.replace("${out_dir}", cfg.out_dir).replace("${data.name}", cfg.data.name)
-        path = path.replace("${years.train}", str(cfg.years.train)).replace("${years.target}", str(cfg.years.target))
+        path = path.replace("${periods.census}", str(cfg.periods.census)).replace("${periods.target}", str(cfg.periods.target))
         return path.replace("${item}", str(item)) if item is not None else path
 
     outs = {
@@ -86,7 +86,7 @@ def test_dvc_yaml_declares_the_paths_the_stages_write():
     assert outs["grid"] == {str(paths.grid(cfg))}
     assert outs["labels"] == {str(paths.labels(cfg)), str(paths.label_summary(cfg))}
     assert str(paths.grid(cfg)) in {render(d) for d in stages["labels"]["deps"]}
-    year = cfg.years.target
+    year = cfg.periods.target
     predict = stages["predict"]["do"]
     assert {render(next(iter(p)) if isinstance(p, dict) else p, year) for p in predict["outs"] + predict["metrics"]} == {
         str(f(cfg, year)) for f in (paths.predictions, paths.p_urban_cog, paths.predictions_map, paths.predictions_summary)

@@ -17,14 +17,14 @@ from urbanmap.core.errors import InputError
 STAGES = {
     "grid": ("urbanmap.census.grid:run", "square cells covering the region -> grid.parquet"),
     "labels": ("urbanmap.census.labels:run", "census measures and urban / non-urban label per cell -> labels.parquet"),
-    "synth": ("urbanmap.imagery.synth:run", "synthetic Landsat C2 L2 scenes, STAC catalog and truth for year= -> scenes/<year>/, truth/<year>/"),
-    "mosaic": ("urbanmap.imagery.mosaic:run", "annual cloud-free geomedian of the scenes for year= -> mosaic_<year>.tif (COG), mosaic_<year>.json"),
+    "synth": ("urbanmap.imagery.synth:run", "synthetic Landsat C2 L2 scenes, STAC catalog and truth for period= -> scenes/<period>/, truth/<period>/"),
+    "mosaic": ("urbanmap.imagery.mosaic:run", "cloud-free geomedian of the scenes of period= -> mosaic_<period>.tif (COG), mosaic_<period>.json"),
     "patches": ("urbanmap.training.patches:run", "balanced sample of labelled cells, their mosaic patches -> patches.npz"),
     "train": ("urbanmap.training.train:run", "cross-validation and final model (model=, cv=) -> cv_predictions.parquet, model/"),
     "learning-curve": ("urbanmap.training.learning_curve:run", "accuracy against training cells per class (learning_curve.sizes) -> plots/learning_curve.csv, learning_curve/"),
     "evaluate": ("urbanmap.training.evaluate:run", "per-class metrics, plots, report, MLflow runs -> metrics.json, plots/, evaluation/"),
-    "predict": ("urbanmap.mapping.predict:run", "the final model on every grid cell of year='s mosaic -> predictions_<year>.parquet/.tif/.png/.json"),
-    "change": ("urbanmap.mapping.change:run", "years.train's map against years.target's -> change/ (parquet, COG, PNG, municipalities.csv, region.json)"),
+    "predict": ("urbanmap.mapping.predict:run", "the final model on every grid cell of period='s mosaic -> predictions_<period>.parquet/.tif/.png/.json"),
+    "change": ("urbanmap.mapping.change:run", "periods.census's map against periods.target's -> change/ (parquet, COG, PNG, municipalities.csv, region.json)"),
     "plan": ("urbanmap.compute.plan:run", "dry run of the heavy stages: tile index, scenes per tile, estimated cost -> tiles.parquet, plan.json"),
     "sdg": ("urbanmap.indicators.sdg:run", "SDG 11.3.1 (LCR, PGR, LCRPGR) per municipality and region -> sdg/sdg_11_3_1.csv, .png, .json"),
 }
@@ -32,7 +32,7 @@ STAGES = {
 
 #: `urbanmap validate <step>`: step -> one-line description (validation/validate.py runs them)
 VALIDATE_STEPS = {
-    "sample": "stratified random sample of years.target's map, chips -> validation/sample.csv, .gpkg, strata.csv, chips/",
+    "sample": "stratified random sample of periods.target's map, chips -> validation/sample.csv, .gpkg, strata.csv, chips/",
     "interpret": "simulated interpreter (synthetic truth, validation.interpreter_error) -> validation/interpreted.csv",
     "estimate": "accuracy and error-adjusted area (Olofsson et al. 2014) -> validation/estimate.json",
 }
@@ -40,8 +40,8 @@ VALIDATE_STEPS = {
 
 def _add_validate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`urbanmap validate <step> ...` on the CLI's sub-parsers."""
-    p = sub.add_parser("validate", help="validation of years.target's map: sample, interpret, estimate",
-                       description="Validation of years.target's map: " + "; ".join(f"{k}: {v}" for k, v in VALIDATE_STEPS.items()))
+    p = sub.add_parser("validate", help="validation of periods.target's map: sample, interpret, estimate",
+                       description="Validation of periods.target's map: " + "; ".join(f"{k}: {v}" for k, v in VALIDATE_STEPS.items()))
     steps = p.add_subparsers(dest="step", metavar="<step>", required=True)
     for name, text in VALIDATE_STEPS.items():
         q = steps.add_parser(name, help=text, description=text)

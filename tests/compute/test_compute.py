@@ -295,8 +295,8 @@ def test_plan_writes_the_tile_index_scenes_per_tile_and_costs(monkeypatch, regio
     # Every synthetic scene of 2010 covers the window (16 of them).
     assert (tiles.scenes == 16).all() and plan["scenes_per_tile"]["min"] == 16
     est = plan["estimate_s"]
-    assert est["mosaic"]["local_s"] == pytest.approx(2 * 36 * 0.01)  # two years
-    assert est["mosaic"]["workers_4_s"] == pytest.approx(2 * 36 * 0.02 / 4)
+    assert est["mosaic"]["local_s"] == pytest.approx(4 * 36 * 0.01)  # four periods
+    assert est["mosaic"]["workers_4_s"] == pytest.approx(4 * 36 * 0.02 / 4)
     assert est["patches"]["local_s"] == pytest.approx(2 * 12 * 0.001)  # 2 x n_per_class
     assert "predict" not in est
     assert "9 tiles of 2 x 2 cells" in capsys.readouterr().out

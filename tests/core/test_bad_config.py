@@ -63,7 +63,7 @@ def test_a_bad_window_is_refused_before_the_grid_is_written(in_repo, capsys, reg
 def test_wrong_values_are_one_line_errors_naming_the_key(in_repo, capsys, region_dir, stage, override, message):
     args = ["validate", "sample"] if stage == "validate" else [stage]
     if stage == "mosaic":
-        args.append("year=2010")
+        args.append("period=2010")
     err = run_cli(capsys, region_dir, *args, override)
     assert message in err and "Traceback" not in err
 

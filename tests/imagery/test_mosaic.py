@@ -168,7 +168,7 @@ def _grid(out_dir, name="t", drop=()):
 
 
 def _args(tmp_path, catalog, *extra):
-    return [f"out_dir={tmp_path / 'out'}", "data.name=t", f"data.cell_size={CELL}", "year=2019",
+    return [f"out_dir={tmp_path / 'out'}", "data.name=t", f"data.cell_size={CELL}", "period=2019",
             f"data.imagery.catalog={catalog}", "mosaic.block_cells=3", "mosaic.buffer=1",
             "mosaic.cog.blocksize=128", "compute.threads=2", *extra]
 
@@ -247,7 +247,7 @@ def test_stage_equals_geomad_on_the_masked_stack(in_repo, tmp_path, lattice_scen
     assert sorted(p.name for p in out.parent.iterdir()) == ["grid.parquet", "logs", "mosaic_2019.json", "mosaic_2019.tif"]
     assert "seconds" not in summary
     timing = json.loads((out.parent / "logs" / "timings.jsonl").read_text())
-    assert timing["stage"] == "mosaic" and timing["year"] == 2019 and timing["seconds"] > 0
+    assert timing["stage"] == "mosaic" and timing["period"] == "2019" and timing["seconds"] > 0
 
 
 def test_geomedian_only_runs_on_dn_and_agrees(in_repo, tmp_path, lattice_scenes):
@@ -356,7 +356,7 @@ def test_empty_catalog_and_no_scene_in_the_year(in_repo, tmp_path, lattice_scene
     catalog, folders = lattice_scenes
     empty = write_catalog(tmp_path / "empty", [])
     expect_error(capsys, tmp_path, ["mosaic", *_args(tmp_path, empty)], str(empty), "no Landsat scene found")
-    expect_error(capsys, tmp_path, ["mosaic", *_args(tmp_path, catalog), "year=2011"], "no scene acquired in 2011")
+    expect_error(capsys, tmp_path, ["mosaic", *_args(tmp_path, catalog), "period=2011"], "no scene acquired in 2011")
     expect_error(capsys, tmp_path, ["mosaic", *_args(tmp_path, catalog), "data.imagery.months=[12]"],
                  "no scene acquired in 2019 (months 12)")
     missing = tmp_path / "nope" / "catalog.json"

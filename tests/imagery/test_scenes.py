@@ -76,7 +76,7 @@ def test_year_and_month_filters(tmp_path):
 
 def test_scene_source_reads_data_imagery(in_repo):
     source = scenes.SceneSource.from_config(config.load(".", ["out_dir=/x", "data.imagery.months=[1,2]"]), 2019)
-    assert (source.kind, source.year, source.months) == ("stac", 2019, (1, 2))
+    assert (source.kind, source.period.label, source.months) == ("stac", "2019", (1, 2))
     assert source.location == source.where == "/x/valle_de_mexico/scenes/2019/catalog.json"
     api = scenes.SceneSource.from_config(config.load(".", ["data.imagery.source=api"]), 2010)
     assert api.where == "https://landsatlook.usgs.gov/stac-server landsat-c2l2-sr" and api.months is None
@@ -211,7 +211,7 @@ def test_a_stac_api_that_never_answers_fails_within_the_timeout(in_repo, tmp_pat
     try:
         assert main(["grid", f"out_dir={tmp_path}"]) == 0
         start = time.monotonic()
-        status = main(["mosaic", "year=2010", f"out_dir={tmp_path}", "data.imagery.source=api",
+        status = main(["mosaic", "period=2010", f"out_dir={tmp_path}", "data.imagery.source=api",
                        f"data.imagery.api={url}", "data.imagery.timeout_s=1"])
         elapsed = time.monotonic() - start
     finally:

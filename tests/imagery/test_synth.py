@@ -45,7 +45,7 @@ def region(tmp_path_factory, shared_data):
         mp.chdir(REPO)
         cfg = load_cfg(out)
         grid.run(cfg)
-        summaries = {year: synth_run(load_cfg(out, f"year={year}")) for year in (2010, 2019)}
+        summaries = {year: synth_run(load_cfg(out, f"period={year}")) for year in (2010, 2019)}
     return cfg, paths.region_dir(cfg), summaries
 
 
@@ -286,7 +286,7 @@ def test_the_urban_fringe_drawn_after_2010_is_built_between_the_years(region, in
     from urbanmap.imagery.synth.settings import SynthSettings
 
     cfg, region_dir, _ = region
-    s = SynthSettings.from_config(load_cfg(region_dir.parent, "year=2010"))
+    s = SynthSettings.from_config(load_cfg(region_dir.parent, "period=2010"))
     _, lattice = stage.read_lattice(s)
     places = stage.settlements(s, stage.scene_world(s, lattice), lattice)
     parts, _ = stage.urban_zones(s, places)
@@ -318,7 +318,7 @@ def test_same_config_gives_byte_identical_files(region, tmp_path, monkeypatch, s
     inputs = [f"synth.spectra={shared_data / 'spectra' / 'landsat_spectra.csv'}",
               f"data.census.path={shared_data / 'mexico' / 'inegi_localities.parquet'}"]
     for year in (2010, 2019):
-        synth_run(config.load(REPO, ["out_dir=out", WINDOW, f"year={year}", *inputs]))
+        synth_run(config.load(REPO, ["out_dir=out", WINDOW, f"period={year}", *inputs]))
         for part in ("scenes", "truth"):
             again = digest(tmp_path / "out" / "valle_de_mexico" / part / str(year))
             assert again == digest(region_dir / part / str(year))
@@ -346,7 +346,7 @@ def test_same_bytes_whatever_the_tiles_and_executor(region, tmp_path, monkeypatc
             out = tmp_path / name
             (out / "valle_de_mexico").mkdir(parents=True)
             (out / "valle_de_mexico" / "grid.parquet").write_bytes((region_dir / "grid.parquet").read_bytes())
-            assert main(["synth", f"out_dir={out}", WINDOW, "year=2019", *extra]) == 0
+            assert main(["synth", f"out_dir={out}", WINDOW, "period=2019", *extra]) == 0
             for part in ("scenes", "truth"):
                 assert digest(out / "valle_de_mexico" / part / "2019") == digest(region_dir / part / "2019"), (name, part)
             assert sorted(p.name for p in (out / "valle_de_mexico" / "scenes").iterdir()) == ["2019"]  # no parts left
@@ -358,7 +358,7 @@ def test_a_failed_run_leaves_the_previous_outputs(region, tmp_path, monkeypatch,
     before = digest(region_dir)
     out = f"out_dir={region_dir.parent}"
     # the footprints miss the region: found only after scenes are being written
-    assert main(["synth", out, WINDOW, "year=2010", "synth.footprints.0.edge=9", "synth.footprints.1.edge=9"]) == 2
+    assert main(["synth", out, WINDOW, "period=2010", "synth.footprints.0.edge=9", "synth.footprints.1.edge=9"]) == 2
     assert "does not overlap the region" in capsys.readouterr().err
     assert digest(region_dir) == before
     assert not [p for p in region_dir.rglob("*") if ".tmp-" in p.name]
@@ -367,11 +367,11 @@ def test_a_failed_run_leaves_the_previous_outputs(region, tmp_path, monkeypatch,
 @pytest.mark.parametrize(
     "override, fragments",
     [
-        ("year=1970", ["year=1970", "no Landsat sensor"]),
+        ("period=1970", ["period=1970", "no Landsat sensor"]),
         ("synth.spectra=/nonexistent/spectra.csv", ["/nonexistent/spectra.csv", "not found"]),
         ("data.census.path=/nonexistent/census.parquet", ["/nonexistent/census.parquet", "not found"]),
         ("synth.sensors=[[2000,2030,[LX99]]]", ["LX99", "unknown sensor"]),
-        ("year=soon", ["year='soon'", "not a year"]),
+        ("period=soon", ["period 'soon'", "does not parse"]),
     ],
 )
 def test_bad_input_is_one_clear_line(region, tmp_path, monkeypatch, capsys, override, fragments):

@@ -193,7 +193,7 @@ def test_synth_settings_are_read_and_checked_once(in_repo):
     from urbanmap.core.errors import InputError
     from urbanmap.imagery.synth.settings import SynthSettings
 
-    s = SynthSettings.from_config(config.load(REPO, ["year=2019", "out_dir=/x"]))
+    s = SynthSettings.from_config(config.load(REPO, ["period=2019", "out_dir=/x"]))
     assert (s.year, s.sensors, s.later, s.pixel) == (2019, ["LC08"], True, 30.0)
     assert [(f.path, f.row, f.side) for f in s.footprints] == [(27, 47, "west"), (26, 47, "east")]
     assert str(s.scenes_dir) == "/x/valle_de_mexico/scenes/2019" and s.truth_cells.parent == s.truth_dir

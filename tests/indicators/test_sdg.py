@@ -72,7 +72,8 @@ def region(tmp_path):
     io.write_json(folder / "validation" / "estimate.json",
                   {"area": {"urban": {"estimate": urban_2019_mapped * 1.1, "ci95": 3.0}},
                    "mapped_area": {"urban": float(urban_2019_mapped)}})
-    over = [f"out_dir={tmp_path / 'out'}", "data.name=tiny", f"data.municipalities={tmp_path / 'munis.parquet'}"]
+    over = [f"out_dir={tmp_path / 'out'}", "data.name=tiny", f"data.municipalities={tmp_path / 'munis.parquet'}",
+            "periods.list=[2010,2019]", "periods.target=2019"]
     return over, c2010, c2019, west
 
 
@@ -126,7 +127,8 @@ def test_sdg_without_estimate(in_repo, region, capsys):
 
 def test_sdg_settings_name_the_config_key_that_is_wrong():
     settings = sdg.SdgSettings.from_config(config.load(REPO))
-    assert settings.years == (2010, 2019) and settings.min_coverage == 0.9
+    assert settings.years == ("2010", "2019H2") and settings.min_coverage == 0.9
+    assert settings.times == (2010.5, 2019.75)
     assert settings.population == sdg.PopulationSettings(None, 2020, 0.0115)
     for override, message in (("data.municipalities=null", "data.municipalities: null"),
                               ("sdg.min_coverage=most", "sdg.min_coverage takes a number"),

@@ -72,7 +72,7 @@ def region(tmp_path):
 def run_cli(monkeypatch, root, *extra):
     monkeypatch.chdir(REPO)
     return main(["change", f"out_dir={root}", "data.name=tiny", f"data.municipalities={root / 'munis.parquet'}",
-                 "years.train=2010", "years.target=2019", *extra])
+                 "periods.list=[2010,2019]", "periods.target=2019", *extra])
 
 
 def test_change_stage_writes_cells_cog_and_tables_that_agree(region, monkeypatch):
@@ -148,16 +148,17 @@ def test_municipalities_without_the_key_column_are_refused(region, monkeypatch, 
 def test_without_municipalities_the_table_is_the_region(region, monkeypatch):
     root, (_, _, _, first, second), _ = region
     monkeypatch.chdir(REPO)
-    assert main(["change", f"out_dir={root}", "data.name=tiny", "data.municipalities=null"]) == 0
+    assert main(["change", f"out_dir={root}", "data.name=tiny", "data.municipalities=null",
+                 "periods.list=[2010,2019]", "periods.target=2019"]) == 0
     table = pd.read_csv(root / "tiny" / "change" / "municipalities.csv", keep_default_na=False)
     assert table["name"].tolist() == ["(none)"]
     expected = change_classes(first, second)
     assert [table.loc[0, f"cells_{c}"] for c in CODES] == [(expected == c).sum() for c in CODES]
 
 
-def test_change_settings_refuse_one_year_twice():
+def test_change_settings_refuse_one_period_twice():
     settings = ChangeSettings.from_config(config.load(REPO, ["data.municipalities=null"]))
-    assert settings.years == (2010, 2019) and settings.municipalities is None
-    assert [p.name for p in settings.predictions] == ["predictions_2010.parquet", "predictions_2019.parquet"]
-    with pytest.raises(InputError, match="years: train and target are both 2019"):
-        ChangeSettings.from_config(config.load(REPO, ["years.train=2019"]))
+    assert settings.years == ("2010", "2019H2") and settings.municipalities is None
+    assert [p.name for p in settings.predictions] == ["predictions_2010.parquet", "predictions_2019H2.parquet"]
+    with pytest.raises(InputError, match="periods: census and target are both 2019H2"):
+        ChangeSettings.from_config(config.load(REPO, ["periods.census=2019H2"]))

@@ -37,7 +37,7 @@ def trained(tmp_path_factory):
     io.write_cells(paths.grid(cfg), labels[["col", "row", "cell_id"]], tiny.CELL, tiny.CRS)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(REPO)
-        assert main(["predict", *synthetic.overrides(root), "year=2010"]) == 0
+        assert main(["predict", *synthetic.overrides(root), "period=2010"]) == 0
     return root, cfg, labels
 
 
@@ -89,7 +89,7 @@ def test_a_lenet_predicts_the_patches_as_it_does_in_memory(trained, tmp_path, mo
     root, _ = copy_region(trained, tmp_path)
     cfg = config.load(REPO, overrides(root, *synthetic.FAST["lenet"]))
     train.run(cfg)
-    assert run_cli(monkeypatch, root, "year=2010", *synthetic.FAST["lenet"]) == 0
+    assert run_cli(monkeypatch, root, "period=2010", *synthetic.FAST["lenet"]) == 0
     pred, _, _ = io.read_cells(root / "tiny" / "predictions_2010.parquet", "predictions", ["cell_id", "p_urban"])
     ps = load_patches(paths.patches(cfg))
     clf, card = models.load(paths.model_dir(cfg))
@@ -138,14 +138,55 @@ def test_cells_with_nodata_are_classed_nodata(trained, tmp_path, monkeypatch):
     img[:, r[1] : r[1] + 33, c[1] : c[1] + 33] = np.nan  # the whole patch
     img[0, r[2] + 32, c[2] + 32] = np.nan  # the last pixel
     tiny.write_mosaic(root / "tiny" / "mosaic_2019.tif", labels, image=img)
-    assert run_cli(monkeypatch, root, "year=2019", "predict.block_cells=4") == 0
+    assert run_cli(monkeypatch, root, "period=2019", "predict.block_cells=4") == 0
     pred, _, _ = io.read_cells(root / "tiny" / "predictions_2019.parquet", "predictions", ["cell_id", "p_urban", "class"])
     nodata = pred[pred["class"] == "nodata"]
     assert sorted(nodata["cell_id"]) == sorted(holed) and nodata["p_urban"].isna().all()
     assert pred.loc[pred["class"] != "nodata", "p_urban"].notna().all()
     summary = json.loads((root / "tiny" / "predictions_2019.json").read_text())
-    assert summary["cells_per_class"]["nodata"] == 3 and summary["year"] == 2019
+    assert summary["cells_per_class"]["nodata"] == 3 and summary["period"] == "2019"
     assert not (root / "tiny" / "predictions_2010.parquet").exists()  # only the year asked
+
+
+def test_clear_observations_per_cell_flag_low_quality_cells(trained, tmp_path, monkeypatch):
+    """A semester's mosaic: the count band gives each cell's clear observations (the
+    median over its pixels), read block by block; cells below predict.min_clear are
+    classified all the same and flagged low_quality, counted in the summary."""
+    root, labels = copy_region(trained, tmp_path)
+    cells = labels.set_index("cell_id")
+    img = np.concatenate([tiny.scene(labels, seed=5), np.ones((3, *tiny.scene(labels).shape[1:]), np.float32)])
+    count = np.full(img.shape[1:], 4.0, np.float32)
+    lattice = tiny.lattice_of(labels)
+    low, edge = ["E2795N0823", "E2790N0820"], "E2800N0830"
+    for cell in low:
+        r, c = lattice.cell_offsets(cells.loc[[cell], "col"], cells.loc[[cell], "row"])
+        count[r[0]:r[0] + 33, c[0]:c[0] + 33] = 1.0
+    r, c = lattice.cell_offsets(cells.loc[[edge], "col"], cells.loc[[edge], "row"])
+    count[r[0]:r[0] + 33, c[0]:c[0] + 16] = 0.0  # under half of its pixels: its median stays 4
+    img = np.concatenate([img, count[None]])
+    profile = dict(driver="GTiff", width=img.shape[2], height=img.shape[1], count=img.shape[0], dtype="float32",
+                   crs=tiny.CRS, transform=lattice.transform, nodata=np.nan)
+    with rasterio.open(root / "tiny" / "mosaic_2019H1.tif", "w", **profile) as dst:
+        dst.write(img)
+        dst.descriptions = (*tiny.BANDS, "smad", "emad", "bcmad", "count")
+    assert run_cli(monkeypatch, root, "period=2019H1", "predict.block_cells=4", "predict.min_clear=2") == 0
+    pred, _, _ = io.read_cells(root / "tiny" / "predictions_2019H1.parquet", "predictions",
+                               ["cell_id", "class", "clear", "low_quality"])
+    pred = pred.set_index("cell_id")
+    assert sorted(pred.index[pred["low_quality"]]) == sorted(low) and (pred.loc[low, "clear"] == 1).all()
+    assert pred.loc[edge, "clear"] == 4 and (pred.drop(index=low)["clear"] == 4).all()
+    assert (pred["class"] != "nodata").all()  # flagged, still classified
+    summary = json.loads((root / "tiny" / "predictions_2019H1.json").read_text())
+    assert summary["period"] == "2019H1" and (summary["start"], summary["end"]) == ("2019-01-01", "2019-06-30")
+    assert summary["low_quality_cells"] == 2 and summary["min_clear"] == 2 and summary["median_clear"] == 4
+    urban_low = int((pred.loc[low, "class"] == "urban").sum())
+    assert summary["low_quality_urban_km2"] == pytest.approx(urban_low * tiny.CELL**2 / 1e6)
+
+
+def test_a_mosaic_without_a_count_band_flags_nothing(trained):
+    root, _, _ = trained
+    pred, _, _ = io.read_cells(root / "tiny" / "predictions_2010.parquet", "predictions", ["clear", "low_quality"])
+    assert pred["clear"].isna().all() and not pred["low_quality"].any()
 
 
 def test_threshold_is_configurable():
@@ -154,11 +195,11 @@ def test_threshold_is_configurable():
     assert classes(p, 0.7).tolist() == ["non_urban", "non_urban", "non_urban", "urban", "nodata"]
 
 
-def test_a_year_without_mosaic_is_a_one_line_error(trained, tmp_path, monkeypatch, capsys):
+def test_a_period_without_mosaic_is_a_one_line_error(trained, tmp_path, monkeypatch, capsys):
     root, _ = copy_region(trained, tmp_path)
-    assert run_cli(monkeypatch, root, "year=2031") == 2
+    assert run_cli(monkeypatch, root, "period=2031") == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "mosaic_2031.tif: mosaic of 2031 not found" in err
+    assert len(err.splitlines()) == 1 and "mosaic_2031.tif: mosaic of period 2031 not found" in err
     assert not any(p.exists() for p in outputs(root / "tiny", 2031))
 
 
@@ -171,7 +212,7 @@ def test_a_mosaic_without_the_models_bands_is_refused(trained, tmp_path, monkeyp
     with rasterio.open(root / "tiny" / "mosaic_2019.tif", "w", **profile) as dst:
         dst.write(img)
         dst.descriptions = ("blue", "green", "red", "nir", "swir1")
-    assert run_cli(monkeypatch, root, "year=2019") == 2
+    assert run_cli(monkeypatch, root, "period=2019") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "model_card.json: model trained on bands" in err and "missing: swir2" in err
     assert not any(p.exists() for p in outputs(root / "tiny", 2019))
@@ -183,7 +224,7 @@ def test_a_mosaic_of_another_patch_size_is_refused(trained, tmp_path, monkeypatc
     img = tiny.scene(labels)[:, 1::3, 1::3]
     assert img.shape[1:] == (coarse.height, coarse.width)
     tiny.write_mosaic(root / "tiny" / "mosaic_2019.tif", labels, image=img, transform=coarse.transform)
-    assert run_cli(monkeypatch, root, "year=2019", "data.patch_size=11") == 2
+    assert run_cli(monkeypatch, root, "period=2019", "data.patch_size=11") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "model trained on 33 x 33 px patches" in err and "11 px per 1000 m cell" in err
     assert not any(p.exists() for p in outputs(root / "tiny", 2019))
@@ -195,13 +236,14 @@ def test_config_has_the_predict_section():
 
 
 def test_predict_settings_are_read_once_and_checked():
-    settings = PredictSettings.from_config(config.load(REPO, ["year=2019"]))
-    assert (settings.year, settings.threshold, settings.block_cells) == (2019, 0.5, 32)
+    settings = PredictSettings.from_config(config.load(REPO, ["period=2019"]))
+    assert (settings.period.label, settings.threshold, settings.block_cells, settings.min_clear) == ("2019", 0.5, 32, 2)
     assert settings.mosaic.name == "mosaic_2019.tif" and settings.predictions.name == "predictions_2019.parquet"
     assert settings.compute.mode == "local"
     for override, message in (("predict.threshold=1.5", "predict.threshold: expected a number between 0 and 1"),
                               ("predict.block_cells=2.5", "predict.block_cells takes a whole number"),
-                              ("year=soon", "year='soon': not a year")):
+                              ("predict.min_clear=-1", "predict.min_clear: expected a number >= 0"),
+                              ("period=soon", "period: period 'soon' does not parse")):
         with pytest.raises(InputError, match=message):
             PredictSettings.from_config(config.load(REPO, [override]))
 
@@ -214,7 +256,7 @@ def test_predict_with_extra_trees_imports_no_torch(trained, tmp_path):
     """Skops lists scikit-learn's estimators by importing every package of it, torch's
     array-API wrapper included; models.extra_trees.skops_io keeps torch out."""
     root, _ = copy_region(trained, tmp_path)
-    assert heavy_imports_after(["predict", *overrides(root, "year=2010")]) == (0, [])
+    assert heavy_imports_after(["predict", *overrides(root, "period=2010")]) == (0, [])
     assert (root / "tiny" / "predictions_2010.parquet").is_file()
 
 
@@ -264,7 +306,7 @@ def test_dask_predictions_are_the_same_bytes_as_local(trained, tmp_path, monkeyp
     the model once; the cluster shut down while the outputs are written) writes the same
     table and COG as compute=local."""
     root, _ = copy_region(trained, tmp_path)
-    tiles = ["year=2010", "compute.tile_size=8", "predict.block_cells=4"]  # 3 x 3 tiles of 4 blocks
+    tiles = ["period=2010", "compute.tile_size=8", "predict.block_cells=4"]  # 3 x 3 tiles of 4 blocks
     assert run_cli(monkeypatch, root, *tiles) == 0
     local = [(root / "tiny" / name).read_bytes() for name in ("predictions_2010.parquet", "p_urban_2010.tif")]
     assert run_cli(monkeypatch, root, *tiles, "compute=dask", "compute.n_workers=2", "compute.threads_per_worker=1",
@@ -279,13 +321,13 @@ def test_a_rerun_writes_the_same_bytes_and_logs_its_timing_apart(trained, tmp_pa
     shutil.rmtree(root / "tiny" / "logs")  # the fixture's own run
     runs = []
     for _ in range(2):
-        assert run_cli(monkeypatch, root, "year=2010") == 0
+        assert run_cli(monkeypatch, root, "period=2010") == 0
         runs.append([f.read_bytes() for f in outputs(root / "tiny", 2010)])
     assert runs[0] == runs[1]
     summary = json.loads((root / "tiny" / "predictions_2010.json").read_text())
     assert not {"seconds", "cells_per_second"} & set(summary)
     log = [json.loads(line) for line in (root / "tiny" / "logs" / "timings.jsonl").read_text().splitlines()]
-    assert [(r["stage"], r["year"]) for r in log] == [("predict", 2010)] * 2
+    assert [(r["stage"], r["period"]) for r in log] == [("predict", "2010")] * 2
     assert all(r["seconds"] > 0 and r["cells_per_second"] > 0 for r in log)
 
 
@@ -319,7 +361,7 @@ def test_a_damaged_or_unscaled_mosaic_is_one_line_naming_it(trained, tmp_path, m
     root, _ = copy_region(trained, tmp_path)
     mosaic = root / "tiny" / "mosaic_2010.tif"
     damage(mosaic, how)
-    assert run_cli(monkeypatch, root, "year=2010") == 2
+    assert run_cli(monkeypatch, root, "period=2010") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"urbanmap predict: error: {mosaic}: ") and fragment in err, err
     assert not any(p.exists() for p in outputs(root / "tiny", 2010))

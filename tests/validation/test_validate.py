@@ -256,7 +256,8 @@ def region(tmp_path):
     io.write_cells(folder / "change" / "change.parquet",
                    cells[["cell_id", "col", "row"]].assign(class_2010=before, class_2019=mapped, change=change), CELL, CRS)
     write_mosaic(folder / "mosaic_2019.tif", cells, extra_bands=True)
-    over = [f"out_dir={tmp_path / 'out'}", "data.name=tiny", "validation.target_se=0.04", "validation.min_per_stratum=10"]
+    over = [f"out_dir={tmp_path / 'out'}", "data.name=tiny", "validation.target_se=0.04", "validation.min_per_stratum=10",
+            "periods.list=[2010,2019]", "periods.target=2019"]
     return over, cells
 
 

@@ -181,7 +181,7 @@ def mosaic_region(
 
     Args:
         boundary, window, crs, boundary_path: as for `region_geometry`.
-        mosaic_file: the mosaic file of years.train (`GridSettings.mosaic_file`), or None.
+        mosaic_file: the mosaic file of periods.census (`GridSettings.mosaic_file`), or None.
     Returns:
         (Multi)Polygon in `crs`, metres.
     """
@@ -226,7 +226,7 @@ class GridSettings:
             data.pixel_size.
         boundary: the boundary's vector file, any CRS (data.boundary), or None.
         window: [xmin, ymin, xmax, ymax] in `crs` metres (data.window), or None.
-        mosaic_file: the existing mosaic file of years.train (data.imagery.file, its
+        mosaic_file: the existing mosaic file of periods.census (data.imagery.file, its
             placeholders filled in) when data.imagery.source is file, else None.
         out: where grid.parquet goes (`<out_dir>/<data.name>/grid.parquet`).
     """
@@ -254,7 +254,7 @@ class GridSettings:
         im = cfg.data.get("imagery")
         mosaic_file = None
         if im is not None and str(im.get("source")) == "file" and im.get("file"):
-            mosaic_file = paths.fill_path(im.file, cfg, paths.train_year(cfg))
+            mosaic_file = paths.fill_path(im.file, cfg, paths.census_period(cfg))
         return cls(
             crs=crs,
             cell_size=cell_size,
@@ -269,7 +269,7 @@ def run(cfg: DictConfig) -> None:
     """Stage: read the boundary, build the grid, write `<out_dir>/<region>/grid.parquet`.
 
     The region is data.boundary ∩ data.window; when both are null and the imagery is one
-    file (data.imagery.source: file), the extent of that file (for years.train).
+    file (data.imagery.source: file), the extent of that file (for periods.census).
     """
     settings = GridSettings.from_config(cfg)
     boundary = io.read_vector(settings.boundary, "boundary") if settings.boundary else None

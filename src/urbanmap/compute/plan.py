@@ -16,8 +16,8 @@ being read, not made; `synth` is the embedded default's generator), the wall sec
 cell of this machine's local run (`local_s_per_cell`, compute=local with its threads)
 and the busy seconds per cell of one Dask worker of one thread (`worker_s_per_cell`:
 the sum of the tasks' durations divided by the cells). `patches` is per sampled cell
-(2 x patches.n_per_class), the others per grid cell; `synth` and `mosaic` run once per
-year (years.train and years.target). A cluster of W workers is estimated at
+(2 x patches.n_per_class), the others per grid cell; `synth`, `mosaic` and `predict` run
+once per period (periods.list). A cluster of W workers is estimated at
 cells x worker_s_per_cell / W, i.e. perfect scaling of the tasks plus nothing for the
 client's assembly: a lower bound, stated as such.
 """
@@ -40,6 +40,7 @@ from urbanmap.compute.tiles import tile_index, write_tile_index
 from urbanmap.core import io, paths
 from urbanmap.core.errors import InputError
 from urbanmap.core.lattice import PixelLattice, patch_size
+from urbanmap.core.periods import Period, PeriodSettings, as_period
 
 #: Heavy stages, and what their cost is per.
 STAGES = {"synth": "grid cell and year", "mosaic": "grid cell and year", "patches": "sampled cell",
@@ -54,8 +55,8 @@ class PlanSettings:
         region: data.name.
         grid: the region's grid.parquet.
         pixel_size: data.pixel_size (m); patch_size: data.patch_size or None.
-        year: the year planned (years.train unless year= is given).
-        years: how many distinct years the heavy stages run for (years.train, years.target).
+        year: the period planned (periods.census unless period= is given).
+        years: how many periods the heavy stages run for (periods.list).
         sampled: cells the patches stage cuts (2 x patches.n_per_class).
         catalog: the year's STAC catalog file when data.imagery.source is stac and it
             exists, else None.
@@ -69,7 +70,7 @@ class PlanSettings:
     grid: Path
     pixel_size: float
     patch_size: int | None
-    year: int
+    year: Period
     years: int
     sampled: int
     catalog: str | None
@@ -82,7 +83,7 @@ class PlanSettings:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> PlanSettings:
         """Read the settings; InputError naming the config key that is wrong."""
-        year = paths.stage_year(cfg)
+        year = paths.stage_period(cfg)
         p = cfg.get("plan") or {}
         try:
             workers = tuple(int(w) for w in (p.get("workers") or [32]))
@@ -93,18 +94,19 @@ class PlanSettings:
         return cls(
             region=str(cfg.data.name), grid=paths.grid(cfg), pixel_size=float(cfg.data.pixel_size),
             patch_size=cfg.data.get("patch_size"), year=year,
-            years=len({int(cfg.years.train), int(cfg.years.target)}), sampled=2 * int(cfg.patches.n_per_class),
+            years=len(PeriodSettings.from_config(cfg).periods), sampled=2 * int(cfg.patches.n_per_class),
             catalog=_catalog(cfg, year), workers=workers, costs=Path(str(p.get("costs") or "benchmarks/cost_per_cell.json")),
             compute=ComputeSettings.from_config(cfg), tiles_out=paths.tiles(cfg), plan_out=paths.plan(cfg),
         )
 
 
-def _catalog(cfg: DictConfig, year: int) -> str | None:
-    """The year's STAC catalog file, when data.imagery.source is stac and it exists."""
+def _catalog(cfg: DictConfig, year: Period) -> str | None:
+    """The period's STAC catalog file, when data.imagery.source is stac and it exists."""
     im = cfg.data.get("imagery") or {}
     if str(im.get("source")) != "stac":
         return None
-    catalog = str(im.get("catalog")).format(region_dir=paths.region_dir(cfg), year=year, out_dir=cfg.out_dir,
+    catalog = str(im.get("catalog")).format(region_dir=paths.region_dir(cfg), period=year.label, year=year.year,
+                                            out_dir=cfg.out_dir,
                                             name=cfg.data.name)
     return catalog if Path(catalog).is_file() else None
 
@@ -121,8 +123,9 @@ def scenes_per_tile(tiles: pd.DataFrame, bboxes_grid: np.ndarray) -> np.ndarray:
     return counts
 
 
-def catalog_bboxes(catalog: str, year: int, crs: Any) -> np.ndarray:
-    """(m, 4) bounds in `crs` of the catalog's items of `year` (their STAC bbox)."""
+def catalog_bboxes(catalog: str, year: Period | int, crs: Any) -> np.ndarray:
+    """(m, 4) bounds in `crs` of the catalog's items of `year` (a period or a year; their STAC bbox)."""
+    period = as_period(year)
     try:
         root = pystac.read_file(catalog)
     except Exception as exc:  # pystac raises several types; the user needs the file
@@ -134,7 +137,7 @@ def catalog_bboxes(catalog: str, year: int, crs: Any) -> np.ndarray:
     else:
         raise InputError(f"{catalog}: not a STAC catalog, collection or item collection")
     out = [transform_bounds("EPSG:4326", crs, *item.bbox[:4], densify_pts=21)
-           for item in items if item.bbox and item.datetime is not None and item.datetime.year == year]
+           for item in items if item.bbox and item.datetime is not None and period.contains(item.datetime.date())]
     return np.array(out, float).reshape(-1, 4)
 
 
@@ -180,7 +183,7 @@ def make_plan(s: PlanSettings) -> dict[str, Any]:
         "cells_per_tile": {"min": int(n.min()), "median": float(np.median(n)), "max": int(n.max())},
         "compute": s.compute.mode,
         "catalog": s.catalog,
-        "year": s.year,
+        "period": s.year.label,
         "scenes_per_tile": None if not s.catalog else {
             "min": int(tiles["scenes"].min()), "median": float(tiles["scenes"].median()),
             "max": int(tiles["scenes"].max()), "tiles_without_scenes": int((tiles["scenes"] == 0).sum())},

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from urbanmap.core.errors import InputError
 from urbanmap.core.io import atomic_output
+from urbanmap.core.periods import LEGACY
 
 PARAMS_FILE = "params.yaml"
 CONF_DIR = "conf"
@@ -117,6 +118,10 @@ def load(root: str | Path = ".", overrides: Sequence[str] = ()) -> DictConfig:
             node = OmegaConf.select(cfg, parent) if parent else cfg
             del node[leaf]
             continue
+        if not exists and (key == "years" or key.startswith("years.")):
+            raise InputError(f"{o.input_line}: {LEGACY}")
+        if not exists and key == "year":
+            raise InputError(f"{o.input_line}: year= is replaced by period= (a year 2019, a semester 2019H1, ...)")
         if not exists and not o.is_add():
             raise InputError(f"{o.input_line}: no key {key!r} in {params_path} (use +{key}=... to add one)")
         if exists:

@@ -7,7 +7,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from urbanmap.core import periods
 from urbanmap.core.errors import InputError
+from urbanmap.core.periods import Period, PeriodSettings
+
+PeriodLike = Period | str
+
+
+def label(period: PeriodLike) -> str:
+    """The label that names a period's files (`2019H1`)."""
+    return period.label if isinstance(period, Period) else str(period)
 
 
 def region_dir(cfg: DictConfig) -> Path:
@@ -32,23 +41,23 @@ def label_summary(cfg: DictConfig) -> Path:
 # --- patches, train, evaluate -------------------------------------------------------------
 
 
-def train_year(cfg: DictConfig) -> int:
-    """The census year whose imagery and labels train the models (years.train)."""
-    return int(cfg.years.train)
+def census_period(cfg: DictConfig) -> Period:
+    """The census period whose imagery and labels train the models (periods.census)."""
+    return PeriodSettings.from_config(cfg).census
 
 
-def mosaic(cfg: DictConfig, year: int) -> Path:
-    """`<region_dir>/mosaic_<year>.tif`: the annual mosaic COG on the region's pixel lattice."""
-    return region_dir(cfg) / f"mosaic_{int(year)}.tif"
+def mosaic(cfg: DictConfig, period: PeriodLike) -> Path:
+    """`<region_dir>/mosaic_<period>.tif`: the annual mosaic COG on the region's pixel lattice."""
+    return region_dir(cfg) / f"mosaic_{label(period)}.tif"
 
 
-def mosaic_summary(cfg: DictConfig, year: int) -> Path:
-    """`<region_dir>/mosaic_<year>.json`: scenes used, clear observations, nodata pixels, seconds."""
-    return region_dir(cfg) / f"mosaic_{int(year)}.json"
+def mosaic_summary(cfg: DictConfig, period: PeriodLike) -> Path:
+    """`<region_dir>/mosaic_<period>.json`: scenes used, clear observations, nodata pixels, seconds."""
+    return region_dir(cfg) / f"mosaic_{label(period)}.json"
 
 
 def patches(cfg: DictConfig) -> Path:
-    """Balanced sample of labelled cells and their patches of the training year (npz)."""
+    """Balanced sample of labelled cells and their patches of the census period (npz)."""
     return region_dir(cfg) / "patches.npz"
 
 
@@ -81,82 +90,78 @@ def evaluation_dir(cfg: DictConfig) -> Path:
     """Per-fold table, PNG figures, feature importances and the markdown report."""
     return region_dir(cfg) / "evaluation"
 
-# --- synth: synthetic scenes and the generator's truth, per year ------------------------
+# --- synth: synthetic scenes and the generator's truth, per period ------------------------
 
 
-def stage_year(cfg: DictConfig) -> int:
-    """The year a per-year stage runs for: `year`, or `years.train` when it is null."""
-    value = cfg.year if cfg.year is not None else cfg.years.train
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise InputError(f"year={value!r}: not a year") from None
+def stage_period(cfg: DictConfig) -> Period:
+    """The period a per-period stage runs for: `period=`, or periods.census when it is null."""
+    return periods.stage_period(cfg)
 
 
-def scenes_dir(cfg: DictConfig, year: int) -> Path:
-    """`<region_dir>/scenes/<year>/`: one folder per Landsat product, and catalog.json."""
-    return region_dir(cfg) / "scenes" / str(int(year))
+def scenes_dir(cfg: DictConfig, period: PeriodLike) -> Path:
+    """`<region_dir>/scenes/<period>/`: one folder per Landsat product, and catalog.json."""
+    return region_dir(cfg) / "scenes" / label(period)
 
 
-def scene_catalog(cfg: DictConfig, year: int) -> Path:
-    """The self-contained STAC catalog of a year's scenes."""
-    return scenes_dir(cfg, year) / "catalog.json"
+def scene_catalog(cfg: DictConfig, period: PeriodLike) -> Path:
+    """The self-contained STAC catalog of a period's scenes."""
+    return scenes_dir(cfg, period) / "catalog.json"
 
 
-def truth_dir(cfg: DictConfig, year: int) -> Path:
-    """`<region_dir>/truth/<year>/`: the synthetic generator's truth for a year."""
-    return region_dir(cfg) / "truth" / str(int(year))
+def truth_dir(cfg: DictConfig, period: PeriodLike) -> Path:
+    """`<region_dir>/truth/<period>/`: the synthetic generator's truth for a period."""
+    return region_dir(cfg) / "truth" / label(period)
 
 
-def truth_cells(cfg: DictConfig, year: int) -> Path:
-    """Per-cell truth (GeoParquet): urban fraction, true class, new_urban (later years)."""
-    return truth_dir(cfg, year) / "cells.parquet"
+def truth_cells(cfg: DictConfig, period: PeriodLike) -> Path:
+    """Per-cell truth (GeoParquet): urban fraction, true class, new_urban (later periods)."""
+    return truth_dir(cfg, period) / "cells.parquet"
 
 
-def truth_landcover(cfg: DictConfig, year: int) -> Path:
+def truth_landcover(cfg: DictConfig, period: PeriodLike) -> Path:
     """Land-cover class raster (uint8 GeoTIFF) on the region's pixel lattice."""
-    return truth_dir(cfg, year) / "landcover.tif"
+    return truth_dir(cfg, period) / "landcover.tif"
 
 
-def truth_reflectance(cfg: DictConfig, year: int) -> Path:
+def truth_reflectance(cfg: DictConfig, period: PeriodLike) -> Path:
     """Cloud-free truth reflectance (6-band float32 GeoTIFF) on the region's pixel lattice."""
-    return truth_dir(cfg, year) / "reflectance.tif"
+    return truth_dir(cfg, period) / "reflectance.tif"
 
 
-def truth_clear_count(cfg: DictConfig, year: int) -> Path:
-    """Clear observations per lattice pixel over the year's scenes (uint8 GeoTIFF)."""
-    return truth_dir(cfg, year) / "clear_observations.tif"
+def truth_clear_count(cfg: DictConfig, period: PeriodLike) -> Path:
+    """Clear observations per lattice pixel over the period's scenes (uint8 GeoTIFF)."""
+    return truth_dir(cfg, period) / "clear_observations.tif"
 
 
-def synth_summary(cfg: DictConfig, year: int) -> Path:
+def synth_summary(cfg: DictConfig, period: PeriodLike) -> Path:
     """Per-scene cloud statistics, coverage of the region and truth counts (JSON)."""
-    return truth_dir(cfg, year) / "summary.json"
+    return truth_dir(cfg, period) / "summary.json"
 
 # --- predict and change -----------------------------------------------------------------
 
 
-def predictions(cfg: DictConfig, year: int) -> Path:
-    """`<region_dir>/predictions_<year>.parquet`: p_urban and class of every grid cell."""
-    return region_dir(cfg) / f"predictions_{int(year)}.parquet"
+def predictions(cfg: DictConfig, period: PeriodLike) -> Path:
+    """`<region_dir>/predictions_<period>.parquet`: p_urban and class of every grid cell."""
+    return region_dir(cfg) / f"predictions_{label(period)}.parquet"
 
 
-def p_urban_cog(cfg: DictConfig, year: int) -> Path:
-    """`<region_dir>/p_urban_<year>.tif`: COG of p_urban, one pixel per grid cell."""
-    return region_dir(cfg) / f"p_urban_{int(year)}.tif"
+def p_urban_cog(cfg: DictConfig, period: PeriodLike) -> Path:
+    """`<region_dir>/p_urban_<period>.tif`: COG of p_urban, one pixel per grid cell."""
+    return region_dir(cfg) / f"p_urban_{label(period)}.tif"
 
 
-def predictions_map(cfg: DictConfig, year: int) -> Path:
-    """`<region_dir>/predictions_<year>.png`: the map of p_urban and classes."""
-    return region_dir(cfg) / f"predictions_{int(year)}.png"
+def predictions_map(cfg: DictConfig, period: PeriodLike) -> Path:
+    """`<region_dir>/predictions_<period>.png`: the map of p_urban and classes."""
+    return region_dir(cfg) / f"predictions_{label(period)}.png"
 
 
-def predictions_summary(cfg: DictConfig, year: int) -> Path:
-    """`<region_dir>/predictions_<year>.json`: cells per class, seconds, cells/s."""
-    return region_dir(cfg) / f"predictions_{int(year)}.json"
+def predictions_summary(cfg: DictConfig, period: PeriodLike) -> Path:
+    """`<region_dir>/predictions_<period>.json`: cells per class, seconds, cells/s."""
+    return region_dir(cfg) / f"predictions_{label(period)}.json"
 
 
 def change_dir(cfg: DictConfig) -> Path:
-    """`<region_dir>/change/`: the change between years.train's and years.target's maps."""
+    """`<region_dir>/change/`: the change between the census period's and periods.target's maps."""
     return region_dir(cfg) / "change"
 
 
@@ -188,7 +193,7 @@ def change_region(cfg: DictConfig) -> Path:
 
 
 def validation_dir(cfg: DictConfig) -> Path:
-    """`<region_dir>/validation/`: the validation sample of years.target's map and its estimate."""
+    """`<region_dir>/validation/`: the validation sample of periods.target's map and its estimate."""
     return region_dir(cfg) / "validation"
 
 
@@ -260,11 +265,12 @@ def timings_log(cfg: DictConfig) -> Path:
     return region_dir(cfg) / "logs" / "timings.jsonl"
 
 
-def fill_path(template: str, cfg: DictConfig, year: int) -> str:
-    """`template` with `{year}`, `{region_dir}`, `{out_dir}` and `{name}` filled in."""
+def fill_path(template: str, cfg: DictConfig, period: Period) -> str:
+    """`template` with `{period}` (the label), `{year}` (the year the period starts in),
+    `{region_dir}`, `{out_dir}` and `{name}` filled in."""
     try:
         return str(template).format(
-            year=int(year), region_dir=str(region_dir(cfg)), out_dir=str(cfg.out_dir), name=cfg.data.name
+            period=period.label, year=period.year, region_dir=str(region_dir(cfg)), out_dir=str(cfg.out_dir), name=cfg.data.name
         )
     except (KeyError, IndexError, ValueError) as exc:
         raise InputError(f"data.imagery.file: bad placeholder in {template!r}: {exc}") from None

@@ -3,15 +3,15 @@
 Many offices already have a composite (INEGI's data cube publishes Landsat geomedians;
 others use Sentinel-2 or GHSL layers). This module aligns such a multi-band GeoTIFF
 (any CRS, any pixel size) to the region's pixel lattice (lattice.py) and writes it as
-the `mosaic` stage does: `<region_dir>/mosaic_<year>.tif`, a float32 COG (cog.py) with
+the `mosaic` stage does: `<region_dir>/mosaic_<period>.tif`, a float32 COG (cog.py) with
 band descriptions `blue green red nir swir1 swir2`, then the optional extra bands
 (`data.imagery.extra_bands`, e.g. geomad's `smad emad bcmad`) that the file has, nodata
-NaN; and `mosaic_<year>.json` (DVC metrics). Everything after the mosaic is unchanged.
+NaN; and `mosaic_<period>.json` (DVC metrics). Everything after the mosaic is unchanged.
 
 Config (`data.imagery`):
 
-- `file`: the GeoTIFF; `{year}`, `{region_dir}`, `{out_dir}`, `{name}` are filled in, so
-  one file per year (`composite_{year}.tif`) or one for all years;
+- `file`: the GeoTIFF; `{period}`, `{year}`, `{region_dir}`, `{out_dir}`, `{name}` are filled in, so
+  one file per period (`composite_{period}.tif`) or one for all periods;
 - `bands`: null to match bands by their description (case-insensitive; the STAC common
   names `nir08 swir16 swir22` are accepted too), or an explicit mapping
   `{blue: 1, green: 2, ...}` of band names to 1-based band indexes; a file with fewer
@@ -51,6 +51,7 @@ from tqdm import tqdm
 from urbanmap.core import cog, io, paths, rasters
 from urbanmap.core.errors import InputError
 from urbanmap.core.lattice import PixelLattice, block_transform, patch_size, plan_blocks
+from urbanmap.core.periods import Period
 from urbanmap.imagery.landsat import BANDS, COMMON_NAMES
 
 #: Cells per block side when warping (bounded further so a block is <= 2048 px a side).
@@ -139,9 +140,9 @@ class CompositeSettings:
     (see the module docstring), checked.
 
     Attributes:
-        year: the year (year=, else years.train).
-        file: the composite's path, data.imagery.file with `{year}`, `{region_dir}`,
-            `{out_dir}`, `{name}` filled in.
+        period: the period (period=, else periods.census).
+        file: the composite's path, data.imagery.file with `{period}`, `{year}`,
+            `{region_dir}`, `{out_dir}`, `{name}` filled in.
         grid: the region's grid.parquet.
         pixel_size: data.pixel_size, metres; patch_size: data.patch_size or None.
         bands: data.imagery.bands, band name -> 1-based index, or None: by description.
@@ -153,10 +154,10 @@ class CompositeSettings:
             the pixel sizes (auto_resampling).
         threads: GDAL's warp and COG threads (compute.threads).
         cog: the output COG's options (mosaic.cog).
-        out: `<region_dir>/mosaic_<year>.tif`; summary: `<region_dir>/mosaic_<year>.json`.
+        out: `<region_dir>/mosaic_<period>.tif`; summary: `<region_dir>/mosaic_<period>.json`.
     """
 
-    year: int
+    period: Period
     file: str
     grid: Path
     pixel_size: float
@@ -177,7 +178,7 @@ class CompositeSettings:
     def from_config(cls, cfg: Any) -> CompositeSettings:
         """Read `cfg.data.imagery` (and the grid, compute.threads, mosaic.cog); InputError
         naming the config key that is wrong."""
-        year = paths.stage_year(cfg)
+        period = paths.stage_period(cfg)
         im = cfg.data.imagery
         if not im.get("file"):
             raise InputError("data.imagery.file: source is file but no file is given")
@@ -187,7 +188,7 @@ class CompositeSettings:
         mapping, patch = im.get("bands"), cfg.data.get("patch_size")
         scale, offset, nodata = im.get("scale"), im.get("offset"), im.get("nodata")
         return cls(
-            year=year, file=paths.fill_path(im.file, cfg, year), grid=paths.grid(cfg), pixel_size=float(cfg.data.pixel_size),
+            period=period, file=paths.fill_path(im.file, cfg, period), grid=paths.grid(cfg), pixel_size=float(cfg.data.pixel_size),
             patch_size=int(patch) if patch else None,
             bands={str(k): v for k, v in mapping.items()} if mapping is not None else None,
             extra_bands=tuple(str(b) for b in (im.get("extra_bands") or [])),
@@ -196,7 +197,7 @@ class CompositeSettings:
             resampling=str(resampling) if resampling is not None else None,
             threads=int(cfg.compute.get("threads", 1) or 1),
             cog=dict(cfg.mosaic.cog) if cfg.get("mosaic") and cfg.mosaic.get("cog") else {},
-            out=paths.mosaic(cfg, year), summary=paths.mosaic_summary(cfg, year), timings=paths.timings_log(cfg),
+            out=paths.mosaic(cfg, period), summary=paths.mosaic_summary(cfg, period), timings=paths.timings_log(cfg),
         )
 
 
@@ -274,10 +275,12 @@ def write_composite(src: Any, sp: Spec, settings: CompositeSettings, cells: pd.D
 
 
 def run(cfg: Any) -> None:
-    """Stage `mosaic` for `source: file`: the year's file -> mosaic_<year>.tif (COG), .json."""
+    """Stage `mosaic` for `source: file`: the period's file -> mosaic_<period>.tif (COG), .json."""
     start = time.perf_counter()
     settings = CompositeSettings.from_config(cfg)
     path = settings.file
+    if "://" not in path and not Path(path).is_file():
+        raise InputError(f"period {settings.period.label}: no composite file {path} (data.imagery.file)")
     cells, cell_size, crs = io.read_cells(settings.grid, "grid", columns=["col", "row"])
     size = patch_size(cell_size, settings.pixel_size, settings.patch_size)
     lattice = PixelLattice.from_cells(cells["col"], cells["row"], cell_size, size, crs)
@@ -288,7 +291,7 @@ def run(cfg: Any) -> None:
         pixels, no_data = write_composite(src, sp, settings, cells, lattice)
     names = list(sp.bands)
     summary = {
-        "year": settings.year,
+        "period": settings.period.label,
         "source": f"file {path}",
         "bands": names,
         "band_indexes": dict(sp.bands),
@@ -300,9 +303,9 @@ def run(cfg: Any) -> None:
         "valid_fraction": round(1 - no_data / max(pixels, 1), 6),
     }
     io.write_json(settings.summary, summary)
-    io.log_timing(settings.timings, {"stage": "mosaic", "year": settings.year, "source": "file",
+    io.log_timing(settings.timings, {"stage": "mosaic", "period": settings.period.label, "source": "file",
                                      "seconds": round(time.perf_counter() - start, 2), "pixels": pixels})
     print(
-        f"mosaic {settings.year}: {path} ({', '.join(names)}; {sp.resampling}) aligned to {lattice.width} x "
+        f"mosaic {settings.period}: {path} ({', '.join(names)}; {sp.resampling}) aligned to {lattice.width} x "
         f"{lattice.height} px of {lattice.pixel_size:.2f} m; {no_data:,} of {pixels:,} pixels nodata -> {settings.out}"
     )

@@ -29,13 +29,13 @@ executor.run_tiles): in this process with compute=local, on a Dask cluster with
 compute=dask; each task writes its blocks to a part that the client copies into the
 COG writer, so both give the same bytes.
 
-Output `<region_dir>/mosaic_<year>.tif` (EPSG of the grid, the PixelLattice's transform):
+Output `<region_dir>/mosaic_<period>.tif` (EPSG of the grid, the PixelLattice's transform):
 float32, bands `blue green red nir swir1 swir2` (surface reflectance, unitless, as
 Collection 2 defines it: DN x 2.75e-5 - 0.2, not clipped) then any of `smad emad bcmad`
 (geomad's spectral, Euclidean and Bray-Curtis median absolute deviations) and `count`
 (clear observations, a whole number stored as float32), nodata NaN. A pixel with no
 clear observation on any date is NaN in every band but `count` (0), and is counted in
-the summary `<region_dir>/mosaic_<year>.json` (DVC metrics).
+the summary `<region_dir>/mosaic_<period>.json` (DVC metrics).
 """
 
 from __future__ import annotations
@@ -58,7 +58,9 @@ from rasterio.warp import transform_bounds
 from urbanmap.compute.executor import ComputeSettings, Executor, run_tiles
 from urbanmap.compute.tiles import part_output, parts_folder
 from urbanmap.core import cog, io, paths
+from urbanmap.core.errors import InputError
 from urbanmap.core.lattice import Block, PixelLattice, patch_size
+from urbanmap.core.periods import Period
 from urbanmap.imagery import composite
 from urbanmap.imagery.blocks import BlockSink, MosaicSettings, Result, build, plan
 from urbanmap.imagery.geomedian import band_names
@@ -72,17 +74,17 @@ class MosaicStageSettings:
     composite.CompositeSettings.
 
     Attributes:
-        year: the year mosaicked (year=, else years.train).
+        period: the period mosaicked (period=, else periods.census).
         grid: the region's grid.parquet.
         pixel_size: data.pixel_size, metres (the lattice's is cell_size / patch_size).
         patch_size: data.patch_size (lattice pixels per cell side), or None: from the
             cell and pixel sizes.
-        source: where the year's scenes are found (data.imagery).
+        source: where the period's scenes are found (data.imagery).
         compute: the compute settings (mode, tile size).
-        out: `<region_dir>/mosaic_<year>.tif`; summary: `<region_dir>/mosaic_<year>.json`.
+        out: `<region_dir>/mosaic_<period>.tif`; summary: `<region_dir>/mosaic_<period>.json`.
     """
 
-    year: int
+    period: Period
     grid: Path
     pixel_size: float
     patch_size: int | None
@@ -95,12 +97,13 @@ class MosaicStageSettings:
     @classmethod
     def from_config(cls, cfg: Any) -> MosaicStageSettings:
         """Read the settings; InputError naming the config key that is wrong."""
-        year = paths.stage_year(cfg)
+        period = paths.stage_period(cfg)
         patch = cfg.data.get("patch_size")
         return cls(
-            year=year, grid=paths.grid(cfg), pixel_size=float(cfg.data.pixel_size),
-            patch_size=int(patch) if patch else None, source=SceneSource.from_config(cfg, year),
-            compute=ComputeSettings.from_config(cfg), out=paths.mosaic(cfg, year), summary=paths.mosaic_summary(cfg, year),
+            period=period, grid=paths.grid(cfg), pixel_size=float(cfg.data.pixel_size),
+            patch_size=int(patch) if patch else None, source=SceneSource.from_config(cfg, period),
+            compute=ComputeSettings.from_config(cfg), out=paths.mosaic(cfg, period),
+            summary=paths.mosaic_summary(cfg, period),
             timings=paths.timings_log(cfg),
         )
 
@@ -114,7 +117,7 @@ def read_lattice(grid: Path, pixel_size: float, patch: int | None) -> tuple[pd.D
 
 
 def find_products(source: SceneSource, lattice: PixelLattice) -> tuple[list[Product], str]:
-    """The scenes of the source's year over the lattice (see scenes), and where they were
+    """The scenes of the source's period over the lattice (see scenes), and where they were
     found (the summary's `source`)."""
     bbox = transform_bounds(lattice.crs, "EPSG:4326", *lattice.bounds, densify_pts=21)
     return source.find(bbox), source.where
@@ -247,14 +250,16 @@ def write_mosaic(stage: MosaicStageSettings, opts: MosaicSettings, cells: pd.Dat
     return result
 
 
-def mosaic_summary(year: int, where: str, products: list[Product], result: Result,
+def mosaic_summary(period: Period, where: str, products: list[Product], result: Result,
                    opts: MosaicSettings) -> dict[str, Any]:
     """The summary JSON (DVC metrics) of a run: scenes found and used, clear observations
     per pixel, pixels without any, the bands, clear pixels per scene. No timing: the same
     inputs give the same bytes (the run's seconds go to logs/timings.jsonl)."""
     used = {pid: n for pid, n in result.per_scene.items() if n > 0}
     return {
-        "year": year,
+        "period": period.label,
+        "start": period.start.isoformat(),
+        "end": period.end.isoformat(),
         "source": where,
         "scenes_found": len(products),
         "scenes_used": len(used),
@@ -271,7 +276,7 @@ def mosaic_summary(year: int, where: str, products: list[Product], result: Resul
 
 
 def run(cfg: Any) -> None:
-    """The stage: scenes of `year` -> mosaic_<year>.tif (COG) and mosaic_<year>.json,
+    """The stage: scenes of `period` -> mosaic_<period>.tif (COG) and mosaic_<period>.json,
     block by block in-process (compute=local) or tile by tile on Dask (the same bytes)."""
     if str((cfg.data.get("imagery") or {}).get("source")) == "file":  # an existing composite (composite.py)
         return composite.run(cfg)
@@ -283,13 +288,17 @@ def run(cfg: Any) -> None:
     opts = MosaicSettings.from_config(cfg, lattice.pixel_size)  # mosaic.buffer in m needs the lattice's pixel size
     products, where = find_products(stage.source, lattice)
     result = write_mosaic(stage, opts, cells, lattice, products)
-    summary = mosaic_summary(stage.year, where, products, result, opts)
+    if result.pixels_no_clear >= result.pixels:
+        stage.out.unlink(missing_ok=True)
+        raise InputError(f"period {stage.period.label}: its {len(products)} scene(s) have no clear observation over "
+                         f"the region ({where}); mosaic_{stage.period.label}.tif not written")
+    summary = mosaic_summary(stage.period, where, products, result, opts)
     io.write_json(stage.summary, summary)
     seconds = time.perf_counter() - start
-    io.log_timing(stage.timings, {"stage": "mosaic", "year": stage.year, "seconds": round(seconds, 2),
+    io.log_timing(stage.timings, {"stage": "mosaic", "period": stage.period.label, "seconds": round(seconds, 2),
                                   "pixels": result.pixels})
     print(
-        f"mosaic {stage.year}: {summary['scenes_used']} of {len(products)} scenes used, {summary['mean_clear_per_pixel']:.1f} "
+        f"mosaic {stage.period}: {summary['scenes_used']} of {len(products)} scenes used, {summary['mean_clear_per_pixel']:.1f} "
         f"clear observations per pixel; {result.pixels_no_clear:,} of {result.pixels:,} pixels "
         f"({result.pixels_no_clear / max(result.pixels, 1):.3%}) with no clear observation (nodata), {seconds:.1f} s "
         f"-> {stage.out}"

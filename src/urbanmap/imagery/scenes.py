@@ -1,5 +1,5 @@
 """Landsat Collection 2 Level-2 scenes for the mosaic: finding them (a STAC catalog
-file, a STAC API, a folder) and selecting the year's.
+file, a STAC API, a folder) and selecting the period's (core/periods.py).
 
 Where scenes come from (`data.imagery.source`):
 
@@ -7,7 +7,7 @@ Where scenes come from (`data.imagery.source`):
   or an ItemCollection such as a saved pystac-client search). The embedded default
   reads the catalog that the `synth` stage writes beside its products.
 - ``api``: a STAC API searched with pystac-client: the region's lon/lat bounding box,
-  the collection (USGS: ``landsat-c2l2-sr``) and the calendar year.
+  the collection (USGS: ``landsat-c2l2-sr``) and the period's dates.
 - ``folder``: a folder holding one sub-folder per product, files named as USGS names
   them (landsat.band_filename).
 
@@ -37,6 +37,7 @@ import requests
 
 from urbanmap.core import paths
 from urbanmap.core.errors import InputError
+from urbanmap.core.periods import Period, as_period
 from urbanmap.imagery import landsat
 
 #: Files read per scene, in this order: the six bands (landsat.BANDS), then QA_PIXEL.
@@ -70,22 +71,24 @@ class Product:
 # --- finding scenes ------------------------------------------------------------------------
 
 
-def _in_period(date: dt.date, year: int, months: Sequence[int] | None) -> bool:
-    return date.year == year and (not months or date.month in months)
+def _in_period(date: dt.date, period: Period, months: Sequence[int] | None) -> bool:
+    return period.contains(date) and (not months or date.month in months)
 
 
-def select(products: Iterable[Product], year: int, months: Sequence[int] | None, where: str) -> list[Product]:
-    """The products acquired in `year` (and `months`, 1-12, when given), sorted by date
-    and id. InputError naming `where` if there are none."""
+def select(products: Iterable[Product], period: Period | int, months: Sequence[int] | None, where: str) -> list[Product]:
+    """The products acquired in `period` (a Period or a year; and `months`, 1-12, when
+    given), sorted by date and id. InputError naming `where` and the period if there are none."""
+    period = as_period(period)
     products = list(products)
     if not products:
         raise InputError(f"{where}: no Landsat scene found")
-    chosen = [p for p in products if _in_period(p.scene.acquired, year, months)]
+    chosen = [p for p in products if _in_period(p.scene.acquired, period, months)]
     if not chosen:
         years = sorted({p.scene.acquired.year for p in products})
-        period = f"{year}" + (f" (months {', '.join(map(str, months))})" if months else "")
+        name = (period.label if period.kind == "year" else f"{period.label} ({period.start}..{period.end})") + (
+            f" (months {', '.join(map(str, months))})" if months else "")
         raise InputError(
-            f"{where}: no scene acquired in {period}; its {len(products)} scene(s) are from "
+            f"{where}: no scene acquired in {name}; its {len(products)} scene(s) are from "
             f"{', '.join(map(str, years))}"
         )
     return sorted(chosen, key=lambda p: (p.scene.acquired, p.product_id))
@@ -166,10 +169,10 @@ def _bbox_overlaps(a: Sequence[float] | None, b: Sequence[float] | None) -> bool
     return a is None or b is None or not (a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1])
 
 
-def from_catalog(path: str | Path, year: int, months: Sequence[int] | None = None,
+def from_catalog(path: str | Path, period: Period | int, months: Sequence[int] | None = None,
                  bbox: Sequence[float] | None = None) -> list[Product]:
     """Products of a STAC catalog file (Catalog / Collection, searched recursively, or an
-    ItemCollection) in `year` (and `months`) whose bbox overlaps `bbox` (lon/lat)."""
+    ItemCollection) in `period` (and `months`) whose bbox overlaps `bbox` (lon/lat)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: STAC catalog not found (run `urbanmap synth` for the embedded default)")
@@ -188,26 +191,27 @@ def from_catalog(path: str | Path, year: int, months: Sequence[int] | None = Non
     products = [product_from_item(item, str(path)) for item in items if _bbox_overlaps(item.bbox, bbox)]
     if items and not products:
         raise InputError(f"{path}: none of its {len(items)} scene(s) overlaps the region")
-    return select(products, year, months, str(path))
+    return select(products, period, months, str(path))
 
 
-def from_api(url: str, collection: str, year: int, months: Sequence[int] | None = None,
+def from_api(url: str, collection: str, period: Period | int, months: Sequence[int] | None = None,
              bbox: Sequence[float] | None = None, max_items: int | None = None, timeout_s: float = 60) -> list[Product]:
     """Products found by a STAC API search (pystac-client): `collection`, the lon/lat
-    `bbox`, the calendar `year` (then filtered by `months`). Each request may take
+    `bbox`, the period's dates (then filtered by `months`). Each request may take
     `timeout_s` seconds to connect and as long again for each read: a server that never
     answers fails the search then, instead of stalling the stage."""
     where = f"{url} ({collection})"
+    period = as_period(period)
     try:
         search = pystac_client.Client.open(url, timeout=timeout_s).search(
             collections=[collection], bbox=list(bbox) if bbox is not None else None,
-            datetime=f"{year}-01-01T00:00:00Z/{year}-12-31T23:59:59Z", max_items=max_items,
+            datetime=f"{period.start}T00:00:00Z/{period.end}T23:59:59Z", max_items=max_items,
         )
         items = list(search.items())
     except Exception as exc:  # network, HTTP and API errors of many types
         reason = f"no answer within data.imagery.timeout_s={timeout_s:g} s" if _timed_out(exc) else str(exc)
         raise InputError(f"{where}: STAC API search failed: {reason}".splitlines()[0]) from exc
-    return select((product_from_item(item, where) for item in items), year, months, where)
+    return select((product_from_item(item, where) for item in items), period, months, where)
 
 
 def _timed_out(exc: BaseException) -> bool:
@@ -220,14 +224,14 @@ def _timed_out(exc: BaseException) -> bool:
     return "timed out" in str(exc)
 
 
-def from_folder(folder: str | Path, year: int, months: Sequence[int] | None = None) -> list[Product]:
+def from_folder(folder: str | Path, period: Period | int, months: Sequence[int] | None = None) -> list[Product]:
     """Products in the sub-folders of `folder` (one product per folder with a
     *_QA_PIXEL.TIF), named and banded as USGS distributes them."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: scene folder not found")
     dirs = sorted({p.parent for p in folder.rglob("*_QA_PIXEL.TIF")})
-    return select((Product(landsat.scene_from_folder(d)) for d in dirs), year, months, str(folder))
+    return select((Product(landsat.scene_from_folder(d)) for d in dirs), period, months, str(folder))
 
 
 #: data.imagery.source: scenes from a STAC catalog, a STAC API, a folder of Collection 2
@@ -237,35 +241,37 @@ SOURCES = ("stac", "api", "folder", "file")
 
 @dataclass(frozen=True)
 class SceneSource:
-    """Where a year's scenes are found: the `data.imagery` config group, checked (for
+    """Where a period's scenes are found: the `data.imagery` config group, checked (for
     `source: file`, an existing composite, see composite.CompositeSettings).
 
     Attributes:
         kind: data.imagery.source: "stac" (a catalog file), "api" (a STAC API) or
             "folder" (one sub-folder per product).
         location: the catalog file (data.imagery.catalog) or the folder
-            (data.imagery.folder), `{region_dir}`, `{year}`, `{out_dir}`, `{name}` filled
+            (data.imagery.folder), `{region_dir}`, `{period}`, `{year}`, `{out_dir}`, `{name}` filled
             in; the API's URL (data.imagery.api).
         collection: the API's collection (data.imagery.collection); "" unless kind is api.
-        year: the calendar year of acquisition.
-        months: the months (1-12) kept (data.imagery.months), or None: the whole year.
+        period: the window of acquisition dates.
+        months: the months (1-12) kept (data.imagery.months), or None: the whole window.
         timeout_s: seconds the API may take per request (data.imagery.timeout_s, > 0).
     """
 
     kind: str
     location: str
     collection: str
-    year: int
+    period: Period
     months: tuple[int, ...] | None
     timeout_s: float = 60.0
 
     @classmethod
-    def from_config(cls, cfg: Any, year: int) -> SceneSource:
-        """Read `cfg.data.imagery` for `year`; InputError naming the key that is wrong."""
+    def from_config(cls, cfg: Any, period: Period | int) -> SceneSource:
+        """Read `cfg.data.imagery` for `period` (or a year); InputError naming the key that is wrong."""
+        period = as_period(period)
         im = cfg.data.get("imagery")
         if im is None:
             raise InputError("data.imagery: not configured (source, catalog / folder / api)")
-        fill = {"region_dir": str(paths.region_dir(cfg)), "year": year, "out_dir": str(cfg.out_dir), "name": cfg.data.name}
+        fill = {"region_dir": str(paths.region_dir(cfg)), "period": period.label, "year": period.year,
+                "out_dir": str(cfg.out_dir), "name": cfg.data.name}
         months = [int(m) for m in im.months] if im.get("months") else None
         if months and not all(1 <= m <= 12 for m in months):
             raise InputError(f"data.imagery.months: months are 1-12, got {months}")
@@ -281,7 +287,7 @@ class SceneSource:
         timeout = im.get("timeout_s", 60.0)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise InputError(f"data.imagery.timeout_s: expected a positive number of seconds, got {timeout!r}")
-        return cls(source, location, collection, year, tuple(months) if months else None, float(timeout))
+        return cls(source, location, collection, period, tuple(months) if months else None, float(timeout))
 
     @property
     def where(self) -> str:
@@ -290,11 +296,11 @@ class SceneSource:
         return f"{self.location} {self.collection}" if self.kind == "api" else self.location
 
     def find(self, bbox: Sequence[float]) -> list[Product]:
-        """The products of the year (and months) from this source, sorted by date and id;
+        """The products of the period (and months) from this source, sorted by date and id;
         `bbox` (lon/lat: west, south, east, north) is the region's, for a catalog or an
         API search. InputError names the source when none is found."""
         if self.kind == "stac":
-            return from_catalog(self.location, self.year, self.months, bbox)
+            return from_catalog(self.location, self.period, self.months, bbox)
         if self.kind == "folder":
-            return from_folder(self.location, self.year, self.months)
-        return from_api(self.location, self.collection, self.year, self.months, bbox, timeout_s=self.timeout_s)
+            return from_folder(self.location, self.period, self.months)
+        return from_api(self.location, self.collection, self.period, self.months, bbox, timeout_s=self.timeout_s)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 
-def sdg_chart(path: str | os.PathLike[str], out: pd.DataFrame, years: tuple[int, int], region_id: str,
+def sdg_chart(path: str | os.PathLike[str], out: pd.DataFrame, years: tuple[Any, Any], region_id: str,
               top: int = 25) -> None:
     """PNG: urban area at both years (adjusted) and LCRPGR, the `top` municipalities by
     urban area at t2, then the region.

@@ -1,8 +1,8 @@
 """The `sdg` stage: SDG indicator 11.3.1 per municipality and for the region.
 
 Indicator 11.3.1 is the ratio of land consumption rate to population growth rate
-(UN-Habitat, SDG indicator metadata 11.3.1), between t1 = years.train and
-t2 = years.target, y = t2 - t1 years:
+(UN-Habitat, SDG indicator metadata 11.3.1), between t1 = periods.census and
+t2 = periods.target, y = the years between the periods' middles (2010 -> 2019H2: 9.25):
 
 - LCR = ln(Urb_t2 / Urb_t1) / y (urban area, km²);
 - PGR = ln(Pop_t2 / Pop_t1) / y;
@@ -66,6 +66,7 @@ from pyproj import CRS
 from urbanmap.core import io, paths
 from urbanmap.core.errors import InputError
 from urbanmap.core.io import require_file
+from urbanmap.core.periods import PeriodSettings
 from urbanmap.indicators.chart import sdg_chart
 from urbanmap.mapping.change import assign_municipalities
 
@@ -105,7 +106,8 @@ class SdgSettings:
     """What the `sdg` stage reads from the config, checked.
 
     Attributes:
-        years: (t1, t2) = (years.train, years.target).
+        years: (t1, t2) = the labels of (periods.census, periods.target).
+        times: the two periods' middles, decimal years (Period.middle): y = t2 - t1.
         municipalities: the municipalities' vector file, any CRS (data.municipalities).
         id_column, name_column: its key and name columns (data.municipality_id, data.municipality_name).
         min_coverage: share 0..1 of a municipality's area its cells must cover, else it
@@ -116,7 +118,8 @@ class SdgSettings:
         out_dir: the sdg/ folder; table_out, chart_out, summary_out: sdg_11_3_1.csv, .png and .json.
     """
 
-    years: tuple[int, int]
+    years: tuple[str, str]
+    times: tuple[float, float]
     municipalities: str
     id_column: str
     name_column: str
@@ -132,15 +135,17 @@ class SdgSettings:
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> SdgSettings:
-        """Read `years`, `sdg` and the data section; InputError naming the config key that is wrong."""
+        """Read `periods`, `sdg` and the data section; InputError naming the config key that is wrong."""
         if not cfg.data.get("municipalities"):
             raise InputError("data.municipalities: null; the sdg indicator is computed per municipality")
         try:
             min_coverage = float(cfg.sdg.min_coverage)
         except (TypeError, ValueError):
             raise InputError(f"sdg.min_coverage: expected a number, got {cfg.sdg.min_coverage!r}") from None
+        periods = PeriodSettings.from_config(cfg)
         return cls(
-            years=(int(cfg.years.train), int(cfg.years.target)), municipalities=str(cfg.data.municipalities),
+            years=(periods.census.label, periods.target.label), times=(periods.census.middle, periods.target.middle),
+            municipalities=str(cfg.data.municipalities),
             id_column=str(cfg.data.municipality_id), name_column=str(cfg.data.municipality_name),
             min_coverage=min_coverage, population=PopulationSettings.from_config(cfg.sdg.population),
             change_cells=paths.change_cells(cfg), labels=paths.labels(cfg), estimate=paths.validation_estimate(cfg),
@@ -183,13 +188,14 @@ def indicator(urban_t1: ArrayLike, urban_t2: ArrayLike, pop_t1: ArrayLike, pop_t
     return pd.DataFrame({"lcr": lcr, "pgr": pgr, "lcrpgr": lcrpgr, "flags": flags})
 
 
-def project_population(population: ArrayLike, census_year: int, rate: float, year: int) -> np.ndarray:
-    """Census population carried to `year`: P exp(rate (year - census_year))."""
-    return np.asarray(population, float) * np.exp(float(rate) * (int(year) - int(census_year)))
+def project_population(population: ArrayLike, census_year: int, rate: float, year: float) -> np.ndarray:
+    """Census population carried to `year` (a whole or decimal year): P exp(rate (year -
+    census_year))."""
+    return np.asarray(population, float) * np.exp(float(rate) * (float(year) - int(census_year)))
 
 
-def table(per_muni: pd.DataFrame, years: tuple[int, int], ratio: float, region_adjusted: dict[str, Any] | None,
-          min_coverage: float) -> pd.DataFrame:
+def table(per_muni: pd.DataFrame, years: tuple[Any, Any], ratio: float, region_adjusted: dict[str, Any] | None,
+          min_coverage: float, elapsed: float | None = None) -> pd.DataFrame:
     """The indicator table: one row per municipality, then the region.
 
     Args:
@@ -198,6 +204,7 @@ def table(per_muni: pd.DataFrame, years: tuple[int, int], ratio: float, region_a
             (mapped), population_<t1>, population_<t2>.
         ratio: error-adjusted / mapped urban area of the region at t2.
         region_adjusted: {"estimate", "ci95"} of the region's urban area at t2, or None.
+        elapsed: years from t1 to t2; None: t2 - t1 (two years).
     Returns:
         id, name, cells, coverage, urban_km2_<t>_mapped and _adjusted for both years,
         urban_km2_<t2>_adjusted_ci95 (region only), population_<t> for both years,
@@ -226,7 +233,7 @@ def table(per_muni: pd.DataFrame, years: tuple[int, int], ratio: float, region_a
             per_capita = out[f"urban_km2_{t}_adjusted"] * 1e6 / out[f"population_{t}"]
             out[f"urban_m2_per_capita_{t}"] = per_capita.where(out[f"population_{t}"] > 0)
     ind = indicator(rows[f"urban_km2_{t1}"], rows[f"urban_km2_{t2}"], rows[f"population_{t1}"],
-                    rows[f"population_{t2}"], t2 - t1)
+                    rows[f"population_{t2}"], float(t2) - float(t1) if elapsed is None else elapsed)
     out = pd.concat([out, ind], axis=1)
     extra = np.where(out["coverage"] < min_coverage, "partial", "")
     extra = np.where(rows["nodata_cells"] > 0, np.where(extra == "", "nodata", extra + ";nodata"), extra)
@@ -238,22 +245,27 @@ def table(per_muni: pd.DataFrame, years: tuple[int, int], ratio: float, region_a
 
 
 def population(settings: PopulationSettings, labels: pd.DataFrame, key: np.ndarray, ids: pd.Index,
-               years: tuple[int, int]) -> pd.DataFrame:
+               years: tuple[Any, Any], times: tuple[float, float] | None = None) -> pd.DataFrame:
     """population_<t1>, population_<t2> (persons) per municipality id (index `ids`).
 
     Args:
         settings: the population source (sdg.population).
         labels: labels.parquet's `population` per cell (used without a table).
         key: (n,) the municipality key of each row of `labels`.
+        years: the periods' labels (or years); times: their middles, decimal years (None:
+            the years' middles).
     """
+    times = times if times is not None else (float(years[0]) + 0.5, float(years[1]) + 0.5)
     if settings.table is None:
         census = labels["population"].fillna(0).groupby(key).sum().reindex(ids, fill_value=0.0)
-        return pd.DataFrame({f"population_{t}": project_population(census, settings.census_year, settings.growth_rate, t)
-                             for t in years}, index=ids)
+        # The census year is counted at its middle: a period's middle less half a year.
+        return pd.DataFrame({f"population_{t}": project_population(census, settings.census_year, settings.growth_rate,
+                                                                    when - 0.5)
+                             for t, when in zip(years, times)}, index=ids)
     return table_population(settings.table, ids, years)
 
 
-def table_population(table_path: str, ids: pd.Index, years: tuple[int, int]) -> pd.DataFrame:
+def table_population(table_path: str, ids: pd.Index, years: tuple[Any, Any]) -> pd.DataFrame:
     """population_<t1>, population_<t2> per municipality id (index `ids`) from a CSV with
     columns id, year, population; InputError naming the file when a column, a year or a
     municipality is missing."""
@@ -263,6 +275,9 @@ def table_population(table_path: str, ids: pd.Index, years: tuple[int, int]) -> 
     if missing:
         raise InputError(f"{path}: population table lacks column(s) {', '.join(missing)}")
     wide = frame.pivot_table(index="id", columns="year", values="population", aggfunc="sum")
+    if not all(str(t).isdigit() for t in years):
+        raise InputError(f"{path}: population table by year, but the periods {years[0]} and {years[1]} are not both years")
+    years = (int(years[0]), int(years[1]))
     for t in years:
         if t not in wide.columns:
             raise InputError(f"{path}: population table has no rows for year {t}")
@@ -273,7 +288,7 @@ def table_population(table_path: str, ids: pd.Index, years: tuple[int, int]) -> 
     return pd.DataFrame({f"population_{t}": wide[t].to_numpy(float) for t in years}, index=ids)
 
 
-def mapped_per_municipality(change: pd.DataFrame, key: np.ndarray, name: np.ndarray, years: tuple[int, int],
+def mapped_per_municipality(change: pd.DataFrame, key: np.ndarray, name: np.ndarray, years: tuple[Any, Any],
                             cell_km2: float) -> pd.DataFrame:
     """Per municipality (key `id`, `name`, sorted by both): cells, mapped urban km² at
     both years (urban_km2_<t>), nodata_cells (no class at a year) and cells_km2.
@@ -324,11 +339,11 @@ def rounded(out: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def region_summary(out: pd.DataFrame, years: tuple[int, int], ratio: float) -> dict[str, Any]:
-    """sdg_11_3_1.json: the years, the adjustment ratio and the region's row (NaN as null)."""
+def region_summary(out: pd.DataFrame, years: tuple[Any, Any], ratio: float) -> dict[str, Any]:
+    """sdg_11_3_1.json: the periods, the adjustment ratio and the region's row (NaN as null)."""
     t1, t2 = years
     region = out.iloc[-1].drop(["id", "name"]).to_dict()
-    return {"years": [t1, t2], "adjustment_ratio": ratio,
+    return {"periods": [t1, t2], "adjustment_ratio": ratio,
             **{str(k): (None if isinstance(v, float) and not np.isfinite(v) else (v.item() if hasattr(v, "item") else v))
                for k, v in region.items()}}
 
@@ -347,12 +362,12 @@ def sdg_indicator(settings: SdgSettings) -> pd.DataFrame:
 
     per = mapped_per_municipality(change, key, name, years, cell_km2)
     per["area_km2"] = per["id"].map(municipality_areas(munis, crs, id_column)).fillna(0.0).to_numpy()
-    pop = population(settings.population, labels, labels["key"].to_numpy(), pd.Index(per["id"]), years)
+    pop = population(settings.population, labels, labels["key"].to_numpy(), pd.Index(per["id"]), years, settings.times)
     per = pd.concat([per, pop.reset_index(drop=True)], axis=1)
 
     est_path = io.require_file(settings.estimate, "validation estimate")
     ratio, adjusted = adjustment(est_path)
-    out = table(per, years, ratio, adjusted, settings.min_coverage)
+    out = table(per, years, ratio, adjusted, settings.min_coverage, settings.times[1] - settings.times[0])
 
     with io.atomic_output(settings.table_out) as tmp:
         rounded(out).to_csv(tmp, index=False)

@@ -1,7 +1,8 @@
-"""The `change` stage: urban change per cell between years.train's and years.target's maps.
+"""The `change` stage: urban change per cell between the census period's map and
+periods.target's (periods.census -> periods.target; the `series` stage gives every other pair).
 
 Both maps come from `predict` with the same model, so a difference is a change of the
-imagery, not of method. Per cell (class of the first year -> class of the second):
+imagery, not of method. Per cell (class of the first period -> class of the second):
 
 ==================  ====  ============================================================
 change              code  rule
@@ -11,7 +12,7 @@ stable_urban        2     urban -> urban
 new_urban           3     non_urban -> urban
 urban_lost          4     urban -> non_urban: flagged as a likely error (built-up land
                           rarely reverts within a decade; check these cells first)
-nodata              255   either year has no prediction (the COG's nodata value)
+nodata              255   either period has no prediction (the COG's nodata value)
 ==================  ====  ============================================================
 
 Outputs under ``<region_dir>/change/``:
@@ -24,11 +25,11 @@ Outputs under ``<region_dir>/change/``:
 - ``municipalities.csv``: per municipality (``data.municipalities``, reprojected to
   ``data.crs``; a cell belongs to the municipality holding its centre; cells in none get
   an empty key and name ``(none)``): key (``data.municipality_id``), name, cells and km² per
-  change class and in total, and urban km² at each year (data.municipalities null: one
+  change class and in total, and urban km² at each period (data.municipalities null: one
   row, ``(none)``, for the whole region). ``urban_km2_<t>`` counts the cells mapped urban
-  in year t, including cells that are nodata in the other year; the change classes
-  count only cells with a prediction in both years (stable_urban + urban_lost is the
-  first year's urban area over those cells);
+  in period t, including cells that are nodata in the other period; the change classes
+  count only cells with a prediction in both periods (stable_urban + urban_lost is the
+  first period's urban area over those cells);
 - ``region.json``: the same totals for the region.
 """
 
@@ -51,6 +52,7 @@ from shapely.geometry import box
 from urbanmap.core import io, paths
 from urbanmap.core.errors import InputError
 from urbanmap.core.lattice import PixelLattice
+from urbanmap.core.periods import PeriodSettings
 from urbanmap.mapping import cellmap
 from urbanmap.mapping.cellmap import extent_km, pyplot, save_png
 
@@ -68,18 +70,18 @@ class ChangeSettings:
     """What the `change` stage reads from the config, checked.
 
     Attributes:
-        years: (t1, t2) = (years.train, years.target), two different years.
+        years: (t1, t2) = the labels of (periods.census, periods.target), two different periods.
         region: the region's name (data.name), for the map's title.
         municipalities: the municipalities' vector file, any CRS (data.municipalities), or
             None: one row, "(none)", for the whole region.
         id_column, name_column: the municipalities' key and name columns
             (data.municipality_id, data.municipality_name).
-        predictions: the two years' predictions_<year>.parquet, read.
+        predictions: the two periods' predictions_<period>.parquet, read.
         out_dir: the change/ folder; cells_out, cog_out, map_out, municipalities_out,
             region_out: change.parquet, change.tif, change.png, municipalities.csv, region.json.
     """
 
-    years: tuple[int, int]
+    years: tuple[str, str]
     region: str
     municipalities: str | None
     id_column: str
@@ -94,10 +96,11 @@ class ChangeSettings:
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> ChangeSettings:
-        """Read `years` and the data section; InputError naming the config key that is wrong."""
-        t1, t2 = int(cfg.years.train), int(cfg.years.target)
+        """Read `periods` and the data section; InputError naming the config key that is wrong."""
+        periods = PeriodSettings.from_config(cfg)
+        t1, t2 = periods.census.label, periods.target.label
         if t1 == t2:
-            raise InputError(f"years: train and target are both {t1}; change needs two different years")
+            raise InputError(f"periods: census and target are both {t1}; change needs two different periods")
         return cls(
             years=(t1, t2), region=str(cfg.data.name),
             municipalities=str(cfg.data.municipalities) if cfg.data.get("municipalities") else None,
@@ -118,14 +121,14 @@ def change_classes(first: ArrayLike, second: ArrayLike) -> np.ndarray:
     return np.where(missing, "nodata", out).astype(object)
 
 
-def compare(first: pd.DataFrame, second: pd.DataFrame, years: tuple[int, int],
+def compare(first: pd.DataFrame, second: pd.DataFrame, years: tuple[int | str, int | str],
             names: Sequence[str] = ("first", "second")) -> pd.DataFrame:
     """One row per cell: cell_id, col, row, class_<t1>, class_<t2>, change, likely_error.
 
     Args:
-        first, second: predictions of the two years (cell_id, col, row, class), on the
+        first, second: predictions of the two periods (cell_id, col, row, class), on the
             same cells (InputError naming `names` otherwise).
-        years: (t1, t2).
+        years: (t1, t2), the periods' labels (or years).
     Returns:
         The cells north to south, then west to east.
     """
@@ -133,9 +136,9 @@ def compare(first: pd.DataFrame, second: pd.DataFrame, years: tuple[int, int],
         bad = sorted(set(frame["class"].astype(str)) - set(MAP_CLASSES))
         if bad:
             raise InputError(f"{name}: unknown class(es) {', '.join(bad)} (expected {', '.join(MAP_CLASSES)})")
-    t1, t2 = (int(y) for y in years)
+    t1, t2 = (str(y) for y in years)
     if t1 == t2:
-        raise InputError(f"years: train and target are both {t1}; change needs two different years")
+        raise InputError(f"periods: both maps are of {t1}; change needs two different periods")
     merged = first[["cell_id", "col", "row", "class"]].merge(
         second[["cell_id", "class"]], on="cell_id", how="outer", suffixes=(f"_{t1}", f"_{t2}"), indicator=True)
     only = merged["_merge"] != "both"
@@ -143,7 +146,7 @@ def compare(first: pd.DataFrame, second: pd.DataFrame, years: tuple[int, int],
         n1, n2 = int((merged["_merge"] == "left_only").sum()), int((merged["_merge"] == "right_only").sum())
         raise InputError(
             f"{names[1]}: predicted on other cells than {names[0]} ({n1:,} cells only in {t1}'s map, "
-            f"{n2:,} only in {t2}'s); predict both years on the same grid"
+            f"{n2:,} only in {t2}'s); predict both periods on the same grid"
         )
     merged = merged.drop(columns="_merge")
     merged["change"] = change_classes(merged[f"class_{t1}"].to_numpy(), merged[f"class_{t2}"].to_numpy())
@@ -180,10 +183,9 @@ def assign_municipalities(cols: ArrayLike, rows: ArrayLike, cell_size: float, cr
     return key, name
 
 
-def tally(change: pd.DataFrame, by: np.ndarray | None, years: tuple[int, int], cell_km2: float) -> pd.DataFrame:
+def tally(change: pd.DataFrame, by: np.ndarray | None, years: Sequence[int | str], cell_km2: float) -> pd.DataFrame:
     """Cells and km² per change class (and urban km² per year) per group `by` (n,), or one
     row for the whole table when `by` is None. Index: the groups."""
-    t1, t2 = years
     groups = np.zeros(len(change), object) if by is None else np.asarray(by, object)
     cells = pd.crosstab(groups, change["change"].to_numpy()).reindex(columns=list(CHANGES), fill_value=0)
     cells.columns = [f"cells_{c}" for c in CHANGES]
@@ -191,7 +193,7 @@ def tally(change: pd.DataFrame, by: np.ndarray | None, years: tuple[int, int], c
     km2 = cells * cell_km2
     km2.columns = [c.replace("cells_", "km2_") for c in cells.columns]
     urban = pd.DataFrame({f"urban_km2_{t}": pd.Series(change[f"class_{t}"].to_numpy() == "urban").groupby(groups).sum()
-                          * cell_km2 for t in (t1, t2)})
+                          * cell_km2 for t in years})
     return pd.concat([cells, km2, urban.reindex(cells.index)], axis=1)
 
 
@@ -238,8 +240,8 @@ def read_maps(settings: ChangeSettings) -> tuple[pd.DataFrame, float, CRS]:
     """The two years' predictions compared cell by cell (`compare`), with the cell size
     (metres) and CRS of the grid."""
     tables = []
-    for path, year in zip(settings.predictions, settings.years):
-        table, cell_size, crs = io.read_cells(path, f"predictions of {year}", ["cell_id", "class"])
+    for path, period in zip(settings.predictions, settings.years):
+        table, cell_size, crs = io.read_cells(path, f"predictions of {period}", ["cell_id", "class"])
         tables.append(table)
     names = tuple(str(p) for p in settings.predictions)
     return compare(tables[0], tables[1], settings.years, names), cell_size, crs
@@ -260,7 +262,7 @@ def municipality_keys(settings: ChangeSettings, change: pd.DataFrame, cell_size:
     return munis, key, name
 
 
-def municipality_table(change: pd.DataFrame, key: np.ndarray, name: np.ndarray, years: tuple[int, int],
+def municipality_table(change: pd.DataFrame, key: np.ndarray, name: np.ndarray, years: tuple[str, str],
                        cell_km2: float, id_column: str) -> pd.DataFrame:
     """municipalities.csv: one row per municipality key (`id_column`), its name, then the
     `tally` of its cells."""
@@ -271,7 +273,7 @@ def municipality_table(change: pd.DataFrame, key: np.ndarray, name: np.ndarray, 
     return per_muni.reset_index()
 
 
-def region_summary(change: pd.DataFrame, per_muni: pd.DataFrame, key: np.ndarray, years: tuple[int, int],
+def region_summary(change: pd.DataFrame, per_muni: pd.DataFrame, key: np.ndarray, years: tuple[str, str],
                    cell_km2: float, id_column: str) -> dict[str, Any]:
     """region.json: the region's cells and km² per change class, urban km² per year and
     the counts of municipalities and of cells outside them."""
@@ -279,7 +281,7 @@ def region_summary(change: pd.DataFrame, per_muni: pd.DataFrame, key: np.ndarray
     region = tally(change, None, years, cell_km2).iloc[0]
     counts = {c: int(region[f"cells_{c}"]) for c in CHANGES}
     return {
-        "years": [t1, t2],
+        "periods": [t1, t2],
         "cells": len(change),
         "cell_km2": cell_km2,
         "cells_per_change": counts,
@@ -307,7 +309,7 @@ def write_change(settings: ChangeSettings, change: pd.DataFrame, raster: PixelLa
             ("tif", settings.cog_out), ("parquet", settings.cells_out))}
         io.write_cells(tmp["parquet"], change, cell_size, crs)
         cellmap.write_cog(tmp["tif"], codes_grid, raster, CODES["nodata"], f"change {t1}-{t2}: {legend}",
-                          {"CHANGE_CODES": legend, "years": f"{t1},{t2}"}, resampling="mode",
+                          {"CHANGE_CODES": legend, "periods": f"{t1},{t2}"}, resampling="mode",
                           colormap={CODES[c]: COLOURS[c] for c in CHANGES})
         _map(tmp["png"], raster, codes_grid, counts, cell_km2, title, munis)
         per_muni.to_csv(tmp["csv"], index=False, float_format="%.6g")
@@ -315,7 +317,7 @@ def write_change(settings: ChangeSettings, change: pd.DataFrame, raster: PixelLa
 
 
 def map_change(settings: ChangeSettings) -> None:
-    """The stage's work: the two years' predictions + municipalities -> change/."""
+    """The stage's work: the two periods' predictions + municipalities -> change/."""
     t1, t2 = settings.years
     change, cell_size, crs = read_maps(settings)
     raster = cellmap.cell_lattice(change["col"], change["row"], cell_size, crs)
@@ -333,7 +335,7 @@ def map_change(settings: ChangeSettings) -> None:
 
 
 def run(cfg: DictConfig) -> None:
-    """The stage: predictions_<years.train>.parquet + predictions_<years.target>.parquet +
+    """The stage: predictions_<periods.census>.parquet + predictions_<periods.target>.parquet +
     data.municipalities -> change/ (change.parquet, change.tif, change.png,
     municipalities.csv, region.json)."""
     map_change(ChangeSettings.from_config(cfg))

@@ -1,7 +1,7 @@
 """The `patches` stage: a balanced sample of labelled cells and their image patches.
 
 For each sampled cell (label urban or non_urban; `excluded` cells are never sampled) the
-stage cuts the cell's window of the training year's mosaic (`years.train`): one
+stage cuts the cell's window of the census period's mosaic (`periods.census`): one
 ``patch_size x patch_size`` window per cell, ``patch_size = round(1,000 m / 30 m) = 33``.
 1,000 m is 33.3 Landsat pixels; rather than carry a third of a pixel (and drift by one
 pixel every three cells), the mosaic is written on the region's `PixelLattice`, whose
@@ -44,10 +44,10 @@ class PatchSettings:
 
     Attributes:
         labels: the region's labels.parquet (input).
-        mosaic: the training year's mosaic_<year>.tif (input).
+        mosaic: the census period's mosaic_<period>.tif (input).
         out: patches.npz (output).
         summary: patches_summary.json (output, DVC metrics).
-        year: the imagery year, years.train.
+        year: the year the census period (periods.census) starts in.
         bands: patches.bands, the band names cut, in order (by mosaic band description).
         extra_bands: data.imagery.extra_bands: optional mosaic bands (e.g. smad) cut too
             when the mosaic has them.
@@ -74,7 +74,8 @@ class PatchSettings:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> PatchSettings:
         """Read the settings; InputError naming the config key that is wrong."""
-        year = paths.train_year(cfg)
+        census = paths.census_period(cfg)
+        year = census.year
         bands = list(cfg.patches.bands)
         unknown = [b for b in bands if not isinstance(b, str) or not b]
         if not bands or unknown:
@@ -85,7 +86,7 @@ class PatchSettings:
         extra = (cfg.data.get("imagery") or {}).get("extra_bands") or []
         explicit = cfg.data.get("patch_size")
         return cls(
-            labels=paths.labels(cfg), mosaic=paths.mosaic(cfg, year), out=paths.patches(cfg),
+            labels=paths.labels(cfg), mosaic=paths.mosaic(cfg, census), out=paths.patches(cfg),
             summary=paths.patches_summary(cfg), year=year, bands=tuple(bands), extra_bands=tuple(str(b) for b in extra),
             n_per_class=int(n_per_class), seed=int(cfg.seed), pixel_size=float(cfg.data.pixel_size),
             patch_size=int(explicit) if explicit else None, compute=ComputeSettings.from_config(cfg),
@@ -242,7 +243,7 @@ def patches_summary(ps: PatchSet, labels: pd.DataFrame, lattice: PixelLattice, s
 
 
 def run(cfg: DictConfig) -> None:
-    """The stage: labels.parquet + mosaic_<years.train>.tif -> patches.npz, patches_summary.json,
+    """The stage: labels.parquet + mosaic_<periods.census>.tif -> patches.npz, patches_summary.json,
     tile by tile on compute=local or compute=dask (the same bytes)."""
     settings = PatchSettings.from_config(cfg)
     labels, lattice = read_labels(settings)

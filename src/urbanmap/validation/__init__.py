@@ -1,4 +1,4 @@
-"""Validation of the target year's map: a stratified random sample, its interpretation, estimates.
+"""Validation of the target period's map: a stratified random sample, its interpretation, estimates.
 
 `urbanmap validate sample | interpret | estimate` (validate.py dispatches): sample.py draws
 the sample and its chips (chips.py), interpret.py is the simulated interpreter of the

@@ -1,7 +1,7 @@
 """Step `validate interpret` (embedded default): the simulated interpreter.
 
 It fills sample.csv's ref_class with the synthetic generator's true class of each cell
-(truth/<years.target>/cells.parquet), flipping a share `validation.interpreter_error` of
+(truth/<periods.target>/cells.parquet), flipping a share `validation.interpreter_error` of
 the sampled cells (chosen from the seed) to another class -> `interpreted.csv`. With real
 imagery, people fill sample.csv's ref_class column instead (from the chips, or imagery of
 their own), and `validate estimate --sample` reads their file.
@@ -60,12 +60,12 @@ def read_sample_cells(path: Path) -> pd.DataFrame:
     return sample
 
 
-def true_classes(cell_id: pd.Series, truth_path: Path, year: int) -> pd.Series:
+def true_classes(cell_id: pd.Series, truth_path: Path, year: int | str) -> pd.Series:
     """The synthetic truth's class of each cell (aligned with `cell_id`); InputError naming
     the truth file when it is missing or lacks a cell."""
     if not truth_path.is_file():
         raise InputError(f"{truth_path}: no synthetic truth of {year}; the simulated interpreter needs "
-                         f"`urbanmap synth year={year}` (with real imagery, fill ref_class by hand)")
+                         f"`urbanmap synth period={year}` (with real imagery, fill ref_class by hand)")
     truth, _, _ = io.read_cells(truth_path, f"truth of {year}", ["cell_id", "true_class"])
     true_class = cell_id.map(truth.set_index("cell_id")["true_class"])
     if true_class.isna().any():

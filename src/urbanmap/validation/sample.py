@@ -1,4 +1,4 @@
-"""Step `validate sample`: a stratified random sample of grid cells of years.target's map.
+"""Step `validate sample`: a stratified random sample of grid cells of periods.target's map.
 
 Strata (`validation.strata`): `map`, the map classes (urban, non_urban), or `change`, the
 change classes of change/change.parquet (new_urban, urban_lost, stable_urban,
@@ -225,7 +225,7 @@ def sample_table(cells: pd.DataFrame, cell_size: float, crs: Any) -> pd.DataFram
 
 
 def read_population(settings: ValidationSettings) -> tuple[pd.DataFrame, float, Any, int]:
-    """`population` of years.target's predictions (and the change classes with change
+    """`population` of periods.target's predictions (and the change classes with change
     strata); returns (cells, cell size (m), grid CRS, nodata cells)."""
     target = settings.target_year
     pred, cell_size, crs = io.read_cells(settings.predictions, f"predictions of {target}", ["cell_id", "p_urban", "class"])
@@ -237,7 +237,7 @@ def read_population(settings: ValidationSettings) -> tuple[pd.DataFrame, float, 
 
 
 def write_chips(settings: ValidationSettings, folder: Path, sample: pd.DataFrame, cell_size: float, crs: Any) -> None:
-    """One chip per sampled cell (chips.py) from years.target's mosaic into `folder`;
+    """One chip per sampled cell (chips.py) from periods.target's mosaic into `folder`;
     InputError naming the mosaic when it is missing, unreadable or off the grid's lattice."""
     c, target = settings.chips, settings.target_year
     grid, _, _ = io.read_cells(settings.grid, "grid", ["cell_id"])

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from urbanmap.core import paths
 from urbanmap.core.errors import InputError
+from urbanmap.core.periods import PeriodSettings
 
 #: Values of validation.strata.
 DESIGNS = ("map", "change")
@@ -42,7 +43,7 @@ class ValidationSettings:
     """What the validation steps read from the config, checked.
 
     Attributes:
-        target_year: years.target, the year of the map validated.
+        target_year: periods.target's label, the period of the map validated.
         seed: the global seed (the sample's draw, the simulated interpreter's errors).
         strata: validation.strata: "map" (urban, non_urban) or "change" (change classes).
         anticipated: validation.anticipated_accuracy: anticipated user's accuracy (0..1)
@@ -53,17 +54,17 @@ class ValidationSettings:
             simulated interpreter labels wrongly.
         chips: validation.chips.
         pixel_size: data.pixel_size, metres; patch_size: data.patch_size or None.
-        predictions: predictions_<target_year>.parquet (sample's input).
+        predictions: predictions_<target>.parquet (sample's input).
         change_cells: change/change.parquet (sample's input with strata=change).
         grid: grid.parquet (the chips' lattice).
-        mosaic: mosaic_<target_year>.tif (the chips' imagery).
-        truth: truth/<target_year>/cells.parquet (the simulated interpreter's truth).
+        mosaic: mosaic_<target>.tif (the chips' imagery).
+        truth: truth/<target>/cells.parquet (the simulated interpreter's truth).
         folder: validation/, where the steps write:
         sample, sample_gpkg, strata_csv, chips_dir: sample's outputs;
         interpreted: interpret's output; estimate: estimate's output.
     """
 
-    target_year: int
+    target_year: str
     seed: int
     strata: str
     anticipated: dict[str, float]
@@ -90,7 +91,7 @@ class ValidationSettings:
     def from_config(cls, cfg: DictConfig) -> ValidationSettings:
         """Read the settings; InputError naming the config key that is wrong."""
         v = cfg.validation
-        target = int(cfg.years.target)
+        target = PeriodSettings.from_config(cfg).target.label
         explicit = cfg.data.get("patch_size")
         return cls(
             target_year=target, seed=int(cfg.seed), strata=_strata(v), anticipated=_anticipated(v),

@@ -1,9 +1,9 @@
-"""`urbanmap validate sample | interpret | estimate`: validation of the target year's map.
+"""`urbanmap validate sample | interpret | estimate`: validation of the target period's map.
 
 The three steps, each a dvc stage, write under `<region_dir>/validation/`:
 
 1. **sample** (`urbanmap validate sample [key=value ...]`, sample.py): a stratified
-   random sample of grid cells of years.target's map, with the sample design of
+   random sample of grid cells of periods.target's map, with the sample design of
    Olofsson et al. (2014) -> sample.csv, sample.gpkg, strata.csv and chips/.
 2. **interpret** (embedded default, interpret.py): the simulated interpreter fills
    ref_class from the synthetic truth -> interpreted.csv. With real imagery, people fill

@@ -1,4 +1,4 @@
-"""The year's acquisitions as the `synth` tasks need them, decided from the whole region
+"""The period's acquisitions as the `synth` tasks need them, decided from the whole region
 before any task runs: the WRS-2 footprints over the region, the dates (schedule.py), the
 seasonal states, and each scene's scalar draws (SLC-off phase, cloud cover, shadow
 offset, cirrus) and cloud cut (ScenePlan).
@@ -72,7 +72,7 @@ def scene_specs(settings: SynthSettings, acqs: list[Acquisition], states: list[t
 
 @dataclass(frozen=True)
 class ScenePlan:
-    """The year's acquisitions, in date order, and what the tasks need of each.
+    """The period's acquisitions, in date order, and what the tasks need of each.
 
     Attributes:
         acqs: the acquisitions (sensor, footprint, date).
@@ -89,12 +89,12 @@ class ScenePlan:
 
 
 def plan_scenes(settings: SynthSettings, world: World) -> ScenePlan:
-    """The year's acquisitions over the world's footprints, their seasonal states and
+    """The period's acquisitions over the world's footprints, their seasonal states and
     scene specs; InputError beyond 254 scenes (the clear count is a uint8)."""
-    acqs = schedule.acquisitions(settings.year, settings.sensors, footprints(settings, world.bounds),
+    acqs = schedule.acquisitions(settings.period, settings.sensors, footprints(settings, world.bounds),
                                  settings.scenes_per_footprint)
     if len(acqs) > 254:
-        raise InputError(f"synth: {len(acqs)} scenes in a year; at most 254 are supported")
+        raise InputError(f"synth: {len(acqs)} scenes in period {settings.period}; at most 254 are supported")
     states = [landcover.seasonal_state(a.acquired, settings.peak_doy, settings.crop_peak_doy, settings.crop_days)
               for a in acqs]
     specs, suns = scene_specs(settings, acqs, states, world)

@@ -27,6 +27,7 @@ import shapely
 from pyproj import CRS
 
 from urbanmap.core.errors import InputError
+from urbanmap.core.periods import Period, as_period
 from urbanmap.imagery.landsat import SENSOR_BANDS, product_id
 
 #: Days between a satellite's revisits of one path, and between adjacent paths.
@@ -55,13 +56,20 @@ def sensors_for_year(year: int, table: Sequence[Sequence[Any]]) -> list[str]:
         if first <= year <= last and sensors:
             return sensors
     covered = ", ".join(f"{int(r[0])}-{int(r[1])}" for r in table)
-    raise InputError(f"year={year}: no Landsat sensor is configured for this year (synth.sensors covers {covered})")
+    raise InputError(f"period={year}: no Landsat sensor is configured for this year (synth.sensors covers {covered})")
 
 
-def overpasses(year: int, path: int, sensors: Sequence[str]) -> list[tuple[dt.date, str]]:
-    """All (date, sensor) overpasses of WRS-2 `path` in `year`, sorted by date."""
-    start = dt.date(year, 1, 1).toordinal()
-    days = np.arange(start, dt.date(year, 12, 31).toordinal() + 1)
+def per_period(per_year: int, period: Period) -> int:
+    """Acquisitions per footprint in `period` from `per_year`: its share of the months,
+    rounded, at least 1 (8 a year: 4 a semester, 2 a quarter)."""
+    return max(1, int(np.floor(per_year * period.months / 12 + 0.5)))
+
+
+def overpasses(period: Period | int, path: int, sensors: Sequence[str]) -> list[tuple[dt.date, str]]:
+    """All (date, sensor) overpasses of WRS-2 `path` in `period` (or a year), sorted by date."""
+    period = as_period(period)
+    start = period.start.toordinal()
+    days = np.arange(start, period.end.toordinal() + 1)
     out = []
     for sensor in sensors:
         hit = (days - PHASE[sensor] - ADJACENT_PATH_DAYS * int(path)) % CYCLE_DAYS == 0
@@ -78,7 +86,7 @@ def pick_evenly(items: list[T], n: int) -> list[T]:
     if n < 1:
         raise InputError(f"synth.scenes_per_footprint: must be at least 1, got {n}")
     if n > len(items):
-        raise InputError(f"synth.scenes_per_footprint: {n} scenes asked, only {len(items)} overpasses in the year")
+        raise InputError(f"synth.scenes_per_footprint: {n} scenes asked, only {len(items)} overpasses in the period")
     idx = np.floor((np.arange(n) + 0.5) * len(items) / n).astype(int)
     return [items[i] for i in idx]
 
@@ -184,10 +192,12 @@ class Acquisition:
         return product_id(self.sensor, fp.path, fp.row, self.acquired, processed_date(self.acquired))
 
 
-def acquisitions(year: int, sensors: Sequence[str], footprints: list[Footprint], per_footprint: int) -> list[Acquisition]:
-    """`per_footprint` acquisitions of each footprint spread over `year`, sorted by date."""
+def acquisitions(period: Period | int, sensors: Sequence[str], footprints: list[Footprint],
+                 per_footprint: int) -> list[Acquisition]:
+    """`per_footprint` acquisitions of each footprint spread over `period` (or a year),
+    sorted by date."""
     out = []
     for fp in footprints:
-        chosen = pick_evenly(overpasses(year, fp.path, sensors), per_footprint)
+        chosen = pick_evenly(overpasses(period, fp.path, sensors), per_footprint)
         out += [Acquisition(sensor, fp, date) for date, sensor in chosen]
     return sorted(out, key=lambda a: (a.acquired, a.product_id))

@@ -16,6 +16,7 @@ from urbanmap.census.labels import CensusSettings
 from urbanmap.compute.executor import ComputeSettings
 from urbanmap.core import paths
 from urbanmap.core.errors import InputError
+from urbanmap.core.periods import Period
 from urbanmap.imagery.synth import schedule
 from urbanmap.imagery.synth.landcover import AridSoil, OpenLand, Sprawl
 
@@ -125,8 +126,9 @@ class SynthSettings:
     the seed, the compute settings and every path the stage reads or writes.
 
     Attributes:
-        year: the year synthesised (year=, else years.train).
-        train_year, target_year: years.train (the census year) and years.target.
+        period: the period synthesised (period=, else periods.census); year: the year it
+            starts in (its sensors, the scenes' random streams).
+        census_period: periods.census (the landscape before any growth).
         seed: the seed of every random stream.
         region: data.name (names the STAC catalog).
         sensors: the sensors acquiring in `year` (synth.sensors).
@@ -142,7 +144,8 @@ class SynthSettings:
         max_reflectance: spectra with a band above it are left out (synth.max_reflectance).
         footprints: the WRS-2 footprints (synth.footprints); bearing: their swath edges'
             angle, degrees clockwise from grid north (synth.bearing).
-        scenes_per_footprint: acquisitions per footprint and year.
+        scenes_per_footprint: acquisitions per footprint in the period: synth's per year
+            times the period's months / 12, rounded, at least 1 (a semester: half).
         slc_off: whether Landsat 7 scenes after 2003-05-31 have SLC-off gaps.
         clouds: the sky (synth.clouds).
         noise: sensor -> (6,) standard deviation of the sensor noise (reflectance),
@@ -156,8 +159,8 @@ class SynthSettings:
         realism: synth.realism (RealismSettings).
         urban_min_pixel, urban_min_cell: impervious fraction that makes a pixel urban,
             share of urban pixels that makes a cell urban (synth.urban_min).
-        growth_share, growth_min_neighbours, growth_impervious: later years' fringe
-            growth (synth.growth): share of fringe cells built over by years.target, urban
+        growth_per_year, growth_min_neighbours, growth_impervious: later periods' fringe
+            growth (synth.growth): share of fringe cells built over per year, urban
             neighbours a fringe cell needs, (low, high) impervious fraction of new estates.
         census: the census polygons that place the settlements (data.census).
         grid: the region's grid.parquet.
@@ -166,9 +169,9 @@ class SynthSettings:
             truth_reflectance, truth_clear, summary: the files in it.
     """
 
+    period: Period
     year: int
-    train_year: int
-    target_year: int
+    census_period: Period
     seed: int
     region: str
     sensors: list[str]
@@ -196,7 +199,7 @@ class SynthSettings:
     realism: RealismSettings
     urban_min_pixel: float
     urban_min_cell: float
-    growth_share: float
+    growth_per_year: float
     growth_min_neighbours: int
     growth_impervious: tuple[float, ...]
     census: CensusSettings
@@ -211,14 +214,22 @@ class SynthSettings:
 
     @property
     def later(self) -> bool:
-        """Whether `year` is after the census year (the fringe grows, two passes)."""
-        return self.year > self.train_year
+        """Whether the period is after the census period (the fringe grows, two passes)."""
+        return self.period.start > self.census_period.end
+
+    @property
+    def growth_share(self) -> float:
+        """Share of the fringe cells built over by the period: growth_per_year times the
+        years from the census period's middle to the period's, within [0, 1]."""
+        years = self.period.middle - self.census_period.middle
+        return float(min(max(self.growth_per_year * years, 0.0), 1.0)) if self.later else 0.0
 
     @classmethod
     def from_config(cls, cfg: Any) -> SynthSettings:
         """Read the settings; InputError naming the config key that is wrong."""
         s = cfg.synth
-        year = paths.stage_year(cfg)
+        period = paths.stage_period(cfg)
+        year = period.year
         compute = ComputeSettings.from_config(cfg)
         sensors = schedule.sensors_for_year(year, s.sensors)
         pixel = float(s.pixel_size)
@@ -227,14 +238,14 @@ class SynthSettings:
         lc, u, ph, g, patch = s.landcover, s.urban, s.phenology, s.growth, cfg.data.get("patch_size")
         realism = RealismSettings.from_config(s.realism)
         return cls(
-            year=year, train_year=int(cfg.years.train), target_year=int(cfg.years.target), seed=int(cfg.seed),
+            period=period, year=year, census_period=paths.census_period(cfg), seed=int(cfg.seed),
             region=str(cfg.data.name), sensors=sensors, pixel=pixel,
             crs=CRS.from_user_input(s.crs) if s.crs else None, margin=float(s.margin),
             data_pixel_size=float(cfg.data.pixel_size), patch_size=int(patch) if patch else None,
             threads=int(cfg.compute.get("threads", 2) or 2) if "compute" in cfg else 2, compute=compute,
             spectra=str(s.spectra), endmembers={k: list(v) for k, v in s.endmembers.items()},
             max_reflectance=float(s.max_reflectance), footprints=_footprints(s.footprints), bearing=float(s.bearing),
-            scenes_per_footprint=int(s.scenes_per_footprint), slc_off=bool(s.slc_off),
+            scenes_per_footprint=schedule.per_period(int(s.scenes_per_footprint), period), slc_off=bool(s.slc_off),
             clouds=CloudSettings.from_config(s.clouds),
             noise={str(k): tuple(float(v) for v in values) for k, values in s.noise.items()},
             peak_doy=float(ph.peak_doy), crop_peak_doy=float(ph.crop_peak_doy), crop_days=float(ph.crop_days),
@@ -247,14 +258,26 @@ class SynthSettings:
                             dense_rural=realism.dense_rural),
             realism=realism,
             urban_min_pixel=float(s.urban_min.pixel), urban_min_cell=float(s.urban_min.cell),
-            growth_share=float(g.share), growth_min_neighbours=int(g.min_neighbours),
+            growth_per_year=_growth_per_year(g), growth_min_neighbours=int(g.min_neighbours),
             growth_impervious=tuple(float(v) for v in g.impervious), census=CensusSettings.from_config(cfg.data.census),
             grid=paths.grid(cfg),
-            scenes_dir=paths.scenes_dir(cfg, year), truth_dir=paths.truth_dir(cfg, year),
-            truth_cells=paths.truth_cells(cfg, year), truth_landcover=paths.truth_landcover(cfg, year),
-            truth_reflectance=paths.truth_reflectance(cfg, year), truth_clear=paths.truth_clear_count(cfg, year),
-            summary=paths.synth_summary(cfg, year),
+            scenes_dir=paths.scenes_dir(cfg, period), truth_dir=paths.truth_dir(cfg, period),
+            truth_cells=paths.truth_cells(cfg, period), truth_landcover=paths.truth_landcover(cfg, period),
+            truth_reflectance=paths.truth_reflectance(cfg, period), truth_clear=paths.truth_clear_count(cfg, period),
+            summary=paths.synth_summary(cfg, period),
         )
+
+
+def _growth_per_year(g: Any) -> float:
+    """synth.growth.share_per_year, checked; the `share` of before periods (a share by
+    years.target) is refused with how to convert it."""
+    if g.get("share_per_year") is None:
+        raise InputError("synth.growth.share_per_year: missing (synth.growth.share, a share by years.target, is "
+                         "replaced by a share per year from the census period: share / (target - train))")
+    value = float(g.share_per_year)
+    if not 0 <= value <= 1:
+        raise InputError(f"synth.growth.share_per_year: must be within [0, 1], got {value}")
+    return value
 
 
 def _footprints(footprints: Any) -> tuple[FootprintSpec, ...]:

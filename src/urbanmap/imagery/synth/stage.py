@@ -1,20 +1,23 @@
-"""The `synth` stage: a year of synthetic Landsat scenes, their STAC catalog and the truth.
+"""The `synth` stage: a period of synthetic Landsat scenes, their STAC catalog and the truth.
 
-`urbanmap synth year=2010` (null year: years.train) writes, under `<region_dir>/`:
+`urbanmap synth period=2019H1` (null period: periods.census) writes, under `<region_dir>/`:
 
-- `scenes/<year>/<product id>/<product id>_SR_B*.TIF, _QA_PIXEL.TIF`: one COG per band
+- `scenes/<period>/<product id>/<product id>_SR_B*.TIF, _QA_PIXEL.TIF`: one COG per band
   in the scene's UTM zone at 30 m, as USGS distributes Collection 2 Level-2;
-- `scenes/<year>/catalog.json`: a self-contained STAC catalog, one Item per product;
-- `truth/<year>/cells.parquet`: per-cell truth (GeoParquet, like every cell table);
-- `truth/<year>/landcover.tif`, `reflectance.tif`, `clear_observations.tif`: on the
+- `scenes/<period>/catalog.json`: a self-contained STAC catalog, one Item per product;
+- `truth/<period>/cells.parquet`: per-cell truth (GeoParquet, like every cell table);
+- `truth/<period>/landcover.tif`, `reflectance.tif`, `clear_observations.tif`: on the
   region's pixel lattice (the grid's CRS): land-cover classes, the cloud-free truth
-  reflectance (6 bands, float32: per pixel, the median over the year's acquisition
+  reflectance (6 bands, float32: per pixel, the median over the period's acquisition
   dates of the noise-free, cloud-free reflectance), and the number of clear
   observations (no fill, cloud, dilated cloud, shadow or cirrus) per pixel;
-- `truth/<year>/summary.json`: per-scene cloud statistics and the region's coverage.
+- `truth/<period>/summary.json`: per-scene cloud statistics and the region's coverage.
 
-The landscape of the census year (years.train) is the same for every year (seeded by
-`seed` alone); a later year adds fringe growth, and its truth flags `new_urban` cells.
+The landscape of the census period (periods.census) is the same for every period (seeded
+by `seed` alone); a later period adds fringe growth (synth.growth.share_per_year times the
+years between the periods' middles; nested: a cell built stays built), and its truth flags
+`new_urban` cells. A period shorter than a year gets its share of the year's acquisitions
+(schedule.per_period: a semester half), spread over its own dates.
 
 Tiles (issue 6): the world (the scenes' 30 m grid over the region plus the margin) is cut
 into tiles of compute.tile_size cells (executor.stage_tile_size) in whole 30 m pixels, and
@@ -142,7 +145,7 @@ def make_job(settings: SynthSettings, em: Endmembers, places: gpd.GeoDataFrame, 
                     young=young_file(settings, parts, settings.year, places.crs, folder),
                     sprawl=zone_file(sprawl, places.crs, folder / "sprawl.parquet"))
     if settings.later:  # pass 1 builds the census year, whose fringe was younger
-        job = dataclasses.replace(job, base_young=young_file(settings, parts, settings.train_year, places.crs, folder))
+        job = dataclasses.replace(job, base_young=young_file(settings, parts, settings.census_period.year, places.crs, folder))
     return job
 
 
@@ -190,20 +193,18 @@ def grown_cells(settings: SynthSettings, ex: Executor, job: tasks.Job, tiles: li
     (scene CRS) to `folder/grown.parquet`. Returns (its path, the census year's urban
     fraction per cell (nrows, ncols))."""
     for _ in run_tiles(settings.compute, functools.partial(tasks.base_task, job=job), tiles,
-                       desc=f"synth {settings.year} base", executor=ex):
+                       desc=f"synth {settings.period} base", executor=ex):
         pass
     parts = [(folder / t["tile_id"] / "base.npy", t["win"]) for t in tiles]
     base = assemble.world_raster(folder / "base.tif", parts, world.win, world.transform.a, world.crs, "uint8", 1, 0)
     urban, water = _base_fractions(base, lattice)
     base.unlink()
-    train, target = settings.train_year, settings.target_year
-    progress = 1.0 if target <= train else min((settings.year - train) / (target - train), 1.0)
-    # One uniform draw per cell, keyed by the cell's (row, col): nested growth across years.
+    # One uniform draw per cell, keyed by the cell's (row, col): nested growth across periods.
     top = lattice.row0 + lattice.nrows - 1
     priority = fields.chunked((settings.seed, tasks.GROWTH), -top, lattice.col0, lattice.nrows, lattice.ncols, 64,
                               lambda rng, shape: rng.random(shape))
     grown = truth.fringe_growth(urban >= settings.urban_min_cell, _in_grid(lattice, cells), water, priority,
-                                settings.growth_share * progress, settings.growth_min_neighbours)
+                                settings.growth_share, settings.growth_min_neighbours)
     i, j = np.nonzero(grown)
     size = lattice.cell_size
     x0, y0 = (lattice.col0 + j) * size, (top - i) * size
@@ -224,7 +225,7 @@ def scene_pass(settings: SynthSettings, ex: Executor, job: tasks.Job, tiles: lis
     scene_parts: dict[int, list[ScenePart]] = {k: [] for k in range(n)}
     counts = {k: dict.fromkeys(COUNTS, 0) for k in range(n)}
     task = functools.partial(tasks.scene_task, job=job)
-    for _, result in run_tiles(settings.compute, task, tiles, desc=f"synth {settings.year}", executor=ex):
+    for _, result in run_tiles(settings.compute, task, tiles, desc=f"synth {settings.period}", executor=ex):
         for k, (sub, found) in result["scenes"].items():
             scene_parts[k].append((folder / result["tile_id"] / f"scene{k}.npy", sub))
             counts[k] = {name: counts[k][name] + v for name, v in found.items()}
@@ -251,7 +252,7 @@ def write_products(settings: SynthSettings, plan: ScenePlan, scene_parts: dict[i
     write their STAC catalog there. Returns the scenes' stats (scene_stats)."""
     products, stats = [], []
     for spec, acq, state, (azimuth, elevation, when) in tqdm(
-        list(zip(plan.specs, plan.acqs, plan.states, plan.suns)), desc=f"synth {settings.year} scenes", unit="scene",
+        list(zip(plan.specs, plan.acqs, plan.states, plan.suns)), desc=f"synth {settings.period} scenes", unit="scene",
         disable=None,
     ):
         pid, transform, shape = acq.product_id, tasks.window_transform(spec.win, settings.pixel), (spec.win.h, spec.win.w)
@@ -268,8 +269,8 @@ def write_products(settings: SynthSettings, plan: ScenePlan, scene_parts: dict[i
         for path, _ in parts:  # assembled: free the disk early
             path.unlink()
     stac.write_catalog(
-        scenes_tmp, f"{settings.region}-landsat-c2-l2-{settings.year}",
-        f"Synthetic Landsat Collection 2 Level-2 scenes of {settings.region} in {settings.year} "
+        scenes_tmp, f"{settings.region}-landsat-c2-l2-{settings.period}",
+        f"Synthetic Landsat Collection 2 Level-2 scenes of {settings.region} in {settings.period} "
         f"(urbanmap synth; seed {settings.seed})",
         products,
     )
@@ -311,7 +312,7 @@ def synth_summary(settings: SynthSettings, scene_crs: CRS, plan: ScenePlan, got:
     clear_hist, class_hist = got.clear_hist, got.class_hist
     n_px = int(clear_hist.sum())
     return {
-        "year": settings.year, "sensors": settings.sensors, "scene_crs": scene_crs.to_string(), "scenes": len(plan.acqs),
+        "period": settings.period.label, "sensors": settings.sensors, "scene_crs": scene_crs.to_string(), "scenes": len(plan.acqs),
         "median_seasonal_state": {"natural": plan.median_state[0], "cropland": plan.median_state[1]},
         "region_pixels": n_px,
         "clear_observations": {
@@ -363,7 +364,7 @@ def run(cfg: Any) -> dict[str, Any]:
     c = summary["clear_observations"]
     clouds = [x["cloud_cover"] for x in stats]
     print(
-        f"synth {s.year}: {len(plan.acqs)} scenes ({', '.join(s.sensors)}) in {world.crs.to_string()}, cloud "
+        f"synth {s.period}: {len(plan.acqs)} scenes ({', '.join(s.sensors)}) in {world.crs.to_string()}, cloud "
         f"{min(clouds):.0%}-{max(clouds):.0%}; {c['share_at_least_1']:.2%} of the region's pixels have a clear "
         f"observation (median {c['median']:g}); cells: {summary['cells']} -> {s.scenes_dir}, {s.truth_dir}"
     )
