@@ -72,7 +72,7 @@ LOCAL = ["compute=local", "compute.threads=2"]
 #: (a persistent cluster: warm workers, no start).
 MODES = ("local", "dask", "dask-address")
 OUTPUTS = {"synth": ("scenes/2010", "truth/2010"), "mosaic": ("mosaic_2010.tif",), "patches": ("patches.npz",),
-           "predict": ("predictions_2010.parquet",)}
+           "predict": ("predictions/2010.parquet",)}
 
 
 def window(factor: int, side: float = SIDE, centre=CENTRE) -> list[int]:

@@ -91,6 +91,8 @@ def test_dvc_yaml_declares_the_paths_the_stages_write():
     assert {render(next(iter(p)) if isinstance(p, dict) else p, year) for p in predict["outs"] + predict["metrics"]} == {
         str(f(cfg, year)) for f in (paths.predictions, paths.p_urban_cog, paths.predictions_map, paths.predictions_summary)
     }
+    assert outs["series"] == {str(paths.series_dir(cfg)), str(paths.series_summary(cfg))}
+    assert str(paths.predictions_dir(cfg)) in {render(d) for d in stages["series"]["deps"]}
     assert outs["change"] == {str(f(cfg)) for f in (paths.change_cells, paths.change_cog, paths.change_map,
                                                       paths.change_municipalities, paths.change_region)}
     assert outs["validate_sample"] == {str(f(cfg)) for f in (paths.validation_sample, paths.validation_sample_gpkg,

@@ -73,7 +73,7 @@ def region(tmp_path):
                   {"area": {"urban": {"estimate": urban_2019_mapped * 1.1, "ci95": 3.0}},
                    "mapped_area": {"urban": float(urban_2019_mapped)}})
     over = [f"out_dir={tmp_path / 'out'}", "data.name=tiny", f"data.municipalities={tmp_path / 'munis.parquet'}",
-            "periods.list=[2010,2019]", "periods.target=2019"]
+            "periods.list=[2010,2019]", "periods.target=2019", "sdg.population.table=null"]
     return over, c2010, c2019, west
 
 
@@ -129,9 +129,38 @@ def test_sdg_settings_name_the_config_key_that_is_wrong():
     settings = sdg.SdgSettings.from_config(config.load(REPO))
     assert settings.years == ("2010", "2019H2") and settings.min_coverage == 0.9
     assert settings.times == (2010.5, 2019.75)
-    assert settings.population == sdg.PopulationSettings(None, 2020, 0.0115)
+    assert settings.population == sdg.PopulationSettings("../shared/data/mexico/inegi_municipal_population.csv", 2020,
+                                                         0.0115)
     for override, message in (("data.municipalities=null", "data.municipalities: null"),
                               ("sdg.min_coverage=most", "sdg.min_coverage takes a number"),
                               ("sdg.population.growth_rate=fast", "sdg.population.growth_rate takes a number")):
         with pytest.raises(InputError, match=message):
             sdg.SdgSettings.from_config(config.load(REPO, [override]))
+
+
+def test_population_is_interpolated_log_linearly_at_each_periods_middle(tmp_path):
+    """INEGI's wide table (pob_2010, pob_2015, pob_2020): a semester between two dates
+    is log-linear between them; a period after the last date is extrapolated (flagged);
+    a municipality split off after 2010 has no 2010 population (flagged, PGR undefined)."""
+    pd.DataFrame({"cvegeo": ["A", "B", "C"], "nom_mun": ["a", "b", "c"], "pob_2010": [1000, 500, None],
+                  "pob_2015": [2000, 500, None], "pob_2020": [4000, 400, 80]}).to_csv(tmp_path / "pop.csv", index=False)
+    ids = pd.Index(["A", "B", "C"])
+    pop, flags = sdg.table_population(str(tmp_path / "pop.csv"), ids, ("2010", "2019H2"), (2010.5, 2019.75),
+                                      id_column="cvegeo")
+    assert pop["population_2010"].tolist()[:2] == [1000, 500] and math.isnan(pop["population_2010"]["C"])
+    # 2019H2's middle, 2019.75, is 4.25 of the 5 years from 2015.5 to 2020.5
+    assert pop["population_2019H2"]["A"] == pytest.approx(2000 * 2 ** (4.25 / 5))
+    assert pop["population_2019H2"]["B"] == pytest.approx(500 * 0.8 ** (4.25 / 5))
+    assert flags.tolist() == ["", "", "created_after_2010"]
+    later, flags = sdg.table_population(str(tmp_path / "pop.csv"), ids, ("2010", "2022Q1"), (2010.5, 2022.125),
+                                        id_column="cvegeo")
+    assert later["population_2022Q1"]["A"] == pytest.approx(4000 * 2 ** (1.625 / 5))
+    assert flags.tolist() == ["population_extrapolated"] * 2 + ["created_after_2010"]  # C: one date, no rate
+    pgr = sdg.indicator([1, 1, 1], [2, 2, 2], pop["population_2010"], pop["population_2019H2"], 9.25)
+    assert pgr["flags"][2] == "no_population" and pgr["pgr"][0] == pytest.approx(math.log(2) / 5)
+
+
+def test_the_default_region_reads_inegis_municipal_table(shared_data):
+    cfg = config.load(REPO)
+    wide = sdg.read_population_table(cfg.sdg.population.table, "cvegeo")
+    assert list(wide.columns) == [2010, 2015, 2020] and wide.loc["09007"].tolist() == [1815786, 1827868, 1835486]

@@ -44,7 +44,7 @@ def _maps(seed=0):
 def _write_predictions(folder, year, cols, rows, ids, cls, order=None):
     p = np.where(cls == "urban", 0.9, np.where(cls == "non_urban", 0.1, np.nan)).astype(np.float32)
     table = pd.DataFrame({"cell_id": ids, "col": cols, "row": rows, "p_urban": p, "class": cls})
-    io.write_cells(folder / f"predictions_{year}.parquet", table.iloc[order] if order is not None else table, 1000.0, "EPSG:6372")
+    io.write_cells(folder / "predictions" / f"{year}.parquet", table.iloc[order] if order is not None else table, 1000.0, "EPSG:6372")
 
 
 @pytest.fixture
@@ -124,17 +124,17 @@ def test_maps_of_other_cells_are_refused(region, monkeypatch, capsys):
     _write_predictions(root / "tiny", 2019, cols[1:], rows[1:], ids[1:], second[1:])
     assert run_cli(monkeypatch, root) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "predictions_2019.parquet: predicted on other cells" in err
+    assert len(err.splitlines()) == 1 and "2019.parquet: predicted on other cells" in err
     assert "(1 cells only in 2010's map, 0 only in 2019's)" in err  # the second year has fewer cells
     assert not (root / "tiny" / "change").exists()
 
 
 def test_a_missing_map_is_a_one_line_error(region, monkeypatch, capsys):
     root, _, _ = region
-    (root / "tiny" / "predictions_2010.parquet").unlink()
+    (root / "tiny" / "predictions" / "2010.parquet").unlink()
     assert run_cli(monkeypatch, root) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "predictions_2010.parquet: predictions of 2010 not found" in err
+    assert len(err.splitlines()) == 1 and "predictions/2010.parquet: predictions of 2010 not found" in err
     assert not (root / "tiny" / "change").exists()
 
 
@@ -159,6 +159,6 @@ def test_without_municipalities_the_table_is_the_region(region, monkeypatch):
 def test_change_settings_refuse_one_period_twice():
     settings = ChangeSettings.from_config(config.load(REPO, ["data.municipalities=null"]))
     assert settings.years == ("2010", "2019H2") and settings.municipalities is None
-    assert [p.name for p in settings.predictions] == ["predictions_2010.parquet", "predictions_2019H2.parquet"]
+    assert [p.name for p in settings.predictions] == ["2010.parquet", "2019H2.parquet"]
     with pytest.raises(InputError, match="periods: census and target are both 2019H2"):
         ChangeSettings.from_config(config.load(REPO, ["periods.census=2019H2"]))

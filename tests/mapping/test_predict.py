@@ -24,7 +24,7 @@ from urbanmap.mapping.predict import PredictSettings
 from urbanmap.training import models
 from urbanmap.training.patchset import load_patches
 
-OUTPUTS = ("predictions_{}.parquet", "p_urban_{}.tif", "predictions_{}.png", "predictions_{}.json")
+OUTPUTS = ("predictions/{}.parquet", "predictions/{}.tif", "predictions/{}.png", "predictions/{}.json")
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def outputs(folder, year):
 
 def test_every_cell_gets_the_models_prediction_on_the_patch_that_patches_cuts(trained):
     root, cfg, labels = trained
-    pred, cell_size, crs = io.read_cells(root / "tiny" / "predictions_2010.parquet", "predictions", ["cell_id", "p_urban", "class"])
+    pred, cell_size, crs = io.read_cells(root / "tiny" / "predictions" / "2010.parquet", "predictions", ["cell_id", "p_urban", "class"])
     # every grid cell once, excluded ones too, with a prediction
     assert sorted(pred["cell_id"]) == sorted(labels["cell_id"]) and len(pred) == 400
     assert (labels["label"] == "excluded").sum() > 0
@@ -77,10 +77,10 @@ def test_every_cell_gets_the_models_prediction_on_the_patch_that_patches_cuts(tr
     np.testing.assert_array_equal(pred["class"], np.where(pred["p_urban"] >= 0.5, "urban", "non_urban"))
     truth = labels.set_index("cell_id").loc[pred["cell_id"], "label"].to_numpy()
     assert (pred["class"].to_numpy()[truth == "urban"] == "urban").mean() > 0.9
-    summary = json.loads((root / "tiny" / "predictions_2010.json").read_text())
+    summary = json.loads((root / "tiny" / "predictions" / "2010.json").read_text())
     assert summary["cells"] == 400 and summary["model"] == "extra_trees" and summary["threshold"] == 0.5
     assert summary["cells_per_class"] == {c: int((pred["class"] == c).sum()) for c in ("urban", "non_urban", "nodata")}
-    assert (root / "tiny" / "predictions_2010.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (root / "tiny" / "predictions" / "2010.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_lenet_predicts_the_patches_as_it_does_in_memory(trained, tmp_path, monkeypatch):
@@ -90,13 +90,13 @@ def test_a_lenet_predicts_the_patches_as_it_does_in_memory(trained, tmp_path, mo
     cfg = config.load(REPO, overrides(root, *synthetic.FAST["lenet"]))
     train.run(cfg)
     assert run_cli(monkeypatch, root, "period=2010", *synthetic.FAST["lenet"]) == 0
-    pred, _, _ = io.read_cells(root / "tiny" / "predictions_2010.parquet", "predictions", ["cell_id", "p_urban"])
+    pred, _, _ = io.read_cells(root / "tiny" / "predictions" / "2010.parquet", "predictions", ["cell_id", "p_urban"])
     ps = load_patches(paths.patches(cfg))
     clf, card = models.load(paths.model_dir(cfg))
     assert card["name"] == "lenet"
     got = pred.set_index("cell_id").loc[ps.cell_id, "p_urban"].to_numpy()
     np.testing.assert_allclose(got, clf.predict_proba(ps.patches), rtol=1e-5, atol=1e-6)
-    assert json.loads((root / "tiny" / "predictions_2010.json").read_text())["model"] == "lenet"
+    assert json.loads((root / "tiny" / "predictions" / "2010.json").read_text())["model"] == "lenet"
 
 
 def test_blocks_do_not_change_the_result(trained):
@@ -108,14 +108,14 @@ def test_blocks_do_not_change_the_result(trained):
         whole = predict_cells(clf, src, lattice, shuffled["col"], shuffled["row"], [1, 2, 3, 4, 5, 6], 64, progress=False)
         small = predict_cells(clf, src, lattice, shuffled["col"], shuffled["row"], [1, 2, 3, 4, 5, 6], 3, progress=False)
     np.testing.assert_array_equal(whole, small)
-    pred, _, _ = io.read_cells(root / "tiny" / "predictions_2010.parquet", "predictions", ["cell_id", "p_urban"])
+    pred, _, _ = io.read_cells(root / "tiny" / "predictions" / "2010.parquet", "predictions", ["cell_id", "p_urban"])
     np.testing.assert_array_equal(whole, pred.set_index("cell_id").loc[shuffled["cell_id"], "p_urban"].to_numpy())
 
 
 def test_p_urban_cog_has_one_pixel_per_grid_cell(trained):
     root, _, labels = trained
-    pred, _, _ = io.read_cells(root / "tiny" / "predictions_2010.parquet", "predictions", ["p_urban"])
-    with rasterio.open(root / "tiny" / "p_urban_2010.tif") as src:
+    pred, _, _ = io.read_cells(root / "tiny" / "predictions" / "2010.parquet", "predictions", ["p_urban"])
+    with rasterio.open(root / "tiny" / "predictions" / "2010.tif") as src:
         assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
         assert src.crs.to_epsg() == 6372 and src.count == 1 and src.dtypes[0] == "float32"
         col0, row0 = labels["col"].min(), labels["row"].min()
@@ -139,13 +139,13 @@ def test_cells_with_nodata_are_classed_nodata(trained, tmp_path, monkeypatch):
     img[0, r[2] + 32, c[2] + 32] = np.nan  # the last pixel
     tiny.write_mosaic(root / "tiny" / "mosaic_2019.tif", labels, image=img)
     assert run_cli(monkeypatch, root, "period=2019", "predict.block_cells=4") == 0
-    pred, _, _ = io.read_cells(root / "tiny" / "predictions_2019.parquet", "predictions", ["cell_id", "p_urban", "class"])
+    pred, _, _ = io.read_cells(root / "tiny" / "predictions" / "2019.parquet", "predictions", ["cell_id", "p_urban", "class"])
     nodata = pred[pred["class"] == "nodata"]
     assert sorted(nodata["cell_id"]) == sorted(holed) and nodata["p_urban"].isna().all()
     assert pred.loc[pred["class"] != "nodata", "p_urban"].notna().all()
-    summary = json.loads((root / "tiny" / "predictions_2019.json").read_text())
+    summary = json.loads((root / "tiny" / "predictions" / "2019.json").read_text())
     assert summary["cells_per_class"]["nodata"] == 3 and summary["period"] == "2019"
-    assert not (root / "tiny" / "predictions_2010.parquet").exists()  # only the year asked
+    assert not (root / "tiny" / "predictions" / "2010.parquet").exists()  # only the year asked
 
 
 def test_clear_observations_per_cell_flag_low_quality_cells(trained, tmp_path, monkeypatch):
@@ -170,13 +170,13 @@ def test_clear_observations_per_cell_flag_low_quality_cells(trained, tmp_path, m
         dst.write(img)
         dst.descriptions = (*tiny.BANDS, "smad", "emad", "bcmad", "count")
     assert run_cli(monkeypatch, root, "period=2019H1", "predict.block_cells=4", "predict.min_clear=2") == 0
-    pred, _, _ = io.read_cells(root / "tiny" / "predictions_2019H1.parquet", "predictions",
+    pred, _, _ = io.read_cells(root / "tiny" / "predictions" / "2019H1.parquet", "predictions",
                                ["cell_id", "class", "clear", "low_quality"])
     pred = pred.set_index("cell_id")
     assert sorted(pred.index[pred["low_quality"]]) == sorted(low) and (pred.loc[low, "clear"] == 1).all()
     assert pred.loc[edge, "clear"] == 4 and (pred.drop(index=low)["clear"] == 4).all()
     assert (pred["class"] != "nodata").all()  # flagged, still classified
-    summary = json.loads((root / "tiny" / "predictions_2019H1.json").read_text())
+    summary = json.loads((root / "tiny" / "predictions" / "2019H1.json").read_text())
     assert summary["period"] == "2019H1" and (summary["start"], summary["end"]) == ("2019-01-01", "2019-06-30")
     assert summary["low_quality_cells"] == 2 and summary["min_clear"] == 2 and summary["median_clear"] == 4
     urban_low = int((pred.loc[low, "class"] == "urban").sum())
@@ -185,7 +185,7 @@ def test_clear_observations_per_cell_flag_low_quality_cells(trained, tmp_path, m
 
 def test_a_mosaic_without_a_count_band_flags_nothing(trained):
     root, _, _ = trained
-    pred, _, _ = io.read_cells(root / "tiny" / "predictions_2010.parquet", "predictions", ["clear", "low_quality"])
+    pred, _, _ = io.read_cells(root / "tiny" / "predictions" / "2010.parquet", "predictions", ["clear", "low_quality"])
     assert pred["clear"].isna().all() and not pred["low_quality"].any()
 
 
@@ -238,7 +238,7 @@ def test_config_has_the_predict_section():
 def test_predict_settings_are_read_once_and_checked():
     settings = PredictSettings.from_config(config.load(REPO, ["period=2019"]))
     assert (settings.period.label, settings.threshold, settings.block_cells, settings.min_clear) == ("2019", 0.5, 32, 2)
-    assert settings.mosaic.name == "mosaic_2019.tif" and settings.predictions.name == "predictions_2019.parquet"
+    assert settings.mosaic.name == "mosaic_2019.tif" and settings.predictions.name == "2019.parquet"
     assert settings.compute.mode == "local"
     for override, message in (("predict.threshold=1.5", "predict.threshold: expected a number between 0 and 1"),
                               ("predict.block_cells=2.5", "predict.block_cells takes a whole number"),
@@ -257,7 +257,7 @@ def test_predict_with_extra_trees_imports_no_torch(trained, tmp_path):
     array-API wrapper included; models.extra_trees.skops_io keeps torch out."""
     root, _ = copy_region(trained, tmp_path)
     assert heavy_imports_after(["predict", *overrides(root, "period=2010")]) == (0, [])
-    assert (root / "tiny" / "predictions_2010.parquet").is_file()
+    assert (root / "tiny" / "predictions" / "2010.parquet").is_file()
 
 
 @pytest.mark.slow
@@ -308,10 +308,10 @@ def test_dask_predictions_are_the_same_bytes_as_local(trained, tmp_path, monkeyp
     root, _ = copy_region(trained, tmp_path)
     tiles = ["period=2010", "compute.tile_size=8", "predict.block_cells=4"]  # 3 x 3 tiles of 4 blocks
     assert run_cli(monkeypatch, root, *tiles) == 0
-    local = [(root / "tiny" / name).read_bytes() for name in ("predictions_2010.parquet", "p_urban_2010.tif")]
+    local = [(root / "tiny" / name).read_bytes() for name in ("predictions/2010.parquet", "predictions/2010.tif")]
     assert run_cli(monkeypatch, root, *tiles, "compute=dask", "compute.n_workers=2", "compute.threads_per_worker=1",
                    "compute.memory_limit=1GiB") == 0
-    assert [(root / "tiny" / name).read_bytes() for name in ("predictions_2010.parquet", "p_urban_2010.tif")] == local
+    assert [(root / "tiny" / name).read_bytes() for name in ("predictions/2010.parquet", "predictions/2010.tif")] == local
 
 
 def test_a_rerun_writes_the_same_bytes_and_logs_its_timing_apart(trained, tmp_path, monkeypatch):
@@ -324,7 +324,7 @@ def test_a_rerun_writes_the_same_bytes_and_logs_its_timing_apart(trained, tmp_pa
         assert run_cli(monkeypatch, root, "period=2010") == 0
         runs.append([f.read_bytes() for f in outputs(root / "tiny", 2010)])
     assert runs[0] == runs[1]
-    summary = json.loads((root / "tiny" / "predictions_2010.json").read_text())
+    summary = json.loads((root / "tiny" / "predictions" / "2010.json").read_text())
     assert not {"seconds", "cells_per_second"} & set(summary)
     log = [json.loads(line) for line in (root / "tiny" / "logs" / "timings.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["period"]) for r in log] == [("predict", "2010")] * 2

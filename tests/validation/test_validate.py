@@ -245,7 +245,7 @@ def region(tmp_path):
     mapped = np.where(wrong, np.where(truth == "urban", "non_urban", "urban"), truth).astype(object)
     mapped[:5] = "nodata"
     pred = cells[["cell_id", "col", "row"]].assign(p_urban=np.where(mapped == "urban", 0.8, 0.2).astype(np.float32), **{"class": mapped})
-    io.write_cells(folder / "predictions_2019.parquet", pred, CELL, CRS)
+    io.write_cells(folder / "predictions" / "2019.parquet", pred, CELL, CRS)
     (folder / "truth" / "2019").mkdir(parents=True)
     io.write_cells(folder / "truth" / "2019" / "cells.parquet", cells[["cell_id", "col", "row"]].assign(true_class=truth), CELL, CRS)
     before = np.where(rng.random(len(cells)) < 0.2, "non_urban", mapped).astype(object)

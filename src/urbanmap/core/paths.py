@@ -140,24 +140,43 @@ def synth_summary(cfg: DictConfig, period: PeriodLike) -> Path:
 # --- predict and change -----------------------------------------------------------------
 
 
+def predictions_dir(cfg: DictConfig) -> Path:
+    """`<region_dir>/predictions/`: every period's map; the `series` stage depends on the
+    folder, so a period added to periods.list is read without listing its files."""
+    return region_dir(cfg) / "predictions"
+
+
 def predictions(cfg: DictConfig, period: PeriodLike) -> Path:
-    """`<region_dir>/predictions_<period>.parquet`: p_urban and class of every grid cell."""
-    return region_dir(cfg) / f"predictions_{label(period)}.parquet"
+    """`predictions/<period>.parquet`: p_urban, class, clear and low_quality of every grid cell."""
+    return predictions_dir(cfg) / f"{label(period)}.parquet"
 
 
 def p_urban_cog(cfg: DictConfig, period: PeriodLike) -> Path:
-    """`<region_dir>/p_urban_<period>.tif`: COG of p_urban, one pixel per grid cell."""
-    return region_dir(cfg) / f"p_urban_{label(period)}.tif"
+    """`predictions/<period>.tif`: COG of p_urban, one pixel per grid cell."""
+    return predictions_dir(cfg) / f"{label(period)}.tif"
 
 
 def predictions_map(cfg: DictConfig, period: PeriodLike) -> Path:
-    """`<region_dir>/predictions_<period>.png`: the map of p_urban and classes."""
-    return region_dir(cfg) / f"predictions_{label(period)}.png"
+    """`predictions/<period>.png`: the map of p_urban and classes (low-quality cells hatched)."""
+    return predictions_dir(cfg) / f"{label(period)}.png"
 
 
 def predictions_summary(cfg: DictConfig, period: PeriodLike) -> Path:
-    """`<region_dir>/predictions_<period>.json`: cells per class, seconds, cells/s."""
-    return region_dir(cfg) / f"predictions_{label(period)}.json"
+    """`predictions/<period>.json`: cells per class, low-quality cells, urban km²."""
+    return predictions_dir(cfg) / f"{label(period)}.json"
+
+# --- series and change: trajectories over the periods, change between two ---------------
+
+
+def series_dir(cfg: DictConfig) -> Path:
+    """`<region_dir>/series/`: per-cell trajectories, first urban period, changes between
+    periods, the area series (mapping/series.py)."""
+    return region_dir(cfg) / "series"
+
+
+def series_summary(cfg: DictConfig) -> Path:
+    """`<region_dir>/series.json`: the series' figures (DVC metrics)."""
+    return region_dir(cfg) / "series.json"
 
 
 def change_dir(cfg: DictConfig) -> Path:

@@ -42,7 +42,16 @@ summed per municipality, counted in sdg.population.census_year and carried to t1
 t2 with a continuous growth rate: P(t) = P_c exp(g (t - census_year)) (default g =
 0.0115 per year, Mexico's 2010-2020 intercensal rate). The same rate everywhere makes
 PGR = g in every municipality: LCRPGR then ranks municipalities by land consumption
-only. With a table (CSV: id, year, population), each municipality's own figures.
+only. With a table (sdg.population.table; for Mexican regions INEGI's 2010 and 2020
+censuses and the 2015 intercensal survey, `inegi_municipal_population.csv`, the default),
+each municipality's own figures: long (id, year, population) or wide (the key, then
+pob_<YYYY> columns). A table's year Y is taken at Y's middle, like a period's, and each
+period's population is interpolated log-linearly between the nearest two dates that
+bracket its middle (P(t) = P_a (P_b / P_a)^((t - t_a) / (t_b - t_a))), or extrapolated at
+the rate of the nearest two dates outside them (flag `population_extrapolated`). PGR
+then differs by municipality. A municipality created after the table's first date
+(split off another; 13 in Mexico since 2010, none in the default window) has no
+population before it: flag `created_after_<year>`, PGR undefined (`no_population`).
 
 Outputs under `<region_dir>/sdg/`: `sdg_11_3_1.csv` (one row per municipality, then
 the region), `sdg_11_3_1.png` (chart) and `sdg_11_3_1.json` (the region's row, for
@@ -52,6 +61,7 @@ the region), `sdg_11_3_1.png` (chart) and `sdg_11_3_1.json` (the region's row, f
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -245,8 +255,10 @@ def table(per_muni: pd.DataFrame, years: tuple[Any, Any], ratio: float, region_a
 
 
 def population(settings: PopulationSettings, labels: pd.DataFrame, key: np.ndarray, ids: pd.Index,
-               years: tuple[Any, Any], times: tuple[float, float] | None = None) -> pd.DataFrame:
-    """population_<t1>, population_<t2> (persons) per municipality id (index `ids`).
+               years: tuple[Any, Any], times: tuple[float, float] | None = None,
+               id_column: str = "id") -> tuple[pd.DataFrame, pd.Series]:
+    """population_<t1>, population_<t2> (persons) per municipality id (index `ids`), and
+    the population flags per id (table_population; none without a table).
 
     Args:
         settings: the population source (sdg.population).
@@ -260,32 +272,88 @@ def population(settings: PopulationSettings, labels: pd.DataFrame, key: np.ndarr
         census = labels["population"].fillna(0).groupby(key).sum().reindex(ids, fill_value=0.0)
         # The census year is counted at its middle: a period's middle less half a year.
         return pd.DataFrame({f"population_{t}": project_population(census, settings.census_year, settings.growth_rate,
-                                                                    when - 0.5)
-                             for t, when in zip(years, times)}, index=ids)
-    return table_population(settings.table, ids, years)
+                                                                    when - YEAR_MIDDLE)
+                             for t, when in zip(years, times)}, index=ids), pd.Series("", index=ids, dtype=object)
+    return table_population(settings.table, ids, years, times, id_column)
 
 
-def table_population(table_path: str, ids: pd.Index, years: tuple[Any, Any]) -> pd.DataFrame:
-    """population_<t1>, population_<t2> per municipality id (index `ids`) from a CSV with
-    columns id, year, population; InputError naming the file when a column, a year or a
-    municipality is missing."""
+#: A population table's year Y stands for the middle of Y (Y + 0.5), as a period's middle does.
+YEAR_MIDDLE = 0.5
+_WIDE = re.compile(r"^(?:pob|population)_(\d{4})$")
+
+
+def read_population_table(table_path: str, id_column: str = "id") -> pd.DataFrame:
+    """The population table as a wide frame: index the municipality key (str), one float
+    column per year (NaN where the municipality did not exist). Long (id, year,
+    population) or wide (`id` or `id_column`, then pob_<YYYY> or population_<YYYY>, as
+    INEGI's inegi_municipal_population.csv); InputError naming the file otherwise."""
     path = require_file(table_path, "population table")
-    frame = pd.read_csv(path, dtype={"id": str})
+    frame = pd.read_csv(path, dtype={"id": str, id_column: str})
+    wide_columns = {c: int(m[1]) for c in frame.columns if (m := _WIDE.match(str(c)))}
+    if wide_columns:
+        key = "id" if "id" in frame.columns else id_column
+        if key not in frame.columns:
+            raise InputError(f"{path}: population table lacks the key column id (or {id_column})")
+        wide = frame.set_index(frame[key].astype(str))[list(wide_columns)].rename(columns=wide_columns)
+        return wide.astype(float).sort_index(axis=1)
     missing = [c for c in ("id", "year", "population") if c not in frame.columns]
     if missing:
-        raise InputError(f"{path}: population table lacks column(s) {', '.join(missing)}")
-    wide = frame.pivot_table(index="id", columns="year", values="population", aggfunc="sum")
-    if not all(str(t).isdigit() for t in years):
-        raise InputError(f"{path}: population table by year, but the periods {years[0]} and {years[1]} are not both years")
-    years = (int(years[0]), int(years[1]))
-    for t in years:
-        if t not in wide.columns:
-            raise InputError(f"{path}: population table has no rows for year {t}")
+        raise InputError(f"{path}: population table lacks column(s) {', '.join(missing)} "
+                         "(or pob_<YYYY> columns beside the key)")
+    return frame.pivot_table(index="id", columns="year", values="population", aggfunc="sum").astype(float)
+
+
+def interpolate_population(wide: pd.DataFrame, when: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's population at the decimal year `when`, log-linear between the nearest two
+    of its dates (a column Y at Y + 0.5) that bracket `when`, else extrapolated at the rate
+    of its nearest two dates. Returns (population (NaN where the row has no date, or one
+    date and `when` is not it), extrapolated (bool))."""
+    years = np.asarray(wide.columns, float) + YEAR_MIDDLE
+    values = wide.to_numpy(float)
+    out = np.full(len(wide), np.nan)
+    extrapolated = np.zeros(len(wide), bool)
+    for i, row in enumerate(values):
+        ok = np.isfinite(row) & (row > 0)
+        t, v = years[ok], np.log(row[ok])
+        if not len(t):
+            continue
+        if np.any(np.isclose(t, when)):
+            out[i] = float(row[ok][np.isclose(t, when)][0])  # a date itself: the figure as counted
+            continue
+        if len(t) < 2:
+            continue
+        k = int(np.clip(np.searchsorted(t, when), 1, len(t) - 1))
+        a, b = k - 1, k
+        extrapolated[i] = not t[0] <= when <= t[-1]
+        out[i] = float(np.exp(v[a] + (v[b] - v[a]) * (when - t[a]) / (t[b] - t[a])))
+    return out, extrapolated
+
+
+def table_population(table_path: str, ids: pd.Index, years: tuple[Any, Any], times: tuple[float, float] | None = None,
+                     id_column: str = "id") -> tuple[pd.DataFrame, pd.Series]:
+    """population_<t1>, population_<t2> per municipality id (index `ids`) from the table
+    (read_population_table), each period's population interpolated log-linearly at its
+    middle (`times`; None: the years' middles); and per id its flags:
+    `population_extrapolated` (a period outside the table's dates) and
+    `created_after_<first year>` (a municipality split off another after the table's
+    first date: its population before it is unknown, so PGR is left undefined).
+    InputError naming the file when a municipality is missing."""
+    wide = read_population_table(table_path, id_column)
+    times = times if times is not None else (float(years[0]) + YEAR_MIDDLE, float(years[1]) + YEAR_MIDDLE)
+    absent = [i for i in ids if i not in wide.index and i != ""]
+    if absent:
+        raise InputError(f"{table_path}: no population for municipality {absent[0]}")
     wide = wide.reindex(ids)
-    lacking = wide[list(years)].isna().any(axis=1)
-    if lacking.any():
-        raise InputError(f"{path}: no population for municipality {wide.index[lacking][0]} in {years[0]} or {years[1]}")
-    return pd.DataFrame({f"population_{t}": wide[t].to_numpy(float) for t in years}, index=ids)
+    columns, extrapolated = {}, np.zeros(len(ids), bool)
+    for t, when in zip(years, times):
+        pop, extra = interpolate_population(wide, when)
+        columns[f"population_{t}"] = pop
+        extrapolated |= extra
+    first = wide.columns[0]
+    created = wide[first].isna().to_numpy() & wide.notna().any(axis=1).to_numpy()
+    flags = [";".join(f for f, hit in (("population_extrapolated", e), (f"created_after_{first}", c)) if hit)
+             for e, c in zip(extrapolated, created)]
+    return pd.DataFrame(columns, index=ids), pd.Series(flags, index=ids, dtype=object)
 
 
 def mapped_per_municipality(change: pd.DataFrame, key: np.ndarray, name: np.ndarray, years: tuple[Any, Any],
@@ -362,12 +430,15 @@ def sdg_indicator(settings: SdgSettings) -> pd.DataFrame:
 
     per = mapped_per_municipality(change, key, name, years, cell_km2)
     per["area_km2"] = per["id"].map(municipality_areas(munis, crs, id_column)).fillna(0.0).to_numpy()
-    pop = population(settings.population, labels, labels["key"].to_numpy(), pd.Index(per["id"]), years, settings.times)
+    pop, pop_flags = population(settings.population, labels, labels["key"].to_numpy(), pd.Index(per["id"]), years,
+                                settings.times, id_column)
     per = pd.concat([per, pop.reset_index(drop=True)], axis=1)
 
     est_path = io.require_file(settings.estimate, "validation estimate")
     ratio, adjusted = adjustment(est_path)
     out = table(per, years, ratio, adjusted, settings.min_coverage, settings.times[1] - settings.times[0])
+    extra = [*pop_flags.to_numpy(), ""]  # the region's row last
+    out["flags"] = [";".join(f for f in (a, b) if f) for a, b in zip(out["flags"], extra)]
 
     with io.atomic_output(settings.table_out) as tmp:
         rounded(out).to_csv(tmp, index=False)

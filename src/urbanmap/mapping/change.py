@@ -76,7 +76,7 @@ class ChangeSettings:
             None: one row, "(none)", for the whole region.
         id_column, name_column: the municipalities' key and name columns
             (data.municipality_id, data.municipality_name).
-        predictions: the two periods' predictions_<period>.parquet, read.
+        predictions: the two periods' predictions/<period>.parquet, read.
         out_dir: the change/ folder; cells_out, cog_out, map_out, municipalities_out,
             region_out: change.parquet, change.tif, change.png, municipalities.csv, region.json.
     """
@@ -197,7 +197,7 @@ def tally(change: pd.DataFrame, by: np.ndarray | None, years: Sequence[int | str
     return pd.concat([cells, km2, urban.reindex(cells.index)], axis=1)
 
 
-def _map(path: Path, lattice: PixelLattice, codes_grid: np.ndarray, counts: dict[str, int], cell_km2: float, title: str,
+def change_png(path: Path, lattice: PixelLattice, codes_grid: np.ndarray, counts: dict[str, int], cell_km2: float, title: str,
          boundaries: gpd.GeoDataFrame | None = None) -> None:
     """PNG: change classes with a legend (km² each), municipality boundaries on top.
 
@@ -311,7 +311,7 @@ def write_change(settings: ChangeSettings, change: pd.DataFrame, raster: PixelLa
         cellmap.write_cog(tmp["tif"], codes_grid, raster, CODES["nodata"], f"change {t1}-{t2}: {legend}",
                           {"CHANGE_CODES": legend, "periods": f"{t1},{t2}"}, resampling="mode",
                           colormap={CODES[c]: COLOURS[c] for c in CHANGES})
-        _map(tmp["png"], raster, codes_grid, counts, cell_km2, title, munis)
+        change_png(tmp["png"], raster, codes_grid, counts, cell_km2, title, munis)
         per_muni.to_csv(tmp["csv"], index=False, float_format="%.6g")
         io.write_json(tmp["json"], summary)
 
@@ -335,7 +335,7 @@ def map_change(settings: ChangeSettings) -> None:
 
 
 def run(cfg: DictConfig) -> None:
-    """The stage: predictions_<periods.census>.parquet + predictions_<periods.target>.parquet +
+    """The stage: predictions/<periods.census>.parquet + predictions/<periods.target>.parquet +
     data.municipalities -> change/ (change.parquet, change.tif, change.png,
     municipalities.csv, region.json)."""
     map_change(ChangeSettings.from_config(cfg))

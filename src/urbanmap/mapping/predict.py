@@ -23,13 +23,13 @@ without a count band (an existing composite) has ``clear`` NaN and flags nothing
 
 Outputs under ``<region_dir>/``:
 
-- ``predictions_<period>.parquet``: GeoParquet (io.write_cells), one row per grid cell:
+- ``predictions/<period>.parquet``: GeoParquet (io.write_cells), one row per grid cell:
   cell_id, col, row, p_urban (float32, 0..1 or NaN), class (urban if p_urban >=
   ``predict.threshold``, non_urban below, nodata), clear (float32), low_quality (bool);
-- ``p_urban_<period>.tif``: a COG of p_urban with one pixel per cell (cellmap.py), nodata
+- ``predictions/<period>.tif``: a COG of p_urban with one pixel per cell (cellmap.py), nodata
   NaN, in the grid's CRS;
-- ``predictions_<period>.png``: a map of p_urban and of the classes;
-- ``predictions_<period>.json``: cells per class, low-quality cells, model, threshold (seconds and cells/s go to
+- ``predictions/<period>.png``: a map of p_urban and of the classes;
+- ``predictions/<period>.json``: cells per class, low-quality cells, model, threshold (seconds and cells/s go to
   ``logs/timings.jsonl``, which DVC does not track).
 
 The units of work (classify.py: `predict_cells`, `predict_block`, `classify`) are run
@@ -79,8 +79,8 @@ class PredictSettings:
         pixel_size: the mosaic's nominal pixel size, metres (data.pixel_size).
         patch_size: pixels per cell side (data.patch_size), or None: cell_size / pixel_size rounded.
         grid, mosaic, model_dir: the inputs: grid.parquet, mosaic_<period>.tif and model/.
-        predictions, p_urban_cog, map_png, summary: the outputs: predictions_<period>.parquet,
-            p_urban_<period>.tif, predictions_<period>.png and predictions_<period>.json.
+        predictions, p_urban_cog, map_png, summary: the outputs: predictions/<period>.parquet,
+            .tif (p_urban), .png and .json.
     """
 
     period: Period
@@ -239,7 +239,7 @@ def prediction_table(grid: pd.DataFrame, p: np.ndarray, threshold: float, clear:
 
 def prediction_summary(settings: PredictSettings, table: pd.DataFrame, card: dict[str, Any],
                        cell_size: float) -> dict[str, Any]:
-    """predictions_<period>.json: cells per class, urban km², mean p_urban, model. No timing:
+    """predictions/<period>.json: cells per class, urban km², mean p_urban, model. No timing:
     the same inputs give the same bytes (seconds and cells/s go to logs/timings.jsonl)."""
     p = table["p_urban"].to_numpy()
     counts = {c: int((table["class"] == c).sum()) for c in CLASSES}
@@ -300,6 +300,6 @@ def write_predictions(settings: PredictSettings, grid: pd.DataFrame, p: np.ndarr
 
 
 def run(cfg: DictConfig) -> None:
-    """The stage: grid.parquet + mosaic_<period>.tif + model/ -> predictions_<period>.parquet,
-    p_urban_<period>.tif, predictions_<period>.png, predictions_<period>.json."""
+    """The stage: grid.parquet + mosaic_<period>.tif + model/ -> predictions/<period>.parquet,
+    .tif (p_urban), .png, .json."""
     predict_period(PredictSettings.from_config(cfg))

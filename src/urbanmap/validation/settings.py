@@ -54,7 +54,7 @@ class ValidationSettings:
             simulated interpreter labels wrongly.
         chips: validation.chips.
         pixel_size: data.pixel_size, metres; patch_size: data.patch_size or None.
-        predictions: predictions_<target>.parquet (sample's input).
+        predictions: predictions/<target>.parquet (sample's input).
         change_cells: change/change.parquet (sample's input with strata=change).
         grid: grid.parquet (the chips' lattice).
         mosaic: mosaic_<target>.tif (the chips' imagery).
