@@ -36,6 +36,7 @@ VALIDATE_STEPS = {
     "sample": "stratified random sample of periods.target's map, chips -> validation/sample.csv, .gpkg, strata.csv, chips/",
     "interpret": "simulated interpreter (synthetic truth, validation.interpreter_error) -> validation/interpreted.csv",
     "estimate": "accuracy and error-adjusted area (Olofsson et al. 2014) -> validation/estimate.json",
+    "periods": "every period's map sampled, interpreted from synth's truth and estimated -> validation/periods/, periods.json",
 }
 
 

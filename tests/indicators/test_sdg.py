@@ -164,3 +164,23 @@ def test_the_default_region_reads_inegis_municipal_table(shared_data):
     cfg = config.load(REPO)
     wide = sdg.read_population_table(cfg.sdg.population.table, "cvegeo")
     assert list(wide.columns) == [2010, 2015, 2020] and wide.loc["09007"].tolist() == [1815786, 1827868, 1835486]
+
+
+def test_sdg_propagates_both_periods_intervals_into_lcr_and_lcrpgr(in_repo, region):
+    """With validate periods' estimates of both periods, the region's LCR and LCRPGR come
+    from the error-adjusted areas, with delta-method 95% intervals."""
+    over, *_ = region
+    cfg = config.load(REPO, over)
+    io.write_json(paths.validation_periods_summary(cfg), {"periods": {
+        "2010": {"urban_km2": 16.0, "urban_km2_se": 1.0}, "2019": {"urban_km2": 21.0, "urban_km2_se": 1.5}}})
+    assert main(["sdg", *over]) == 0
+    out = pd.read_csv(paths.sdg_table(cfg), dtype={"id": str}, keep_default_na=False, na_values=[""])
+    reg = out.iloc[-1]
+    assert reg["urban_km2_2010_adjusted"] == 16 and reg["urban_km2_2010_adjusted_ci95"] == pytest.approx(1.96)
+    lcr = math.log(21 / 16) / 9
+    se = math.sqrt((1 / 16) ** 2 + (1.5 / 21) ** 2) / 9
+    assert reg["lcr_adjusted"] == pytest.approx(lcr, abs=1e-6)
+    assert reg["lcr_adjusted_ci95"] == pytest.approx(1.96 * se, abs=1e-6)
+    assert reg["lcrpgr_adjusted"] == pytest.approx(lcr / 0.0115, abs=1e-3)
+    assert reg["lcrpgr_adjusted_ci95"] == pytest.approx(1.96 * se / 0.0115, abs=1e-3)
+    assert out["lcr_adjusted"].iloc[:-1].isna().all()  # municipalities: the ratio adjustment, no interval

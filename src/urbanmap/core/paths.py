@@ -246,6 +246,16 @@ def validation_estimate(cfg: DictConfig) -> Path:
     return validation_dir(cfg) / "estimate.json"
 
 
+def validation_periods_dir(cfg: DictConfig) -> Path:
+    """`validation/periods/`: every period's error-adjusted urban area (areas.csv, areas.png)."""
+    return validation_dir(cfg) / "periods"
+
+
+def validation_periods_summary(cfg: DictConfig) -> Path:
+    """`validation/periods.json`: the same per period (DVC metrics; sdg's intervals)."""
+    return validation_dir(cfg) / "periods.json"
+
+
 def sdg_dir(cfg: DictConfig) -> Path:
     """`<region_dir>/sdg/`: SDG indicator 11.3.1 per municipality and for the region."""
     return region_dir(cfg) / "sdg"

@@ -36,6 +36,11 @@ same model and method map both years, so the same bias is assumed at t1). The
 region's adjusted t2 area is the estimate itself, with its interval; r cancels in
 LCR, so LCR and LCRPGR are those of the mapped areas.
 
+*Uncertainty.* Where validation/periods.json holds the error-adjusted urban area of
+both periods (`validate periods`, each period's own sample), the region's row also gives
+both adjusted areas with their 95% intervals and lcr_adjusted / lcrpgr_adjusted with
+95% intervals by the delta method (`propagated`: independent samples, population exact).
+
 *Population.* With sdg.population.table null: the census population allocated to
 cells by `labels` (data.census.population_column; INEGI's `pob` is the 2020 census),
 summed per municipality, counted in sdg.population.census_year and carried to t1 and
@@ -79,6 +84,7 @@ from urbanmap.core.io import require_file
 from urbanmap.core.periods import PeriodSettings
 from urbanmap.indicators.chart import sdg_chart
 from urbanmap.mapping.change import assign_municipalities
+from urbanmap.validation.estimate import Z95
 
 REGION = "region"
 
@@ -125,6 +131,8 @@ class SdgSettings:
         population: the population source (sdg.population).
         change_cells, labels, estimate: the inputs: change/change.parquet, labels.parquet
             and validation/estimate.json.
+        period_estimates: validation/periods.json, the error-adjusted urban area of every
+            period (validate periods); read when it exists.
         out_dir: the sdg/ folder; table_out, chart_out, summary_out: sdg_11_3_1.csv, .png and .json.
     """
 
@@ -138,6 +146,7 @@ class SdgSettings:
     change_cells: Path
     labels: Path
     estimate: Path
+    period_estimates: Path
     out_dir: Path
     table_out: Path
     chart_out: Path
@@ -159,7 +168,7 @@ class SdgSettings:
             id_column=str(cfg.data.municipality_id), name_column=str(cfg.data.municipality_name),
             min_coverage=min_coverage, population=PopulationSettings.from_config(cfg.sdg.population),
             change_cells=paths.change_cells(cfg), labels=paths.labels(cfg), estimate=paths.validation_estimate(cfg),
-            out_dir=paths.sdg_dir(cfg), table_out=paths.sdg_table(cfg), chart_out=paths.sdg_chart(cfg),
+            period_estimates=paths.validation_periods_summary(cfg), out_dir=paths.sdg_dir(cfg), table_out=paths.sdg_table(cfg), chart_out=paths.sdg_chart(cfg),
             summary_out=paths.sdg_summary(cfg),
         )
 
@@ -395,13 +404,47 @@ def adjustment(est_path: Path) -> tuple[float, dict[str, Any]]:
     return float(adjusted["estimate"]) / mapped, adjusted
 
 
+def propagated(out: pd.DataFrame, years: tuple[Any, Any], elapsed: float, path: Path) -> pd.DataFrame:
+    """The region's LCR and LCRPGR from the error-adjusted urban areas of both periods
+    (validation/periods.json at `path`), with 95% intervals by the delta method: the two
+    periods' samples are drawn independently, so var(ln A2 - ln A1) = (se1 / A1)² +
+    (se2 / A2)², and LCR's SE is its root over the years `elapsed`; PGR is taken as
+    exact (census counts), so LCRPGR's SE is LCR's over |PGR|. Adds lcr_adjusted,
+    lcr_adjusted_ci95, lcrpgr_adjusted, lcrpgr_adjusted_ci95 and both periods' adjusted
+    areas with their ci95 on the region's row (the last); the municipalities' rows keep
+    the ratio adjustment (too few sampled cells each for an interval of their own)."""
+    t1, t2 = years
+    try:
+        periods = json.loads(path.read_text())["periods"]
+        a = [(float(periods[str(t)]["urban_km2"]), float(periods[str(t)]["urban_km2_se"])) for t in (t1, t2)]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: no error-adjusted urban area of period {t1} and {t2} ({exc})") from None
+    (a1, se1), (a2, se2) = a
+    last = out.index[-1]
+    for col in ("lcr_adjusted", "lcr_adjusted_ci95", "lcrpgr_adjusted", "lcrpgr_adjusted_ci95"):
+        out[col] = np.nan
+    out.loc[last, f"urban_km2_{t1}_adjusted"] = a1
+    out.loc[last, f"urban_km2_{t1}_adjusted_ci95"] = Z95 * se1
+    out.loc[last, f"urban_km2_{t2}_adjusted"] = a2
+    out.loc[last, f"urban_km2_{t2}_adjusted_ci95"] = Z95 * se2
+    if a1 > 0 and a2 > 0 and elapsed > 0:
+        lcr = np.log(a2 / a1) / elapsed
+        se = float(np.sqrt((se1 / a1) ** 2 + (se2 / a2) ** 2) / elapsed)
+        out.loc[last, "lcr_adjusted"], out.loc[last, "lcr_adjusted_ci95"] = lcr, Z95 * se
+        pgr = float(out.loc[last, "pgr"])
+        if np.isfinite(pgr) and pgr > 0:
+            out.loc[last, "lcrpgr_adjusted"], out.loc[last, "lcrpgr_adjusted_ci95"] = lcr / pgr, Z95 * se / pgr
+    return out
+
+
 def rounded(out: pd.DataFrame) -> pd.DataFrame:
     """The indicator table as written to CSV: km² and coverage to 4 decimals, persons
     whole, m² per capita to 2, LCR and PGR to 6, LCRPGR to 4."""
     table = out.round({c: 4 for c in out.columns if c.startswith("urban_km2") or c == "coverage"}
                       | {c: 0 for c in out.columns if c.startswith("population")}
                       | {c: 2 for c in out.columns if c.startswith("urban_m2")}
-                      | {"lcr": 6, "pgr": 6, "lcrpgr": 4})
+                      | {"lcr": 6, "pgr": 6, "lcrpgr": 4, "lcr_adjusted": 6, "lcr_adjusted_ci95": 6,
+                         "lcrpgr_adjusted": 4, "lcrpgr_adjusted_ci95": 4})
     for c in table.columns[table.columns.str.startswith("population")]:
         table[c] = table[c].astype("Int64")
     return table
@@ -439,6 +482,8 @@ def sdg_indicator(settings: SdgSettings) -> pd.DataFrame:
     out = table(per, years, ratio, adjusted, settings.min_coverage, settings.times[1] - settings.times[0])
     extra = [*pop_flags.to_numpy(), ""]  # the region's row last
     out["flags"] = [";".join(f for f in (a, b) if f) for a, b in zip(out["flags"], extra)]
+    if settings.period_estimates.is_file():
+        out = propagated(out, years, settings.times[1] - settings.times[0], settings.period_estimates)
 
     with io.atomic_output(settings.table_out) as tmp:
         rounded(out).to_csv(tmp, index=False)
@@ -446,9 +491,11 @@ def sdg_indicator(settings: SdgSettings) -> pd.DataFrame:
         sdg_chart(tmp, out, years, REGION)
     io.write_json(settings.summary_out, region_summary(out, years, ratio))
     r = out.iloc[-1]
+    interval = (f"; adjusted LCR {r['lcr_adjusted']:.4f} ± {r['lcr_adjusted_ci95']:.4f}, LCRPGR "
+                f"{r['lcrpgr_adjusted']:.2f} ± {r['lcrpgr_adjusted_ci95']:.2f} (95%)" if "lcr_adjusted" in out else "")
     print(f"sdg 11.3.1 ({t1}-{t2}): region urban {r[f'urban_km2_{t1}_adjusted']:,.1f} -> "
-          f"{r[f'urban_km2_{t2}_adjusted']:,.1f} km² (adjusted, ratio {ratio:.3f}), LCR {r['lcr']:.4f}, "
-          f"PGR {r['pgr']:.4f}, LCRPGR {r['lcrpgr']:.2f}; {len(out) - 1} municipalities -> {settings.out_dir}")
+          f"{r[f'urban_km2_{t2}_adjusted']:,.1f} km² (adjusted), LCR {r['lcr']:.4f}, "
+          f"PGR {r['pgr']:.4f}, LCRPGR {r['lcrpgr']:.2f}{interval}; {len(out) - 1} municipalities -> {settings.out_dir}")
     return out
 
 

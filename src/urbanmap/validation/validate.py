@@ -16,6 +16,11 @@ The three steps, each a dvc stage, write under `<region_dir>/validation/`:
    and writes estimate.json (the dvc stage); with them, any sample and strata files,
    written only where --out says.
 
+And **periods** (`urbanmap validate periods`, periods.py; the embedded default): every
+listed period's map sampled, interpreted from the synthetic truth and estimated ->
+validation/periods/ (areas.csv, areas.png) and validation/periods.json: the area series
+with its intervals.
+
 This module is the command line's entry (cli.py holds its parser).
 """
 
@@ -26,6 +31,7 @@ import argparse
 from urbanmap.core import config
 from urbanmap.validation.estimate import run_estimate
 from urbanmap.validation.interpret import run_interpret
+from urbanmap.validation.periods import run_periods
 from urbanmap.validation.sample import run_sample
 from urbanmap.validation.settings import ValidationSettings
 
@@ -41,6 +47,8 @@ def command(args: argparse.Namespace) -> None:
         run_sample(cfg)
     elif args.step == "interpret":
         run_interpret(cfg)
+    elif args.step == "periods":
+        run_periods(cfg)
     else:
         settings = ValidationSettings.from_config(cfg)
         defaults = not (args.sample or args.strata)
