@@ -52,7 +52,7 @@ def run_cli(monkeypatch, root, *extra) -> int:
 
 def copy_region(trained, tmp_path):
     root, _, labels = trained
-    shutil.copytree(root / "tiny", tmp_path / "tiny", ignore=shutil.ignore_patterns("predictions_*", "p_urban_*"))
+    shutil.copytree(root / "tiny", tmp_path / "tiny", ignore=shutil.ignore_patterns("predictions"))
     return tmp_path, labels
 
 
