@@ -31,14 +31,16 @@ def test_repro_reruns_only_what_changed(tmp_path, shared_data):
     assert first[:2] == ["grid", "labels"] and first[-1] == "sdg"
     assert stages_run(sh("dvc", "repro", cwd=clone).stdout) == []  # nothing reruns
 
-    # A period added to the list: its own synth, mosaic and predict, and the series that
-    # reads every period's map; no other period's stage.
+    # A period added to the list (both lists, as `dvc exp run -S periods.list=...`
+    # composes them): its own synth, mosaic and predict, and the stages that read every
+    # period's map (series, validate_periods); no other period's stage.
     periods = yaml.safe_load((clone / "params.yaml").read_text())["periods"]["list"]
-    set_params(clone, **{"periods.list": [*periods, "2017"]})
+    added = [*periods[:2], "2017", *periods[2:]]
+    set_params(clone, **{"periods.list": added, "data.inputs.synth_periods": added})
     status = sh("dvc", "status", cwd=clone).stdout
     assert {line[:-1] for line in status.splitlines() if line.endswith(":") and not line[0].isspace()} == {
-        "synth@2017", "mosaic@2017", "predict@2017", "series"}, status
-    set_params(clone, **{"periods.list": periods})
+        "synth@2017", "mosaic@2017", "predict@2017", "series", "validate_periods"}, status
+    set_params(clone, **{"periods.list": periods, "data.inputs.synth_periods": periods})
     assert stages_run(sh("dvc", "repro", cwd=clone).stdout) == []
 
     set_params(clone, **{"model.estimator.n_estimators": 30})
