@@ -77,7 +77,7 @@ def test_the_gap_of_random_and_spatial_cv(runs, capsys, in_repo):
     assert status == 0, captured.err
     gaps = pd.read_csv(runs / "gap" / "gaps.csv")
     table = pd.read_csv(runs / "gap" / "experiments.csv").set_index("cv")
-    assert gaps["model"].tolist() == ["extra_trees"]
+    assert gaps["model"].tolist() == ["extra_trees"] and gaps["features"].tolist() == ["flat"]
     expected = table.loc["kfold", "overall_accuracy"] - table.loc["spatial", "overall_accuracy"]
     assert gaps["gap"].iloc[0] == pytest.approx(expected, abs=1e-5)
     assert gaps["ci_low"].iloc[0] < gaps["gap"].iloc[0] < gaps["ci_high"].iloc[0]
