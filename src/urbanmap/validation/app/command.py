@@ -19,6 +19,7 @@ import secrets
 import sys
 from pathlib import Path
 
+from flask import Flask
 from omegaconf import DictConfig
 from werkzeug.serving import make_server
 
@@ -86,33 +87,43 @@ def map_layers(cfg: DictConfig, settings: ValidationSettings) -> dict[str, tuple
     return {k: v for k, v in layers.items() if v[1].is_file() and (k != "train" or train != settings.target_year)}
 
 
-def serve(cfg: DictConfig, host: str | None, port: int | None) -> None:
-    """Step `interpret serve` (module docstring): serves until Ctrl-C."""
+def prepare(cfg: DictConfig, host: str) -> tuple[Flask, Context, bool]:
+    """The app for `host` (its token required off loopback): the database opened or made
+    (open_store), the pages' context; returns (app, context, whether the database is new)."""
     settings = ValidationSettings.from_config(cfg)
     app = AppSettings.from_config(cfg)
-    host = host or app.host
-    port = app.port if port is None else port
     store, sample_hash, made = open_store(settings, app)
     token = app.token
     if token is None and not is_loopback(host):
         token = secrets.token_urlsafe(16)
     ctx = Context(store, settings, app, store.items(), read_layout(settings.chips_dir), map_layers(cfg, settings),
                   token, sample_hash)
+    return create_app(ctx), ctx, made
+
+
+def serve(cfg: DictConfig, host: str | None, port: int | None) -> None:
+    """Step `interpret serve` (module docstring): serves until Ctrl-C."""
+    settings = AppSettings.from_config(cfg)
+    host = host or settings.host
+    port = settings.port if port is None else port
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port {port}: not a port number (0-65535)")
+    flask_app, ctx, made = prepare(cfg, host)
     try:
-        server = make_server(host, port, create_app(ctx), threaded=True)
+        server = make_server(host, port, flask_app, threaded=True)
     except OSError as exc:
         raise InputError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); "
-                         "choose another with --port") from None
+                         "choose another with --host or --port") from None
     shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{server.server_port}/" + (f"?token={token}" if token else "")
-    n_gold = int(ctx.items["gold_answer"].notna().sum())
+    url = f"http://{shown}:{server.server_port}/" + (f"?token={ctx.token}" if ctx.token else "")
+    n_gold = len(ctx.gold)
     print(f"interpret serve: {len(ctx.sample_cells)} sample cells" + (f" and {n_gold} gold cells" if n_gold else "")
-          + f", answers in {store.path}{' (new)' if made else ''}", flush=True)
+          + f", answers in {ctx.store.path}{' (new)' if made else ''}", flush=True)
     print(f"interpret serve: open {url}  (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        print(f"interpret serve: stopped; every answer sent is in {store.path}", file=sys.stderr)
+        print(f"interpret serve: stopped; every answer sent is in {ctx.store.path}", file=sys.stderr)
     finally:
         server.server_close()
 

@@ -73,10 +73,12 @@ class Context:
         self.sample_cells = [str(c) for c in self.items.loc[self.items["gold_answer"].isna(), "cell_id"]]
         self.gold = self.items.loc[self.items["gold_answer"].notna()].set_index("cell_id")["gold_answer"]
 
-    def item(self, cell_id: str | None, status: int = 404) -> dict[str, Any]:
-        """The item of `cell_id`; RequestError (404) naming an unknown cell."""
+    def item(self, cell_id: str | None, posted: bool = False) -> dict[str, Any]:
+        """The item of `cell_id`; RequestError 404 naming an unknown cell (and saying that
+        nothing was saved, for a `posted` form)."""
         if not cell_id or cell_id not in self.by_cell:
-            raise RequestError(status, f"There is no cell {str(cell_id or '')[:60]!r} in this sample.")
+            raise RequestError(404, f"There is no cell {str(cell_id or '')[:60]!r} in this sample"
+                                    + (": nothing was saved." if posted else "."))
         return dict(self.by_cell[cell_id])
 
     def check_sample(self) -> None:
@@ -154,6 +156,8 @@ def create_app(ctx: Context) -> Flask:
     """The Flask app of `ctx` (module docstring)."""
     app = Flask(__name__, template_folder="templates", static_folder="static")
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    # `/chips//etc/passwd` reaches the route (and is refused there) instead of a redirect
+    app.url_map.merge_slashes = False
     app.jinja_env.globals.update(labels=quality.ANSWER_LABELS, answers=quality.ANSWERS)
 
     @app.before_request
@@ -184,6 +188,9 @@ def create_app(ctx: Context) -> Flask:
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> tuple[str, int]:
         status = exc.code or 400
+        if status == 404 and request.path.startswith("/chips/"):  # /chips//etc/passwd: no route takes it
+            return _refused(RequestError(400, f"Chip path {request.path[7:87]!r} is not a relative path inside the "
+                                              "chips folder."))
         sentences = {404: "There is no such page in this app.", 405: "This page does not take that kind of request.",
                      413: "The form is too large: nothing was saved.",
                      400: "The request is malformed: nothing was saved."}
@@ -219,7 +226,7 @@ def create_app(ctx: Context) -> Flask:
     def answer() -> BaseResponse:
         name = check_name(_form_text("interpreter"))
         cell = _form_text("cell")
-        ctx.item(cell)
+        ctx.item(cell, posted=True)
         if not verify(ctx.store.secret, _form_text("nonce"), "answer", name, cell):
             raise RequestError(400, "The form's one-time key is missing or does not match its interpreter and cell "
                                     "(an edited or malformed form): nothing was saved. Open the cell anew.")
@@ -259,7 +266,7 @@ def create_app(ctx: Context) -> Flask:
     @app.post("/adjudicate")
     def adjudicate() -> BaseResponse:
         cell = _form_text("cell")
-        ctx.item(cell)
+        ctx.item(cell, posted=True)
         who = check_name(_form_text("adjudicator"), "adjudicator")
         if not verify(ctx.store.secret, _form_text("nonce"), "adjudicate", cell):
             raise RequestError(400, "The form's one-time key is missing or does not match its cell (an edited or "

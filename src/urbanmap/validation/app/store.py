@@ -119,10 +119,13 @@ class Store:
     """The answers' store at `path` (module docstring); every method opens its own
     connection, so one Store serves every thread of the server."""
 
-    def __init__(self, path: Path, meta: Mapping[str, str]) -> None:
+    def __init__(self, path: Path, meta: Mapping[str, str], read_only_file: bool = False) -> None:
         self.path = Path(path)
         self.meta = dict(meta)
         self.secret = bytes.fromhex(self.meta["secret"])
+        # Reads open the file read-write when they may: SQLite then removes its -wal and
+        # -shm files when the last connection closes (read-only ones leave them behind).
+        self.mode = "ro" if read_only_file else "rw"
 
     # --- making and opening ---------------------------------------------------------------
 
@@ -160,11 +163,12 @@ class Store:
         """The database at `path`; InputError naming it when it is missing, not a file,
         read-only (with `write`), not an answers' database, or of another schema."""
         path = io.require_file(path, "answers' database")
-        if write and read_only(path):
+        locked = read_only(path)
+        if write and locked:
             raise InputError(f"{path}: the answers' database is read-only; make it (and its folder) writable "
                              "to record answers")
         try:
-            con = sqlite3.connect(f"file:{path}?mode={'rw' if write else 'ro'}", uri=True, timeout=15)
+            con = sqlite3.connect(f"file:{path}?mode={'ro' if locked else 'rw'}", uri=True, timeout=15)
             try:
                 meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
             finally:
@@ -173,7 +177,7 @@ class Store:
             raise InputError(f"{path}: not an answers' database of `urbanmap interpret serve` ({exc})") from None
         if meta.get("schema") != SCHEMA_VERSION or "secret" not in meta:
             raise InputError(f"{path}: answers' database of schema {meta.get('schema')!r}, not {SCHEMA_VERSION!r}")
-        return cls(path, meta)
+        return cls(path, meta, locked)
 
     # --- connections --------------------------------------------------------------------
 
@@ -191,7 +195,7 @@ class Store:
         """A connection (a `BEGIN IMMEDIATE` transaction, committed at the end, with
         `write`); SQLite's faults as RequestError 409."""
         try:
-            con = sqlite3.connect(f"file:{self.path}?mode={'rw' if write else 'ro'}", uri=True, timeout=15,
+            con = sqlite3.connect(f"file:{self.path}?mode={'rw' if write else self.mode}", uri=True, timeout=15,
                                   isolation_level=None, check_same_thread=False)
         except sqlite3.OperationalError as exc:
             raise RequestError(409, f"The answers' database {self.path} cannot be opened ({exc}): nothing was saved.") from None
@@ -228,8 +232,9 @@ class Store:
         with self._connect() as con:
             rows = con.execute("SELECT cell_id, sample_id, position, copies, gold_answer, chip, col, row, lon, lat, "
                                "stratum, map_class FROM items ORDER BY position").fetchall()
-        return pd.DataFrame([dict(r) for r in rows], columns=["cell_id", "sample_id", "position", "copies", "gold_answer",
-                                                              "chip", "col", "row", "lon", "lat", "stratum", "map_class"])
+        frame = pd.DataFrame([dict(r) for r in rows], columns=["cell_id", "sample_id", "position", "copies", "gold_answer",
+                                                               "chip", "col", "row", "lon", "lat", "stratum", "map_class"])
+        return frame.astype(object).where(frame.notna(), None)  # NULL stays None (pandas makes it NaN)
 
     def gold_chip(self, cell_id: str) -> bytes | None:
         """The stored chip of a gold cell, or None."""
