@@ -199,7 +199,7 @@ class CellMap:
     legend: list[tuple[str, str, int]]
 
 
-def cell_map(cols: np.ndarray, rows: np.ndarray, values: np.ndarray, max_side: int = 720) -> CellMap:
+def cell_map(cols: np.ndarray, rows: np.ndarray, values: np.ndarray, max_side: int = 640) -> CellMap:
     """Render one class per cell (COLOURS) as a PNG at most `max_side` pixels wide or
     high (at least one pixel per cell)."""
     col0, row0 = int(cols.min()), int(rows.min())

@@ -162,7 +162,7 @@ def create_app(ctx: Context) -> Flask:
 
     @app.before_request
     def _guard() -> Response | None:
-        if ctx.token is not None:
+        if ctx.token is not None and request.endpoint != "static":  # the app's own CSS and JS hold no data
             given = request.args.get("token") or request.cookies.get(TOKEN_COOKIE) or request.headers.get("X-Urbanmap-Token")
             if not given or not hmac.compare_digest(given.encode(), ctx.token.encode()):
                 raise RequestError(401, "This server needs its access token: open the address printed when it "
@@ -256,7 +256,9 @@ def create_app(ctx: Context) -> Flask:
         people = []
         for r in ctx.store.interpreters().to_dict("records"):
             score = gold.loc[r["name"]] if r["name"] in gold.index else None
-            people.append({**r, "gold": None if score is None else score.to_dict()})
+            people.append({**r, "gold": None if score is None else {"answered": int(score["answered"]),
+                                                                   "right": int(score["right"]),
+                                                                   "accuracy": float(score["accuracy"])}})
         counts = resolved["source"].value_counts().to_dict()
         cannot = int((resolved["answer"] == "cannot_tell").sum())
         return render_template("qa.html", people=people, pairs=quality.pair_agreement(current).to_dict("records"),
