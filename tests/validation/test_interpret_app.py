@@ -26,6 +26,7 @@ from urbanmap.validation import estimate
 from urbanmap.validation.app import quality
 from urbanmap.validation.app.store import Store
 from urbanmap.validation.interpret import human_answers
+from urbanmap.validation.settings import ValidationSettings
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,7 @@ def test_answers_survive_a_new_app_and_the_interpreter_resumes(region):
     assigned = ctx.store.progress("ana")["assigned"]
     assert assigned == 50 + 1  # the batch, and gold cells in proportion: ceil(50 x 2 gold / 169 sample cells)
     assert f"4 / {assigned} answered · 1 skipped" in page and f"cell={skipped}" in page
-    answers = Store.open(paths.validation_database(config.load(REPO, over))).current_answers()
+    answers = Store.open(ValidationSettings.from_config(config.load(REPO, over)).database).current_answers()
     assert answers["cell_id"].tolist() == done and (answers["interpreter"] == "ana").all()
     # the skipped cell comes back after the others of the batch
     while (cell := answer_next(client2, "ana", lambda c: gold.get(c) or truth(c))[0]) != skipped:
@@ -152,7 +153,7 @@ def test_two_interpreters_at_once_do_not_overwrite_each_other(region):
     for t in threads:
         t.join()
     assert not errors, errors
-    current = Store.open(paths.validation_database(config.load(REPO, over))).current_answers()
+    current = Store.open(ValidationSettings.from_config(config.load(REPO, over)).database).current_answers()
     for name, pairs in given.items():
         mine = current[current["interpreter"] == name]
         assert sorted(zip(mine["cell_id"], mine["answer"])) == sorted(pairs)
@@ -206,7 +207,7 @@ def test_export_then_validate_estimate_gives_the_estimate_of_the_answers(region,
     assert main(["interpret", "export", *over]) == 0
     printed = capsys.readouterr().out
     cfg = config.load(REPO, over)
-    human = pd.read_csv(paths.validation_human(cfg), dtype=str, keep_default_na=False)
+    human = pd.read_csv(ValidationSettings.from_config(cfg).human, dtype=str, keep_default_na=False)
     assert list(human.columns) == list(pd.read_csv(paths.validation_sample(cfg)).columns)
     # the same answers, directly: adjudicated wins, agreed or single answers stand, open
     # disagreements, cannot tell and gold cells left out
@@ -221,7 +222,7 @@ def test_export_then_validate_estimate_gives_the_estimate_of_the_answers(region,
     assert dict(zip(human["cell_id"], human["ref_class"])) == expected
     assert not set(human["cell_id"]) & set(gold)
     assert f"{len(expected)} of {len(sample)} sample cells" in printed and "kappa" in printed
-    qa = json.loads(paths.validation_human_qa(cfg).read_text())
+    qa = json.loads(ValidationSettings.from_config(cfg).human_qa.read_text())
     assert qa["exported"] == len(expected) and qa["gold_answers_left_out"] == int(current["gold"].sum())
 
     assert main(["validate", "interpret", *over, "validation.interpreter=human"]) == 0
@@ -241,7 +242,7 @@ def test_export_then_validate_estimate_gives_the_estimate_of_the_answers(region,
 def test_human_answers_are_checked_against_the_sample(tmp_path, region, capsys):
     over, cells, sample, gold = region
     cfg = config.load(REPO, over)
-    human = paths.validation_human(cfg)
+    human = ValidationSettings.from_config(cfg).human
     expect_error(capsys, paths.region_dir(cfg), ["validate", "interpret", *over, "validation.interpreter=human"],
                  "human.csv", "urbanmap interpret export")
     text = pd.read_csv(paths.validation_sample(cfg), dtype=str, keep_default_na=False)
@@ -366,7 +367,7 @@ def test_serve_and_export_refuse_bad_input_in_one_line(tmp_path, region, capsys)
     over, cells, sample, gold = region
     cfg = config.load(REPO, over)
     folder = paths.region_dir(cfg)
-    db = paths.validation_database(cfg)
+    db = ValidationSettings.from_config(cfg).database
     expect_error(capsys, folder, ["interpret", "export", *over], "interpretations.sqlite", "not found",
                  "urbanmap interpret serve")
     expect_error(capsys, folder, ["interpret", "serve", *over, "validation.app.double_share=1.5"],

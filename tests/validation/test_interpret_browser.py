@@ -26,6 +26,7 @@ from helpers.project import REPO
 from urbanmap.cli import main
 from urbanmap.core import config, paths
 from urbanmap.validation import estimate
+from urbanmap.validation.settings import ValidationSettings
 
 pytestmark = pytest.mark.slow
 
@@ -142,7 +143,7 @@ def screenshot(driver, folder, name):
 
 
 def db_answers(over):
-    db = paths.validation_database(config.load(REPO, over))
+    db = ValidationSettings.from_config(config.load(REPO, over)).database
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
         return con.execute("SELECT interpreter, cell_id, answer, confidence, comment FROM answers ORDER BY id").fetchall()
 

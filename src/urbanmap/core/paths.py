@@ -217,22 +217,6 @@ def validation_interpreted(cfg: DictConfig) -> Path:
     return validation_dir(cfg) / "interpreted.csv"
 
 
-def validation_human(cfg: DictConfig) -> Path:
-    """The interpreters' answers exported from the web app (interpreted.csv's columns):
-    validate interpret's input with validation.interpreter=human."""
-    return validation_dir(cfg) / "human.csv"
-
-
-def validation_human_qa(cfg: DictConfig) -> Path:
-    """The quality control of the exported answers: agreement, kappa, gold scores (JSON)."""
-    return validation_dir(cfg) / "human_qa.json"
-
-
-def validation_database(cfg: DictConfig) -> Path:
-    """The web app's answers (SQLite, WAL): not a DVC output; the export is."""
-    return validation_dir(cfg) / "interpretations.sqlite"
-
-
 def validation_estimate(cfg: DictConfig) -> Path:
     """Accuracy and error-adjusted area with 95% intervals (JSON, dvc metrics)."""
     return validation_dir(cfg) / "estimate.json"

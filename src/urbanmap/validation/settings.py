@@ -20,6 +20,11 @@ from urbanmap.core.errors import InputError
 DESIGNS = ("map", "change")
 #: Values of validation.interpreter.
 INTERPRETERS = ("simulated", "human")
+#: In validation/: the interpreters' answers exported from the web app (interpreted.csv's
+#: columns; validate interpret's input with validation.interpreter=human), the quality
+#: control of that export (JSON), and the web app's answers (SQLite; not a DVC output).
+#: Named here, not in core.paths, as only the validation steps and the app use them.
+HUMAN_FILE, HUMAN_QA_FILE, DATABASE_FILE = "human.csv", "human_qa.json", "interpretations.sqlite"
 
 
 @dataclass(frozen=True)
@@ -68,8 +73,8 @@ class ValidationSettings:
         folder: validation/, where the steps write:
         sample, sample_gpkg, strata_csv, chips_dir: sample's outputs;
         interpreted: interpret's output; estimate: estimate's output;
-        human: the web app's export (interpret's input with interpreter=human);
-        database: the web app's answers (SQLite).
+        human: the web app's export (interpret's input with interpreter=human), human_qa:
+        its quality control; database: the web app's answers (SQLite).
     """
 
     target_year: int
@@ -98,6 +103,7 @@ class ValidationSettings:
     interpreted: Path
     estimate: Path
     human: Path
+    human_qa: Path
     database: Path
 
     @classmethod
@@ -118,8 +124,8 @@ class ValidationSettings:
             truth=paths.truth_cells(cfg, target), folder=paths.validation_dir(cfg), sample=paths.validation_sample(cfg),
             sample_gpkg=paths.validation_sample_gpkg(cfg), strata_csv=paths.validation_strata(cfg),
             chips_dir=paths.validation_chips(cfg), interpreted=paths.validation_interpreted(cfg),
-            estimate=paths.validation_estimate(cfg), human=paths.validation_human(cfg),
-            database=paths.validation_database(cfg),
+            estimate=paths.validation_estimate(cfg), human=paths.validation_dir(cfg) / HUMAN_FILE,
+            human_qa=paths.validation_dir(cfg) / HUMAN_QA_FILE, database=paths.validation_dir(cfg) / DATABASE_FILE,
         )
 
 

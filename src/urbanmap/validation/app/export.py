@@ -106,7 +106,7 @@ def run_export(settings: ValidationSettings, out: str | os.PathLike[str] | None 
         table.to_csv(tmp, index=False)
     report = {"database": str(store.path), "sample_file": str(settings.sample), "sample_sha256": store.meta["sample_sha256"],
               "export": str(target), **counts, **qa_report(current, gold)}
-    io.write_json(settings.human.with_name("human_qa.json") if out is None else target.with_suffix(".qa.json"), report)
+    io.write_json(settings.human_qa if out is None else target.with_suffix(".qa.json"), report)
     print(f"interpret export: {counts['exported']} of {counts['sample_cells']} sample cells -> {target}; left out: "
           f"{counts['cannot_tell']} cannot tell, {counts['disagreements_open']} open disagreement(s), "
           f"{counts['unanswered']} unanswered, {counts['gold_answers_left_out']} answer(s) on gold cells")
