@@ -409,3 +409,29 @@ def test_serve_and_export_refuse_bad_input_in_one_line(tmp_path, region, capsys)
     db.write_bytes(before)
     expect_error(capsys, folder, ["interpret", "export", *over], "no sample cell has an urban or non-urban answer yet")
     assert db.read_bytes() == before
+
+
+def test_the_page_is_blind_unless_the_config_shows_the_map_class(region):
+    over, cells, sample, gold = region
+    client, ctx = make_app(over)
+    page = client.get("/?interpreter=ana").get_data(as_text=True)
+    item = ctx.item(shown_cell(page))
+    assert "The map says" not in page and "map_class" not in page and str(item["sample_id"]) not in page
+    shown, _ = make_app([*over, "validation.app.show_map_class=true"])
+    assert "The map says" in shown.get("/?interpreter=ana").get_data(as_text=True)
+
+
+def test_the_interpreter_switch_selects_validate_interprets_input(in_repo):
+    """dvc.yaml's validate_interpret depends on validation.inputs.interpret, which the
+    composed config points at the synthetic truth or, with human, at the export."""
+    import yaml
+
+    from urbanmap.core.config import compose
+
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["validate_interpret"]
+    assert "${validation.inputs.interpret}" in stage["deps"] and "validation.interpreter" in stage["params"]
+    for interpreter, expected in (("simulated", "data/valle_de_mexico/truth/2019"),
+                                  ("human", "data/valle_de_mexico/validation/human.csv")):
+        cfg = compose(REPO / "conf", [f"validation.interpreter={interpreter}"])
+        assert cfg.validation.inputs.interpret == expected
+        assert str(ValidationSettings.from_config(cfg).human) == "data/valle_de_mexico/validation/human.csv"
