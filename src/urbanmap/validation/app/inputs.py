@@ -30,7 +30,7 @@ from urbanmap.core import io
 from urbanmap.core.errors import InputError
 from urbanmap.validation import chips
 from urbanmap.validation.app.quality import double_coded
-from urbanmap.validation.sample import chip_bands, chip_lattice, read_chip_windows
+from urbanmap.validation.sample import chip_lattice, read_chip_windows
 from urbanmap.validation.settings import ValidationSettings
 
 #: sample.csv's columns the app reads.
@@ -131,8 +131,8 @@ def gold_chips(settings: ValidationSettings, layout: dict[str, Any], gold: pd.Da
         return []
     _, cell_size, crs = io.read_cells(settings.grid, "grid", ["cell_id"])
     lattice = chip_lattice(settings, cell_size, crs)
-    bands = chip_bands(settings)
-    comps = layout["composites"]
+    comps = layout["composites"]  # the sample's chips' bands, whatever the config says now
+    bands = list(dict.fromkeys([*comps["true"], *comps["false"]]))
     true_bands, false_bands = [bands.index(b) for b in comps["true"]], [bands.index(b) for b in comps["false"]]
     limits = {k: np.asarray(v, float) for k, v in layout["stretch"].items()}
     sheet = chips.SheetLayout(years, int(layout["side"]), (int(layout["cell"][0]), int(layout["cell"][1])),
