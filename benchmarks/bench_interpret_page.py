@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from urbanmap.examples.round_trip import wait_for  # starts the server the same way
+
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = ["data.name=bench", "validation.target_se=0.1", "validation.min_per_stratum=250", "validation.app.batch=500"]
 
@@ -58,19 +60,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(port: int, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server stopped (exit {proc.returncode})")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("the server did not answer within 60 s")
 
 
 def summary(ms: list[float]) -> tuple[float, float]:

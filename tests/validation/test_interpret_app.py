@@ -18,7 +18,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from helpers.cli import expect_error
-from helpers.interpreting import answer_next, make_app, page_form, sampled_region, shown_cell, write_gold
+from helpers.interpreting import answer_next, make_app, page_form, shown_cell
 from helpers.project import REPO
 from urbanmap.cli import main
 from urbanmap.core import config, paths
@@ -27,15 +27,6 @@ from urbanmap.validation.app import quality
 from urbanmap.validation.app.store import Store
 from urbanmap.validation.interpret import human_answers
 from urbanmap.validation.settings import ValidationSettings
-
-
-@pytest.fixture(scope="module")
-def sampled(tmp_path_factory):
-    """A sampled region (about 170 cells) and 2 gold cells, made once for this module."""
-    root = tmp_path_factory.mktemp("sampled")
-    over, cells, sample = sampled_region(root / "out")
-    gold_path, gold = write_gold(root, cells, sample)
-    return root, over, cells, sample, gold
 
 
 @pytest.fixture

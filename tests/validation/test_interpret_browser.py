@@ -21,7 +21,6 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from helpers.browser import chrome, free_port, start_server
-from helpers.interpreting import sampled_region, write_gold
 from helpers.project import REPO
 from urbanmap.cli import main
 from urbanmap.core import config, paths
@@ -31,15 +30,6 @@ from urbanmap.validation.settings import ValidationSettings
 pytestmark = pytest.mark.slow
 
 KEYS = {"urban": "u", "non_urban": "n", "cannot_tell": "c"}
-
-
-@pytest.fixture(scope="module")
-def sampled(tmp_path_factory):
-    """A sampled region (about 170 cells) and 2 gold cells, made once for this module."""
-    root = tmp_path_factory.mktemp("sampled")
-    over, cells, sample = sampled_region(root / "out")
-    gold_path, gold = write_gold(root, cells, sample)
-    return root, over, cells, sample, gold
 
 
 @pytest.fixture

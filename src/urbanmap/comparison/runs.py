@@ -108,10 +108,10 @@ def from_dvc_experiment(name: str, root: Path) -> Experiment | None:
 
 def _experiment_refs(root: Path) -> list[str]:
     """The refs of finished experiments, refs/exps/<baseline commit, split 2/rest>/<name>;
-    not DVC's own bookkeeping beside them (refs/exps/celery/failed, refs/exps/exec/...),
-    which points at a failed run's workspace."""
+    not DVC's own bookkeeping beside them, one level shallower (refs/exps/celery/failed
+    points at a failed run's workspace)."""
     refs = _git("for-each-ref", "--format=%(refname)", "refs/exps", cwd=root).split()
-    return [r for r in refs if len(r.split("/")) == 5 and r.split("/")[2] not in ("celery", "exec", "temp")]
+    return [r for r in refs if len(r.split("/")) == 5]
 
 
 def sweep_members(name: str, root: Path) -> list[str]:
