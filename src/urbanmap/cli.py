@@ -34,7 +34,8 @@ STAGES = {
 #: `urbanmap validate <step>`: step -> one-line description (validation/validate.py runs them)
 VALIDATE_STEPS = {
     "sample": "stratified random sample of periods.target's map, chips -> validation/sample.csv, .gpkg, strata.csv, chips/",
-    "interpret": "simulated interpreter (synthetic truth, validation.interpreter_error) -> validation/interpreted.csv",
+    "interpret": "reference classes: the simulated interpreter (validation.interpreter=simulated) or the exported "
+                 "answers of people (human: validation/human.csv) -> validation/interpreted.csv",
     "estimate": "accuracy and error-adjusted area (Olofsson et al. 2014) -> validation/estimate.json",
     "periods": "every period's map sampled, interpreted from synth's truth and estimated -> validation/periods/, periods.json",
 }
@@ -51,6 +52,30 @@ def _add_validate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
             q.add_argument("--sample", help="sample CSV: map_class, ref_class, optional stratum (default: validation/interpreted.csv)")
             q.add_argument("--strata", help="strata CSV: class, area (default: validation/strata.csv)")
             q.add_argument("--out", help="write the estimate as JSON here (default without --sample: validation/estimate.json)")
+        q.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra-style overrides")
+
+
+#: `urbanmap interpret <step>`: step -> one-line description (validation/app/command.py runs them)
+INTERPRET_STEPS = {
+    "serve": "the interpreters' web app on the sample: label cells, quality control, map "
+             "(answers in validation/interpretations.sqlite)",
+    "export": "adjudicated answers -> validation/human.csv (validate interpret's input with validation.interpreter=human)",
+}
+
+
+def _add_interpret_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`urbanmap interpret <step> ...` on the CLI's sub-parsers."""
+    p = sub.add_parser("interpret", help="people label the validation sample in a local web app; export their answers",
+                       description="The interpreters' web app: " + "; ".join(f"{k}: {v}" for k, v in INTERPRET_STEPS.items()))
+    steps = p.add_subparsers(dest="step", metavar="<step>", required=True)
+    for name, text in INTERPRET_STEPS.items():
+        q = steps.add_parser(name, help=text, description=text)
+        if name == "serve":
+            q.add_argument("--host", help="address to listen on (default validation.app.host: 127.0.0.1, this machine "
+                                          "only; another address requires a token)")
+            q.add_argument("--port", type=int, help="port (default validation.app.port: 8750; 0: any free port)")
+        else:
+            q.add_argument("--out", help="write here instead of validation/human.csv")
         q.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra-style overrides")
 
 
@@ -81,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides for the composition")
 
     _add_validate_parser(sub)
+    _add_interpret_parser(sub)
     _add_compare_parser(sub)
     return parser
 
@@ -89,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit status (2 on bad input)."""
     args = _parser().parse_args(argv)
     try:
-        if args.command in ("validate", "compare"):
-            module = {"validate": "urbanmap.validation.validate", "compare": "urbanmap.comparison.compare"}[args.command]
+        if args.command in ("validate", "interpret", "compare"):
+            module = {"validate": "urbanmap.validation.validate", "interpret": "urbanmap.validation.app.command",
+                      "compare": "urbanmap.comparison.compare"}[args.command]
             importlib.import_module(module).command(args)
             return 0
         if args.command == "params":

@@ -77,7 +77,7 @@ def test_the_gap_of_random_and_spatial_cv(runs, capsys, in_repo):
     assert status == 0, captured.err
     gaps = pd.read_csv(runs / "gap" / "gaps.csv")
     table = pd.read_csv(runs / "gap" / "experiments.csv").set_index("cv")
-    assert gaps["model"].tolist() == ["extra_trees"]
+    assert gaps["model"].tolist() == ["extra_trees"] and gaps["features"].tolist() == ["flat"]
     expected = table.loc["kfold", "overall_accuracy"] - table.loc["spatial", "overall_accuracy"]
     assert gaps["gap"].iloc[0] == pytest.approx(expected, abs=1e-5)
     assert gaps["ci_low"].iloc[0] < gaps["gap"].iloc[0] < gaps["ci_high"].iloc[0]
@@ -158,6 +158,7 @@ def test_dvc_experiments_and_a_sweep_are_runs(runs, tmp_path):
         git("add", "dvc.lock", "params.yaml")
         git("commit", "-qm", name)
         git("update-ref", f"refs/exps/ab/cdef0123/{name}", "HEAD")
+    git("update-ref", "refs/exps/celery/failed", "HEAD~1")  # DVC's pointer to a failed queued run, of sweep s1
     found = run_args.load_all(["sweep:s1"], repo, None)
     assert [(e.label, e.model) for e in found] == [("exp-et", "extra_trees"), ("exp-lr", "logistic_regression")]
     assert run_args.resolve("exp-other", repo, None).seed == 7
@@ -168,3 +169,19 @@ def test_dvc_experiments_and_a_sweep_are_runs(runs, tmp_path):
             cached.unlink()
     with pytest.raises(InputError, match=r"exp-et: data/tiny/cv_predictions.parquet \(md5 \w+\) is not in the DVC cache"):
         run_args.resolve("exp-et", repo, None)
+
+
+def test_names_tell_apart_feature_groups_then_runs():
+    """Two runs of one model and scheme are named by their feature groups (as a sweep
+    over feature groups gives), and by their RUN where those are the same too."""
+    from urbanmap.comparison.runs import Experiment, display_names
+
+    def run(label, features, cv="kfold"):
+        return Experiment(label, "extra_trees", cv, features, 42, pd.DataFrame())
+
+    names = display_names([run("a", ("band_stats",)), run("b", ("band_stats", "texture")),
+                           run("out_x/r/c", ("flat",)), run("out_y/r/d", ("flat",)), run("e", ("flat",), "spatial")])
+    assert names == ["extra_trees[band_stats]-kfold", "extra_trees[band_stats+texture]-kfold",
+                     "extra_trees[flat]-kfold (r/c)", "extra_trees[flat]-kfold (r/d)", "extra_trees-spatial"]
+    assert display_names([run("a/b/c", ("flat",)), run("a/b/d", ("flat",))]) == ["extra_trees-kfold (b/c)",
+                                                                                 "extra_trees-kfold (b/d)"]

@@ -12,10 +12,11 @@ from PIL import Image
 
 from helpers.cli import expect_error, heavy_imports_after
 from helpers.project import REPO
+from helpers.validation import validation_region
 from urbanmap.cli import main
-from urbanmap.core import config, io, paths
+from urbanmap.core import config, paths
 from urbanmap.core.errors import InputError
-from urbanmap.examples.tiny import CELL, CRS, labelled_cells, write_mosaic
+from urbanmap.examples.tiny import CELL, CRS
 from urbanmap.validation import estimate
 from urbanmap.validation.interpret import simulate_interpreter
 from urbanmap.validation.sample import MAP_CLASSES, allocate, draw_sample, sample_design, sample_size
@@ -233,32 +234,9 @@ def test_settings_name_the_bad_key(override, message):
 
 @pytest.fixture
 def region(tmp_path):
-    """A 20 x 20 region: grid, predictions of 2019 (a few nodata), mosaic of 2019,
-    truth of 2019 and change classes; returns (cfg overrides, cells)."""
-    folder = tmp_path / "out" / "tiny"
-    folder.mkdir(parents=True)
-    cells = labelled_cells(20, 20, seed=1)
-    rng = np.random.default_rng(0)
-    io.write_cells(folder / "grid.parquet", cells[["cell_id", "col", "row"]], CELL, CRS)
-    truth = np.where(cells["label"] == "non_urban", "non_urban", "urban")
-    wrong = rng.random(len(cells)) < 0.1
-    mapped = np.where(wrong, np.where(truth == "urban", "non_urban", "urban"), truth).astype(object)
-    mapped[:5] = "nodata"
-    pred = cells[["cell_id", "col", "row"]].assign(p_urban=np.where(mapped == "urban", 0.8, 0.2).astype(np.float32), **{"class": mapped})
-    io.write_cells(folder / "predictions" / "2019.parquet", pred, CELL, CRS)
-    (folder / "truth" / "2019").mkdir(parents=True)
-    io.write_cells(folder / "truth" / "2019" / "cells.parquet", cells[["cell_id", "col", "row"]].assign(true_class=truth), CELL, CRS)
-    before = np.where(rng.random(len(cells)) < 0.2, "non_urban", mapped).astype(object)
-    before[:5] = "nodata"
-    change = np.select([(mapped == "nodata") | (before == "nodata"), (before == "urban") & (mapped == "urban"),
-                        (before == "non_urban") & (mapped == "urban"), (before == "urban") & (mapped == "non_urban")],
-                       ["nodata", "stable_urban", "new_urban", "urban_lost"], "stable_non_urban")
-    io.write_cells(folder / "change" / "change.parquet",
-                   cells[["cell_id", "col", "row"]].assign(class_2010=before, class_2019=mapped, change=change), CELL, CRS)
-    write_mosaic(folder / "mosaic_2019.tif", cells, extra_bands=True)
-    over = [f"out_dir={tmp_path / 'out'}", "data.name=tiny", "validation.target_se=0.04", "validation.min_per_stratum=10",
-            "periods.list=[2010,2019]", "periods.target=2019"]
-    return over, cells
+    """A 20 x 20 region: grid, predictions of 2010 and 2019 (a few nodata), mosaics of
+    2010 and 2019, truth of 2019 and change classes; returns (cfg overrides, cells)."""
+    return validation_region(tmp_path / "out")
 
 
 def test_sample_interpret_estimate_stages(in_repo, region, capsys):
@@ -276,11 +254,16 @@ def test_sample_interpret_estimate_stages(in_repo, region, capsys):
     assert len(gpkg) == len(sample) and gpkg.crs == CRS and gpkg.geometry.area.round().eq(CELL**2).all()
     chips = sorted(paths.validation_chips(cfg).glob("*.png"))
     assert [paths.validation_dir(cfg) / c for c in sorted(sample["chip"])] == chips
+    layout = json.loads((paths.validation_chips(cfg) / "layout.json").read_text())
+    assert layout["periods"] == ["2019", "2010"] and layout["composites"]["false"] == ["swir1", "nir", "red"]
     with Image.open(chips[0]) as png:
-        assert png.mode == "RGB" and png.width == 2 * 99 * 3 + 6  # two 3 x 3-cell views, magnified 3 times
+        # 2 x 2 views of 3 x 3 cells magnified 3 times: 2019 above 2010, true | false colour
+        assert png.mode == "RGB" and png.size == (2 * 99 * 3 + 6, 2 * (99 * 3 + 16) + 6) == (layout["width"], layout["height"])
+    before = {p.name: p.read_bytes() for p in paths.validation_chips(cfg).iterdir()}
 
-    assert main(["validate", "sample", *over]) == 0  # deterministic from the seed
+    assert main(["validate", "sample", *over]) == 0  # deterministic from the seed, chips byte for byte
     assert pd.read_csv(paths.validation_sample(cfg))["cell_id"].tolist() == sample["cell_id"].tolist()
+    assert {p.name: p.read_bytes() for p in paths.validation_chips(cfg).iterdir()} == before
 
     assert main(["validate", "interpret", *over, "validation.interpreter_error=0.1"]) == 0
     done = pd.read_csv(paths.validation_interpreted(cfg))

@@ -49,7 +49,7 @@ def experiment_rows(experiments: list[Experiment], names: list[str], scores: lis
     for e, name, fs in zip(experiments, names, scores, strict=True):
         first = e.predictions[e.predictions["repeat"] == e.predictions["repeat"].min()]
         boot = stats.bootstrap_intervals(first["y_true"].to_numpy(), first["y_pred"].to_numpy(), resamples, seed)
-        row: dict[str, object] = {"experiment": name, "run": e.label, "model": e.model, "cv": e.cv, "seed": e.seed,
+        row: dict[str, object] = {"experiment": name, "run": e.label, "model": e.model, "features": "+".join(e.features), "cv": e.cv, "seed": e.seed,
                                   "folds": e.folds, "repeats": e.repeats, "cells": e.cells}
         for m in stats.METRICS:
             fold = stats.corrected_interval(fs.scores[m], fs.n_train, fs.n_test, ALPHA)
@@ -131,18 +131,20 @@ def ranking(table: pd.DataFrame, pairs: pd.DataFrame, metric: str = "overall_acc
 
 def spatial_gaps(experiments: list[Experiment], names: list[str], scores: list[FoldScores],
                  metric: str = "overall_accuracy") -> pd.DataFrame:
-    """Per model and seed with a kfold and a spatial experiment: kfold minus spatial fold-mean
-    `metric`, with a normal interval of the two independent corrected variances summed."""
+    """Per model, feature groups and seed with a kfold and a spatial experiment: kfold
+    minus spatial fold-mean `metric`, with a normal interval of the two independent
+    corrected variances summed."""
     rows = []
     z = float(scipy_stats.norm.ppf(1 - ALPHA / 2))
-    for model, seed in dict.fromkeys((e.model, e.seed) for e in experiments):
+    for key in dict.fromkeys((e.model, e.features, e.seed) for e in experiments):
         kinds = {e.cv: (n, fs) for e, n, fs in zip(experiments, names, scores, strict=True)
-                 if (e.model, e.seed) == (model, seed)}
+                 if (e.model, e.features, e.seed) == key}
         if "kfold" not in kinds or "spatial" not in kinds:
             continue
         (nk, k), (ns, s) = kinds["kfold"], kinds["spatial"]
         gap = float(k.scores[metric].mean() - s.scores[metric].mean())
         se = float(np.sqrt(stats.corrected_variance(k.scores[metric], k.n_train, k.n_test)
                            + stats.corrected_variance(s.scores[metric], s.n_train, s.n_test)))
-        rows.append({"model": model, "kfold": nk, "spatial": ns, "gap": gap, "ci_low": gap - z * se, "ci_high": gap + z * se})
-    return pd.DataFrame(rows, columns=["model", "kfold", "spatial", "gap", "ci_low", "ci_high"])
+        rows.append({"model": key[0], "features": "+".join(key[1]), "kfold": nk, "spatial": ns, "gap": gap,
+                     "ci_low": gap - z * se, "ci_high": gap + z * se})
+    return pd.DataFrame(rows, columns=["model", "features", "kfold", "spatial", "gap", "ci_low", "ci_high"])

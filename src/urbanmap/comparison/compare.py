@@ -94,8 +94,9 @@ def report(table: pd.DataFrame, pairs: pd.DataFrame, ranked: pd.DataFrame, gaps:
                      f"{r['refused_reason'] or ''} |")
     if len(gaps):
         lines += ["", "## Random minus spatial cross-validation (overall accuracy)", "",
-                  "| model | gap | 95% interval |", "|---|---|---|"]
-        lines += [f"| {r['model']} | {_f(r['gap'])} | {_f(r['ci_low'])} - {_f(r['ci_high'])} |" for _, r in gaps.iterrows()]
+                  "| model | features | gap | 95% interval |", "|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['features']} | {_f(r['gap'])} | {_f(r['ci_low'])} - {_f(r['ci_high'])} |"
+                  for _, r in gaps.iterrows()]
     return "\n".join(lines) + "\n"
 
 

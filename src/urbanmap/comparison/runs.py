@@ -36,6 +36,8 @@ class Experiment:
     Attributes:
         label: the RUN argument as given.
         model, cv: model.name and the CV scheme (kfold, spatial) from the file's metadata.
+        features: the model's feature groups (`patch` for a network; empty if the file
+            does not say).
         seed: the seed of its folds (None if the file does not say).
         predictions: one row per cell and repeat: repeat, fold, cell_id, y_true, y_pred
             (0/1, 1 = urban).
@@ -44,6 +46,7 @@ class Experiment:
     label: str
     model: str
     cv: str
+    features: tuple[str, ...]
     seed: int | None
     predictions: pd.DataFrame
 
@@ -76,6 +79,7 @@ def from_file(label: str, path: Path) -> Experiment:
     keep = frame[["repeat", "fold", "cell_id", "y_true", "y_pred"]].astype({"repeat": "int64", "fold": "int64"})
     seed = meta.get("seed")
     return Experiment(label, str(meta.get("model", "model")), str(meta.get("cv", "cv")),
+                      tuple(str(f) for f in meta.get("features", ())),
                       int(seed) if seed is not None else None, keep.reset_index(drop=True))
 
 
@@ -103,7 +107,11 @@ def from_dvc_experiment(name: str, root: Path) -> Experiment | None:
 
 
 def _experiment_refs(root: Path) -> list[str]:
-    return _git("for-each-ref", "--format=%(refname)", "refs/exps", cwd=root).split()
+    """The refs of finished experiments, refs/exps/<baseline commit, split 2/rest>/<name>;
+    not DVC's own bookkeeping beside them, one level shallower (refs/exps/celery/failed
+    points at a failed run's workspace)."""
+    refs = _git("for-each-ref", "--format=%(refname)", "refs/exps", cwd=root).split()
+    return [r for r in refs if len(r.split("/")) == 5]
 
 
 def sweep_members(name: str, root: Path) -> list[str]:
@@ -169,7 +177,13 @@ def short_label(label: str) -> str:
 
 
 def display_names(experiments: list[Experiment]) -> list[str]:
-    """Unique short names: `<model>-<cv>`, with the RUN's short label where two would clash."""
-    names = [e.name for e in experiments]
-    return [f"{e.name} ({short_label(e.label)})" if names.count(e.name) > 1 else e.name for e in experiments]
+    """Unique short names: `<model>-<cv>`; where runs of that name differ in feature
+    groups, those added (`<model>[band_stats+texture]-<cv>`), and where names still
+    clash, the RUN's short label."""
+    features_of: dict[str, set[tuple[str, ...]]] = {}
+    for e in experiments:
+        features_of.setdefault(e.name, set()).add(e.features)
+    names = [f"{e.model}[{'+'.join(e.features)}]-{e.cv}" if len(features_of[e.name]) > 1 else e.name
+             for e in experiments]
+    return [f"{n} ({short_label(e.label)})" if names.count(n) > 1 else n for e, n in zip(experiments, names, strict=True)]
 

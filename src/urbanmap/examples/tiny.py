@@ -110,3 +110,35 @@ def make_region(root: Path, name: str = "tiny", ncols: int = 20, nrows: int = 20
     return cells, img
 
 
+def write_validation_inputs(root: Path, n_side: int = 20, name: str = "tiny", target: str = "2019",
+                            train: str = "2010") -> pd.DataFrame:
+    """What the validation steps and the interpreters' web app read, under `root/name/`:
+    grid.parquet, predictions/<period>.parquet of the periods `target` and `train` (10% of
+    cells mapped wrongly, the first 5 nodata), truth/<target>/cells.parquet,
+    change/change.parquet and the mosaics of both periods. Returns the cells with `truth`, their true class of `target`."""
+    folder = Path(root) / name
+    folder.mkdir(parents=True)
+    cells = labelled_cells(n_side, n_side, seed=1)
+    rng = np.random.default_rng(0)
+    ids = cells[["cell_id", "col", "row"]]
+    io.write_cells(folder / "grid.parquet", ids, CELL, CRS)
+    truth = np.where(cells["label"] == "non_urban", "non_urban", "urban")
+    wrong = rng.random(len(cells)) < 0.1
+    mapped = np.where(wrong, np.where(truth == "urban", "non_urban", "urban"), truth).astype(object)
+    mapped[:5] = "nodata"
+    io.write_cells(folder / "predictions" / f"{target}.parquet",
+                   ids.assign(p_urban=np.where(mapped == "urban", 0.8, 0.2).astype(np.float32), **{"class": mapped}), CELL, CRS)
+    (folder / "truth" / str(target)).mkdir(parents=True)
+    io.write_cells(folder / "truth" / str(target) / "cells.parquet", ids.assign(true_class=truth), CELL, CRS)
+    before = np.where(rng.random(len(cells)) < 0.2, "non_urban", mapped).astype(object)
+    before[:5] = "nodata"
+    io.write_cells(folder / "predictions" / f"{train}.parquet",
+                   ids.assign(p_urban=np.where(before == "urban", 0.8, 0.2).astype(np.float32), **{"class": before}), CELL, CRS)
+    change = np.select([(mapped == "nodata") | (before == "nodata"), (before == "urban") & (mapped == "urban"),
+                        (before == "non_urban") & (mapped == "urban"), (before == "urban") & (mapped == "non_urban")],
+                       ["nodata", "stable_urban", "new_urban", "urban_lost"], "stable_non_urban")
+    io.write_cells(folder / "change" / "change.parquet",
+                   ids.assign(**{f"class_{train}": before, f"class_{target}": mapped, "change": change}), CELL, CRS)
+    write_mosaic(folder / f"mosaic_{target}.tif", cells, extra_bands=True)
+    write_mosaic(folder / f"mosaic_{train}.tif", cells, extra_bands=True, seed=1)
+    return cells.assign(truth=truth)

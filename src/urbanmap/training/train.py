@@ -202,8 +202,9 @@ def run(cfg: DictConfig) -> None:
     final = make().fit(ps.patches, ps.label)
     final_seconds = time.perf_counter() - start
 
-    meta = {"model": settings.model_name, "cv": settings.cv.name, "n_splits": settings.cv.n_splits,
-            "repeats": settings.cv.repeats, "seed": seed, "run": run_stamp(md5, settings),
+    features = settings.model.get("features")  # none for the networks, which read the whole patch
+    meta = {"model": settings.model_name, "features": list(features.groups) if features is not None else ["patch"],
+            "cv": settings.cv.name, "n_splits": settings.cv.n_splits, "repeats": settings.cv.repeats, "seed": seed, "run": run_stamp(md5, settings),
             "patches": {"path": str(path), "md5": md5}}
     # model/ first, the predictions last: a run stopped between the two leaves the new
     # model beside the previous predictions, whose stamp then differs (evaluate refuses)

@@ -21,7 +21,8 @@ Writes, under `<region_dir>/validation/`, `sample.csv` (sample_id, cell_id, col,
 y (cell centre, grid CRS, m), lon, lat (WGS 84), stratum, map_class, p_urban, chip, and
 an empty ref_class for the interpreter), `sample.gpkg` (the same rows as cell polygons,
 layer `sample`), `strata.csv` (class, area in km², cells, weight, anticipated accuracy,
-sample size, unit) and `chips/<sample_id>_<cell_id>.png` (see chips.py).
+sample size, unit) and `chips/<sample_id>_<cell_id>.png`, one sheet per cell of the
+mosaics of periods.target and periods.census, with chips/layout.json (see chips.py).
 """
 
 from __future__ import annotations
@@ -227,7 +228,7 @@ def sample_table(cells: pd.DataFrame, cell_size: float, crs: Any) -> pd.DataFram
 def read_population(settings: ValidationSettings) -> tuple[pd.DataFrame, float, Any, int]:
     """`population` of periods.target's predictions (and the change classes with change
     strata); returns (cells, cell size (m), grid CRS, nodata cells)."""
-    target = settings.target_year
+    target = settings.target_period
     pred, cell_size, crs = io.read_cells(settings.predictions, f"predictions of {target}", ["cell_id", "p_urban", "class"])
     change = None
     if settings.strata == "change":
@@ -236,28 +237,45 @@ def read_population(settings: ValidationSettings) -> tuple[pd.DataFrame, float, 
     return cells, cell_size, crs, n_nodata
 
 
-def write_chips(settings: ValidationSettings, folder: Path, sample: pd.DataFrame, cell_size: float, crs: Any) -> None:
-    """One chip per sampled cell (chips.py) from periods.target's mosaic into `folder`;
-    InputError naming the mosaic when it is missing, unreadable or off the grid's lattice."""
-    c, target = settings.chips, settings.target_year
-    grid, _, _ = io.read_cells(settings.grid, "grid", ["cell_id"])
-    lattice = PixelLattice.from_cells(grid["col"], grid["row"], cell_size,
-                                      patch_size(cell_size, settings.pixel_size, settings.patch_size), crs)
-    path = io.require_file(settings.mosaic, f"mosaic of {target}")
-    bands = list(dict.fromkeys(c.true_colour + c.false_colour))
+def read_chip_windows(settings: ValidationSettings, path: Path, period: str, lattice: PixelLattice,
+                      cells: pd.DataFrame, bands: Sequence[str]) -> np.ndarray:
+    """The mosaic of `period` at `path` around each of `cells` (col, row): chips.read_windows
+    of `bands`; InputError naming the mosaic when it is missing, unreadable or off the
+    grid's lattice."""
+    path = io.require_file(path, f"mosaic of {period}")
     try:
         src = rasterio.open(path)
     except rasterio.errors.RasterioIOError as exc:
         raise InputError(f"{path}: cannot read mosaic: {exc}".splitlines()[0]) from exc
     with src:
         indexes = check_mosaic(src, lattice, str(path), bands)
-        windows = chips.read_windows(src, lattice, sample["col"], sample["row"], indexes, c.context)
+        return chips.read_windows(src, lattice, cells["col"], cells["row"], indexes, settings.chips.context)
+
+
+def chip_lattice(settings: ValidationSettings, cell_size: float, crs: Any) -> PixelLattice:
+    """The region's pixel lattice (grid.parquet's cells), on which the mosaics lie."""
+    grid, _, _ = io.read_cells(settings.grid, "grid", ["cell_id"])
+    return PixelLattice.from_cells(grid["col"], grid["row"], cell_size,
+                                   patch_size(cell_size, settings.pixel_size, settings.patch_size), crs)
+
+
+def chip_bands(settings: ValidationSettings) -> list[str]:
+    """The mosaic bands the chips read: the true- then the false-colour bands, once each."""
+    return list(dict.fromkeys(settings.chips.true_colour + settings.chips.false_colour))
+
+
+def write_chips(settings: ValidationSettings, folder: Path, sample: pd.DataFrame, cell_size: float, crs: Any) -> None:
+    """One chip sheet per sampled cell (chips.py) from the mosaics of periods.target
+    and periods.census into `folder`, and its layout.json."""
+    c = settings.chips
+    lattice = chip_lattice(settings, cell_size, crs)
+    bands = chip_bands(settings)
+    periods = settings.chip_periods
+    windows = [read_chip_windows(settings, settings.chip_mosaics[k], period, lattice, sample, bands)
+               for k, period in enumerate(periods)]
     names = (sample["sample_id"] + "_" + sample["cell_id"]).tolist()
-    captions = (sample["sample_id"] + "  " + sample["cell_id"] + f"  {target}   true colour | false colour ("
-                + "/".join(c.false_colour) + ")").tolist()
-    chips.write_chips(folder, names, captions, windows, [bands.index(b) for b in c.true_colour],
-                      [bands.index(b) for b in c.false_colour], c.context, lattice.patch_size, c.scale,
-                      list(c.stretch))
+    chips.write_sheets(folder, names, sample["cell_id"].tolist(), periods, windows, bands, c.true_colour,
+                       c.false_colour, c.context, lattice.patch_size, c.scale, list(c.stretch))
 
 
 #: The date GeoPackages are stamped with (gpkg_contents.last_change and the like): a fixed
@@ -306,6 +324,6 @@ def run_sample(cfg: DictConfig) -> pd.DataFrame:
     sample = sample_table(cells.iloc[picked].reset_index(drop=True), cell_size, crs)
     write_sample(settings, sample, design, cell_size, crs)
     lines = ", ".join(f"{r['class']} {r['n_sample']} of {r['cells']:,}" for _, r in design.iterrows())
-    print(f"validate sample ({settings.target_year}, strata {settings.strata}): {len(sample)} cells ({lines}); "
+    print(f"validate sample ({settings.target_period}, strata {settings.strata}): {len(sample)} cells ({lines}); "
           f"{n_nodata:,} nodata cells not sampled -> {settings.folder}")
     return sample
