@@ -131,6 +131,15 @@ def test_mosaic_with_fewer_than_six_bands(gridded, example, tmp_path_factory, ca
     expect_error(capsys, gridded, ["mosaic", *args], "fewer than six mappable bands: no swir2")
 
 
+def test_a_period_without_its_composite_file(gridded, example, capsys):
+    """`{period}` in data.imagery.file names one composite per period: a period whose
+    file is missing is named, with the file."""
+    args = cli_args(example, gridded, f"data.imagery.file='{example}/composite_{{period}}.tif'",
+                    "periods.list=[2010,2019H1]", "periods.target=2019H1", "period=2019H1")
+    expect_error(capsys, gridded, ["mosaic", *args], "period 2019H1: no composite file",
+                 str(example / "composite_2019H1.tif"))
+
+
 def test_mosaic_dn_without_scale(gridded, example, capsys):
     expect_error(capsys, gridded, ["mosaic", *cli_args(example, gridded, "data.imagery.scale=1")],
                  "not a surface reflectance", "data.imagery.scale")

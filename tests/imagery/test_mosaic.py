@@ -352,6 +352,21 @@ def test_corrupt_geotiff(in_repo, tmp_path, lattice_scenes, capsys, damage):
     assert not list((tmp_path / "out" / "t").glob(".*"))  # no temporary file left
 
 
+def test_a_period_with_no_clear_observation(in_repo, tmp_path, capsys):
+    """Scenes cloudy over the whole region on every date: the period is named, and no
+    mosaic is left behind."""
+    folders = []
+    for k in range(2):
+        qa = np.full((H, W), CLOUD, np.uint16)
+        dn = np.full((6, H, W), 9000, np.uint16)
+        folders.append(write_product(tmp_path / "cloudy", pid("LC08", dt.date(2019, 2 + 3 * k, 10)), dn, qa,
+                                     LATTICE.crs, LATTICE.transform))
+    _grid(tmp_path / "out")
+    catalog = write_catalog(tmp_path / "cloudy", [item_for(f) for f in folders])
+    expect_error(capsys, tmp_path, ["mosaic", *_args(tmp_path, catalog)],
+                 "period 2019: its 2 scene(s) have no clear observation over the region", "not written")
+
+
 def test_empty_catalog_and_no_scene_in_the_year(in_repo, tmp_path, lattice_scenes, capsys):
     catalog, folders = lattice_scenes
     empty = write_catalog(tmp_path / "empty", [])
