@@ -3,6 +3,7 @@ stage on a small region with two municipalities."""
 
 import json
 import math
+import re
 
 import geopandas as gpd
 import numpy as np
@@ -43,11 +44,37 @@ def test_population_projection():
     assert math.log(126_014_024 / 112_336_538) / 10 == pytest.approx(0.0115, abs=1e-4)
 
 
+#: Each period's reference sample in the small region: 8 cells of each map stratum.
+PER_STRATUM = 8
+
+
+def reference_samples(folder, cells, classes):
+    """validation/periods/samples.csv and strata.csv: per period, the first PER_STRATUM
+    cells mapped urban and the first mapped non_urban, all interpreted as mapped except
+    the first non_urban one of the west half (municipality A), which is urban."""
+    samples, strata = [], []
+    west = cells["col"].to_numpy() < 2795
+    for period, mapped in classes.items():
+        picked = []
+        for stratum in ("urban", "non_urban"):
+            picked += list(np.flatnonzero(mapped == stratum)[:PER_STRATUM])
+            strata.append({"period": period, "class": stratum, "area": float((mapped == stratum).sum())})
+        ref = mapped[picked].copy()
+        missed = next(k for k, i in enumerate(picked) if mapped[i] == "non_urban" and west[i])
+        ref[missed] = "urban"
+        samples.append(pd.DataFrame({"period": period, "cell_id": cells["cell_id"].to_numpy()[picked],
+                                     "stratum": mapped[picked], "map_class": mapped[picked], "ref_class": ref}))
+    (folder / "validation" / "periods").mkdir(parents=True)
+    pd.concat(samples).to_csv(folder / "validation" / "periods" / "samples.csv", index=False)
+    pd.DataFrame(strata).to_csv(folder / "validation" / "periods" / "strata.csv", index=False)
+
+
 @pytest.fixture
 def region(tmp_path):
     """10 x 6 cells: municipality A covers the west half, B the east half and as much
     again outside the region (partial). Urban grows from 10 to 15 cells in A and from
-    4 to 4 in B; one nodata cell in B."""
+    4 to 4 in B; one nodata cell in B. Each period's reference sample finds one urban
+    cell of A mapped non_urban."""
     folder = tmp_path / "out" / "tiny"
     cols, rows = np.meshgrid(np.arange(2790, 2800), np.arange(820, 826))
     cols, rows = cols.ravel(), rows.ravel()
@@ -61,23 +88,25 @@ def region(tmp_path):
     c2010[east[:4]] = "urban"
     c2019[east[:4]] = "urban"
     c2019[east[-1]] = "nodata"
-    io.write_cells(folder / "change" / "change.parquet", cells.assign(class_2010=c2010, class_2019=c2019), CELL, CRS)
+    for period, mapped in (("2010", c2010), ("2019", c2019)):
+        p_urban = np.where(mapped == "urban", 0.8, 0.2).astype(np.float32)
+        io.write_cells(folder / "predictions" / f"{period}.parquet", cells.assign(p_urban=p_urban, **{"class": mapped}),
+                       CELL, CRS)
     io.write_cells(folder / "labels.parquet", cells.assign(population=np.where(west, 1000.0, 500.0)), CELL, CRS)
     munis = gpd.GeoDataFrame(
         {"cvegeo": ["A", "B"], "nom_mun": ["West", "East"]},
         geometry=[shapely.box(2790e3, 820e3, 2795e3, 826e3), shapely.box(2795e3, 820e3, 2805e3, 826e3)], crs=CRS,
     ).to_crs("EPSG:6365")
     munis.to_parquet(tmp_path / "munis.parquet")
-    urban_2019_mapped = int((c2019 == "urban").sum())
-    io.write_json(folder / "validation" / "estimate.json",
-                  {"area": {"urban": {"estimate": urban_2019_mapped * 1.1, "ci95": 3.0}},
-                   "mapped_area": {"urban": float(urban_2019_mapped)}})
+    reference_samples(folder, cells, {"2010": c2010, "2019": c2019})
     over = [f"out_dir={tmp_path / 'out'}", "data.name=tiny", f"data.municipalities={tmp_path / 'munis.parquet'}",
-            "periods.list=[2010,2019]", "periods.target=2019", "sdg.population.table=null"]
+            "periods.list=[2010,2019]", "periods.target=2019", "sdg.population.table=null", "sdg.min_sampled=4"]
     return over, c2010, c2019, west
 
 
 def test_sdg_stage(in_repo, region, capsys):
+    """Mapped and error-adjusted areas per municipality and for the region, the
+    difference estimator's intervals by hand, and the delta method's for LCR."""
     over, c2010, c2019, west = region
     assert main(["sdg", *over]) == 0
     cfg = config.load(REPO, over)
@@ -86,19 +115,67 @@ def test_sdg_stage(in_repo, region, capsys):
     a, b, reg = (out.iloc[i] for i in range(3))
     assert a["urban_km2_2010_mapped"] == (west & (c2010 == "urban")).sum() == 10
     assert a["urban_km2_2019_mapped"] == 15 and b["urban_km2_2019_mapped"] == 4
-    assert a["urban_km2_2019_adjusted"] == pytest.approx(15 * 1.1, abs=1e-3)
-    assert reg["urban_km2_2019_adjusted"] == pytest.approx(19 * 1.1) and reg["urban_km2_2019_adjusted_ci95"] == 3.0
+    # One missed urban cell of A among the 8 sampled of the non_urban stratum: each
+    # stands for N_non_urban / 8 km²; var = N² s² / 8 with s² = 1/8 (one 1 among eight).
+    adjusted, ci95 = {}, {}
+    for period, mapped in (("2010", c2010), ("2019", c2019)):
+        n_non = float((mapped == "non_urban").sum())
+        adjusted[period] = n_non / PER_STRATUM
+        ci95[period] = 1.96 * math.sqrt(n_non**2 * 0.125 / PER_STRATUM)
+        assert a[f"urban_km2_{period}_adjusted"] == pytest.approx(a[f"urban_km2_{period}_mapped"] + adjusted[period], abs=1e-3)
+        assert b[f"urban_km2_{period}_adjusted"] == b[f"urban_km2_{period}_mapped"]
+        assert reg[f"urban_km2_{period}_adjusted"] == pytest.approx(reg[f"urban_km2_{period}_mapped"] + adjusted[period],
+                                                                    abs=1e-3)
+        assert reg[f"urban_km2_{period}_adjusted_ci95"] == pytest.approx(ci95[period], abs=1e-3)
+        assert a[f"urban_km2_{period}_adjusted_ci95"] == pytest.approx(ci95[period], abs=1e-3)
+    assert a["n_sampled_2010"] + b["n_sampled_2010"] == reg["n_sampled_2010"] == 2 * PER_STRATUM
     pop_2010 = 30 * 1000 * math.exp(0.0115 * (2010 - 2020))
     assert a["population_2010"] == round(pop_2010)
     assert a["lcr"] == pytest.approx(math.log(15 / 10) / 9, abs=1e-6) and a["pgr"] == pytest.approx(0.0115, abs=1e-6)
     assert a["lcrpgr"] == pytest.approx(math.log(1.5) / 9 / 0.0115, abs=1e-3)
+    a1, a2 = 10 + adjusted["2010"], 15 + adjusted["2019"]
+    lcr = math.log(a2 / a1) / 9
+    se = math.sqrt((ci95["2010"] / 1.96 / a1) ** 2 + (ci95["2019"] / 1.96 / a2) ** 2) / 9
+    assert a["lcr_adjusted"] == pytest.approx(lcr, abs=1e-6) and a["lcr_adjusted_ci95"] == pytest.approx(1.96 * se, abs=1e-6)
+    assert a["lcrpgr_adjusted"] == pytest.approx(lcr / 0.0115, abs=1e-3)
+    assert a["lcrpgr_adjusted_ci95"] == pytest.approx(1.96 * se / 0.0115, abs=1e-3)
     assert pd.isna(a["flags"])  # no flag for A
     assert set(b["flags"].split(";")) == {"partial", "nodata"} and b["coverage"] == pytest.approx(0.5, abs=0.01)
-    assert b["lcr"] == 0 and b["lcrpgr"] == 0
+    assert b["lcr"] == 0 and b["lcrpgr"] == 0 and b["lcr_adjusted_ci95"] == 0  # no error found in B's cells
     assert reg["cells"] == 60 and reg["population_2019"] == pytest.approx(out["population_2019"][:2].sum(), abs=1)
     summary = json.loads(paths.sdg_summary(cfg).read_text())
-    assert summary["lcrpgr"] == pytest.approx(reg["lcrpgr"], abs=1e-4) and summary["adjustment_ratio"] == pytest.approx(1.1)
+    assert summary["periods"] == ["2010", "2019"] and summary["lcrpgr_adjusted"] == pytest.approx(reg["lcrpgr_adjusted"], abs=1e-4)
     assert paths.sdg_chart(cfg).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # fewer sampled cells than sdg.min_sampled: the estimate stays, its interval goes
+    assert main(["sdg", *over, "sdg.min_sampled=9"]) == 0
+    out = pd.read_csv(paths.sdg_table(cfg), dtype={"id": str}, keep_default_na=False, na_values=[""])
+    assert "few_sampled" in out["flags"][0] and pd.isna(out["urban_km2_2019_adjusted_ci95"][0])
+    assert out["urban_km2_2019_adjusted"][0] == pytest.approx(a["urban_km2_2019_adjusted"])
+    assert out["urban_km2_2019_adjusted_ci95"].iloc[-1] == pytest.approx(ci95["2019"], abs=1e-3)
+
+
+def test_sdg_between_any_two_periods(in_repo, region, tmp_path):
+    """sdg.periods picks two periods of periods.list, the earlier first."""
+    over, *_ = region
+    over = [o.replace("periods.list=[2010,2019]", "periods.list=[2010,2015,2019]") for o in over]
+    cfg = config.load(REPO, over)
+    folder = paths.region_dir(cfg)
+    (folder / "predictions" / "2010.parquet").rename(folder / "predictions" / "2015.parquet")
+    for name in ("samples.csv", "strata.csv"):
+        path = folder / "validation" / "periods" / name
+        path.write_text(path.read_text().replace("2010,", "2015,"))
+    assert main(["sdg", *over, "sdg.periods=[2015,2019]"]) == 0
+    out = pd.read_csv(paths.sdg_table(cfg), dtype={"id": str}, keep_default_na=False, na_values=[""])
+    assert out["lcr"][0] == pytest.approx(math.log(15 / 10) / 4, abs=1e-6)  # 2015.5 -> 2019.5
+    for bad, message in (("[2019,2015]", "sdg.periods: 2019 is not before 2015"),
+                         ("[2010,2019]", "sdg.periods: period 2010 is not in periods.list (2015, 2019)"),
+                         ("[2015]", "sdg.periods: expected two periods")):
+        bad_over = [*over, f"sdg.periods={bad}"]
+        if "2010" in bad:
+            bad_over = [o.replace("periods.list=[2010,2015,2019]", "periods.list=[2015,2019]") for o in bad_over]
+            bad_over += ["periods.census=2015"]
+        with pytest.raises(InputError, match=re.escape(message)):
+            sdg.SdgSettings.from_config(config.load(REPO, bad_over))
 
 
 def test_population_table(in_repo, region, tmp_path):
@@ -116,13 +193,13 @@ def test_population_table(in_repo, region, tmp_path):
     assert main(["sdg", *over]) == 2
 
 
-def test_sdg_without_estimate(in_repo, region, capsys):
+def test_sdg_without_reference_samples(in_repo, region, capsys):
     over, *_ = region
     cfg = config.load(REPO, over)
-    paths.validation_estimate(cfg).unlink()
+    (paths.validation_periods_dir(cfg) / "samples.csv").unlink()
     assert main(["sdg", *over]) == 2
     err = capsys.readouterr().err
-    assert "estimate.json" in err and "not found" in err and not paths.sdg_table(cfg).exists()
+    assert "samples.csv" in err and "not found" in err and not paths.sdg_table(cfg).exists()
 
 
 def test_sdg_settings_name_the_config_key_that_is_wrong():
@@ -164,23 +241,3 @@ def test_the_default_region_reads_inegis_municipal_table(shared_data):
     cfg = config.load(REPO)
     wide = sdg.read_population_table(cfg.sdg.population.table, "cvegeo")
     assert list(wide.columns) == [2010, 2015, 2020] and wide.loc["09007"].tolist() == [1815786, 1827868, 1835486]
-
-
-def test_sdg_propagates_both_periods_intervals_into_lcr_and_lcrpgr(in_repo, region):
-    """With validate periods' estimates of both periods, the region's LCR and LCRPGR come
-    from the error-adjusted areas, with delta-method 95% intervals."""
-    over, *_ = region
-    cfg = config.load(REPO, over)
-    io.write_json(paths.validation_periods_summary(cfg), {"periods": {
-        "2010": {"urban_km2": 16.0, "urban_km2_se": 1.0}, "2019": {"urban_km2": 21.0, "urban_km2_se": 1.5}}})
-    assert main(["sdg", *over]) == 0
-    out = pd.read_csv(paths.sdg_table(cfg), dtype={"id": str}, keep_default_na=False, na_values=[""])
-    reg = out.iloc[-1]
-    assert reg["urban_km2_2010_adjusted"] == 16 and reg["urban_km2_2010_adjusted_ci95"] == pytest.approx(1.96)
-    lcr = math.log(21 / 16) / 9
-    se = math.sqrt((1 / 16) ** 2 + (1.5 / 21) ** 2) / 9
-    assert reg["lcr_adjusted"] == pytest.approx(lcr, abs=1e-6)
-    assert reg["lcr_adjusted_ci95"] == pytest.approx(1.96 * se, abs=1e-6)
-    assert reg["lcrpgr_adjusted"] == pytest.approx(lcr / 0.0115, abs=1e-3)
-    assert reg["lcrpgr_adjusted_ci95"] == pytest.approx(1.96 * se / 0.0115, abs=1e-3)
-    assert out["lcr_adjusted"].iloc[:-1].isna().all()  # municipalities: the ratio adjustment, no interval

@@ -1,4 +1,5 @@
-"""`validate periods`: every period's error-adjusted urban area with its interval."""
+"""`validate periods`: every period's error-adjusted urban area with its interval, from
+the target's own interpreted sample and the other periods' drawn samples."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from urbanmap.core import config, io, paths
 from urbanmap.examples.tiny import CELL, CRS, labelled_cells
 
 PERIODS = ["2010", "2019H1"]
+#: Cells of each map stratum in the target period's own (interpreted) sample.
+TARGET_PER_STRATUM = 40
 
 
 @pytest.fixture
@@ -36,6 +39,15 @@ def region(tmp_path):
                        cells.assign(p_urban=p, **{"class": mapped}, low_quality=low), CELL, CRS)
         (folder / "truth" / period).mkdir(parents=True)
         io.write_cells(folder / "truth" / period / "cells.parquet", cells.assign(true_class=truth), CELL, CRS)
+    # The target's sample, as `validate sample` and `validate interpret` leave it
+    picked = np.concatenate([rng.choice(np.flatnonzero(mapped == c), TARGET_PER_STRATUM, replace=False)
+                             for c in ("urban", "non_urban")])
+    (folder / "validation").mkdir()
+    pd.DataFrame({"sample_id": [f"S{i:04d}" for i in range(len(picked))], "cell_id": cells["cell_id"][picked],
+                  "stratum": mapped[picked], "map_class": mapped[picked], "ref_class": truth[picked]}).to_csv(
+        folder / "validation" / "interpreted.csv", index=False)
+    pd.DataFrame({"class": ["urban", "non_urban"], "area": [(mapped == c).sum() for c in ("urban", "non_urban")],
+                  "unit": "km2"}).to_csv(folder / "validation" / "strata.csv", index=False)
     over = [f"out_dir={tmp_path / 'out'}", "data.name=tiny", f"periods.list=[{','.join(PERIODS)}]",
             "periods.target=2019H1", "validation.target_se=0.04", "validation.min_per_stratum=10",
             "validation.interpreter_error=0"]
@@ -54,6 +66,13 @@ def test_every_periods_area_is_estimated_with_its_interval(region, monkeypatch):
     for k, true_km2 in enumerate((150, 190)):
         est, ci = table["urban_km2"][k], table["urban_km2_ci95"][k]
         assert abs(est - true_km2) <= ci + 5 and ci == pytest.approx(1.96 * table["urban_km2_se"][k], rel=1e-4)
+    assert table["n_sample"][1] == 2 * TARGET_PER_STRATUM  # the target's own sample
+    samples = pd.read_csv(paths.validation_periods_dir(cfg) / "samples.csv", dtype=str)
+    interpreted = pd.read_csv(paths.validation_interpreted(cfg), dtype=str)
+    assert samples[samples["period"] == "2019H1"]["cell_id"].tolist() == interpreted["cell_id"].tolist()
+    assert (samples["period"] == "2010").sum() == table["n_sample"][0]
+    strata = pd.read_csv(paths.validation_periods_dir(cfg) / "strata.csv", dtype={"period": str})
+    assert strata.groupby("period")["area"].sum().tolist() == [400, 395]
     summary = json.loads(paths.validation_periods_summary(cfg).read_text())
     assert set(summary["periods"]) == set(PERIODS)
     assert (paths.validation_periods_dir(cfg) / "areas.png").read_bytes()[:4] == b"\x89PNG"
@@ -63,8 +82,8 @@ def test_a_period_without_truth_is_named(region, monkeypatch, capsys):
     over, _ = region
     monkeypatch.chdir(REPO)
     cfg = config.load(REPO, over)
-    paths.truth_cells(cfg, "2019H1").unlink()
+    paths.truth_cells(cfg, "2010").unlink()
     assert main(["validate", "periods", *over]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no synthetic truth of 2019H1" in err
+    assert err.count("\n") == 1 and "no synthetic truth of 2010" in err
     assert not paths.validation_periods_summary(cfg).exists()

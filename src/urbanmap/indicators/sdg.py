@@ -1,14 +1,15 @@
 """The `sdg` stage: SDG indicator 11.3.1 per municipality and for the region.
 
 Indicator 11.3.1 is the ratio of land consumption rate to population growth rate
-(UN-Habitat, SDG indicator metadata 11.3.1), between t1 = periods.census and
-t2 = periods.target, y = the years between the periods' middles (2010 -> 2019H2: 9.25):
+(UN-Habitat, SDG indicator metadata 11.3.1), between two periods t1 and t2 of
+periods.list (sdg.periods; null: periods.census and periods.target), y = the years
+between the periods' middles (2010 -> 2019H2: 9.25):
 
 - LCR = ln(Urb_t2 / Urb_t1) / y (urban area, km²);
 - PGR = ln(Pop_t2 / Pop_t1) / y;
 - LCRPGR = LCR / PGR;
 - and, as the metadata's companion figures, the urban area per capita (m² per person)
-  at both years.
+  at both periods.
 
 Undefined cases are flagged, never divided blindly (`flags`, ";"-separated; the
 affected figures are empty):
@@ -21,25 +22,28 @@ affected figures are empty):
   map error: see change's urban_lost cells);
 - `partial`: the municipality's cells cover less than sdg.min_coverage of its area (the
   region's window cuts it): its figures are for the part inside the region;
-- `nodata`: some of its cells have no map class at a year (no imagery): not counted.
+- `few_sampled`: fewer than sdg.min_sampled of the period's reference sample in it: no
+  interval;
+- `nodata`: some of its cells have no map class at a period (no imagery): not counted.
 
-Inputs: change/change.parquet (both years' classes per cell, from `change`), the
-validation estimate (validation/estimate.json), labels.parquet (census population per
-cell) and data.municipalities; a cell belongs to the municipality holding its centre
-(change.assign_municipalities, with data.municipality_id / data.municipality_name).
+Inputs: predictions/<t1>.parquet and predictions/<t2>.parquet (each period's class per
+cell), validation/periods/ (each period's reference sample and strata, from `validate
+periods`), labels.parquet (census population per cell) and data.municipalities; a cell
+belongs to the municipality holding its centre (change.assign_municipalities, with
+data.municipality_id / data.municipality_name).
 
-*Error adjustment.* The validation sample estimates the region's urban area at t2
-with its 95% interval (Olofsson et al. 2014). Municipalities have too few sampled
-cells for estimates of their own, so their mapped urban areas at both years are
-multiplied by the region's ratio r = error-adjusted / mapped urban area of t2 (the
-same model and method map both years, so the same bias is assumed at t1). The
-region's adjusted t2 area is the estimate itself, with its interval; r cancels in
-LCR, so LCR and LCRPGR are those of the mapped areas.
-
-*Uncertainty.* Where validation/periods.json holds the error-adjusted urban area of
-both periods (`validate periods`, each period's own sample), the region's row also gives
-both adjusted areas with their 95% intervals and lcr_adjusted / lcrpgr_adjusted with
-95% intervals by the delta method (`propagated`: independent samples, population exact).
+*Error adjustment and uncertainty.* Each period's urban area, per municipality and for
+the region, is error-adjusted from that period's reference sample by the difference
+estimator (validation.estimate.domain_areas: the mapped area plus the sample's estimate
+of the domain's reference-minus-map area), with its standard error; for the region and
+map strata it is Olofsson et al.'s (2014) estimate of `validate periods`. LCR and LCRPGR
+of the adjusted areas get 95% intervals by the delta method (not a bootstrap: the
+estimators are smooth and the samples hundreds of cells): the two periods' samples are
+treated as independent, so var(ln A2 - ln A1) = (se1 / A1)² + (se2 / A2)² (conservative
+when they share cells, whose errors are then positively correlated), LCR's SE is its root
+over y, and PGR is taken as exact (census counts), so LCRPGR's SE is LCR's over |PGR|. A
+municipality with fewer than sdg.min_sampled sampled cells in a period has too few for
+an interval (flag `few_sampled`: its adjusted figures are given, their intervals empty).
 
 *Population.* With sdg.population.table null: the census population allocated to
 cells by `labels` (data.census.population_column; INEGI's `pob` is the 2020 census),
@@ -59,7 +63,8 @@ then differs by municipality. A municipality created after the table's first dat
 population before it: flag `created_after_<year>`, PGR undefined (`no_population`).
 
 Outputs under `<region_dir>/sdg/`: `sdg_11_3_1.csv` (one row per municipality, then
-the region), `sdg_11_3_1.png` (chart) and `sdg_11_3_1.json` (the region's row, for
+the region: mapped and error-adjusted areas with 95% intervals and sampled cells per
+period, population, the mapped and the adjusted indicators), `sdg_11_3_1.png` (chart) and `sdg_11_3_1.json` (the region's row, for
 `dvc metrics`).
 """
 
@@ -81,10 +86,12 @@ from pyproj import CRS
 from urbanmap.core import io, paths
 from urbanmap.core.errors import InputError
 from urbanmap.core.io import require_file
-from urbanmap.core.periods import PeriodSettings
+from urbanmap.core.periods import Period, PeriodSettings
 from urbanmap.indicators.chart import sdg_chart
 from urbanmap.mapping.change import assign_municipalities
+from urbanmap.validation import estimate
 from urbanmap.validation.estimate import Z95
+from urbanmap.validation.periods import SAMPLES_FILE, STRATA_FILE
 
 REGION = "region"
 
@@ -122,17 +129,18 @@ class SdgSettings:
     """What the `sdg` stage reads from the config, checked.
 
     Attributes:
-        years: (t1, t2) = the labels of (periods.census, periods.target).
+        years: (t1, t2), the labels of sdg.periods (default: periods.census, periods.target).
         times: the two periods' middles, decimal years (Period.middle): y = t2 - t1.
         municipalities: the municipalities' vector file, any CRS (data.municipalities).
         id_column, name_column: its key and name columns (data.municipality_id, data.municipality_name).
         min_coverage: share 0..1 of a municipality's area its cells must cover, else it
             is flagged `partial` (sdg.min_coverage).
+        min_sampled: sampled cells a municipality needs in a period for an interval
+            (sdg.min_sampled), else it is flagged `few_sampled`.
         population: the population source (sdg.population).
-        change_cells, labels, estimate: the inputs: change/change.parquet, labels.parquet
-            and validation/estimate.json.
-        period_estimates: validation/periods.json, the error-adjusted urban area of every
-            period (validate periods); read when it exists.
+        predictions: predictions/<t1>.parquet and predictions/<t2>.parquet.
+        labels: labels.parquet.
+        samples, strata: validation/periods/samples.csv and strata.csv (validate periods).
         out_dir: the sdg/ folder; table_out, chart_out, summary_out: sdg_11_3_1.csv, .png and .json.
     """
 
@@ -142,11 +150,12 @@ class SdgSettings:
     id_column: str
     name_column: str
     min_coverage: float
+    min_sampled: int
     population: PopulationSettings
-    change_cells: Path
+    predictions: tuple[Path, Path]
     labels: Path
-    estimate: Path
-    period_estimates: Path
+    samples: Path
+    strata: Path
     out_dir: Path
     table_out: Path
     chart_out: Path
@@ -157,20 +166,41 @@ class SdgSettings:
         """Read `periods`, `sdg` and the data section; InputError naming the config key that is wrong."""
         if not cfg.data.get("municipalities"):
             raise InputError("data.municipalities: null; the sdg indicator is computed per municipality")
-        try:
-            min_coverage = float(cfg.sdg.min_coverage)
-        except (TypeError, ValueError):
-            raise InputError(f"sdg.min_coverage: expected a number, got {cfg.sdg.min_coverage!r}") from None
-        periods = PeriodSettings.from_config(cfg)
+        numbers = {}
+        for key, kind in (("min_coverage", float), ("min_sampled", int)):
+            try:
+                numbers[key] = kind(cfg.sdg.get(key))
+            except (TypeError, ValueError):
+                raise InputError(f"sdg.{key}: expected a number, got {cfg.sdg.get(key)!r}") from None
+        settings = PeriodSettings.from_config(cfg)
+        t1, t2 = _two_periods(settings, cfg.sdg.get("periods"))
+        folder = paths.validation_periods_dir(cfg)
         return cls(
-            years=(periods.census.label, periods.target.label), times=(periods.census.middle, periods.target.middle),
-            municipalities=str(cfg.data.municipalities),
+            years=(t1.label, t2.label), times=(t1.middle, t2.middle), municipalities=str(cfg.data.municipalities),
             id_column=str(cfg.data.municipality_id), name_column=str(cfg.data.municipality_name),
-            min_coverage=min_coverage, population=PopulationSettings.from_config(cfg.sdg.population),
-            change_cells=paths.change_cells(cfg), labels=paths.labels(cfg), estimate=paths.validation_estimate(cfg),
-            period_estimates=paths.validation_periods_summary(cfg), out_dir=paths.sdg_dir(cfg), table_out=paths.sdg_table(cfg), chart_out=paths.sdg_chart(cfg),
-            summary_out=paths.sdg_summary(cfg),
+            min_coverage=numbers["min_coverage"], min_sampled=numbers["min_sampled"],
+            population=PopulationSettings.from_config(cfg.sdg.population),
+            predictions=(paths.predictions(cfg, t1), paths.predictions(cfg, t2)), labels=paths.labels(cfg),
+            samples=folder / SAMPLES_FILE, strata=folder / STRATA_FILE, out_dir=paths.sdg_dir(cfg),
+            table_out=paths.sdg_table(cfg), chart_out=paths.sdg_chart(cfg), summary_out=paths.sdg_summary(cfg),
         )
+
+
+def _two_periods(settings: PeriodSettings, chosen: Any) -> tuple[Period, Period]:
+    """sdg.periods: two labels of periods.list, the earlier first; null: (census, target)."""
+    if chosen is None:
+        return settings.census, settings.target
+    labels = [str(c) for c in chosen] if not isinstance(chosen, str) else []
+    by_label = {p.label: p for p in settings.periods}
+    if len(labels) != 2 or labels[0] == labels[1]:
+        raise InputError(f"sdg.periods: expected two periods of periods.list, got {chosen!r}")
+    missing = [label for label in labels if label not in by_label]
+    if missing:
+        raise InputError(f"sdg.periods: period {missing[0]} is not in periods.list ({', '.join(by_label)})")
+    t1, t2 = by_label[labels[0]], by_label[labels[1]]
+    if not t1.middle < t2.middle:
+        raise InputError(f"sdg.periods: {t1.label} is not before {t2.label}")
+    return t1, t2
 
 
 def indicator(urban_t1: ArrayLike, urban_t2: ArrayLike, pop_t1: ArrayLike, pop_t2: ArrayLike, years: float) -> pd.DataFrame:
@@ -213,49 +243,61 @@ def project_population(population: ArrayLike, census_year: int, rate: float, yea
     return np.asarray(population, float) * np.exp(float(rate) * (float(year) - int(census_year)))
 
 
-def table(per_muni: pd.DataFrame, years: tuple[Any, Any], ratio: float, region_adjusted: dict[str, Any] | None,
-          min_coverage: float, elapsed: float | None = None) -> pd.DataFrame:
+def table(per_muni: pd.DataFrame, years: tuple[Any, Any], adjusted: pd.DataFrame, min_coverage: float,
+          min_sampled: int, elapsed: float) -> pd.DataFrame:
     """The indicator table: one row per municipality, then the region.
 
     Args:
-        per_muni: one row per municipality: id, name, cells, area_km2 (the
-            municipality's own area), nodata_cells, urban_km2_<t1>, urban_km2_<t2>
-            (mapped), population_<t1>, population_<t2>.
-        ratio: error-adjusted / mapped urban area of the region at t2.
-        region_adjusted: {"estimate", "ci95"} of the region's urban area at t2, or None.
-        elapsed: years from t1 to t2; None: t2 - t1 (two years).
+        per_muni: one row per municipality: id, name, cells, cells_km2, area_km2 (the
+            municipality's own area), nodata_cells, urban_km2_<t> (mapped) and
+            population_<t> for both periods.
+        adjusted: one row per municipality, then the region: urban_km2_<t> (error-adjusted),
+            urban_km2_<t>_se and n_sampled_<t> for both periods (adjusted_areas).
+        elapsed: years from t1 to t2.
     Returns:
-        id, name, cells, coverage, urban_km2_<t>_mapped and _adjusted for both years,
-        urban_km2_<t2>_adjusted_ci95 (region only), population_<t> for both years,
-        urban_m2_per_capita_<t>, lcr, pgr, lcrpgr, flags.
+        id, name, cells, coverage; for each period urban_km2_<t>_mapped, _adjusted,
+        _adjusted_ci95 and n_sampled_<t>; population_<t>, urban_m2_per_capita_<t>
+        (adjusted); lcr, pgr, lcrpgr (mapped areas); lcr_adjusted, lcrpgr_adjusted with
+        their ci95 (delta method, module docstring); flags.
     """
     t1, t2 = years
     region = per_muni.drop(columns=["id", "name"]).sum(numeric_only=True).to_frame().T
     region.insert(0, "id", REGION)
     region.insert(1, "name", REGION)
     rows = pd.concat([per_muni, region], ignore_index=True)
+    adjusted = adjusted.reset_index(drop=True)
     out = rows[["id", "name"]].copy()
     out["cells"] = rows["cells"].astype(np.int64)
     out["coverage"] = np.where(rows["id"] == REGION, np.nan, rows["cells_km2"] / rows["area_km2"].where(rows["area_km2"] > 0))
+    enough = np.ones(len(rows), bool)
+    for t in years:
+        enough &= adjusted[f"n_sampled_{t}"].to_numpy() >= min_sampled
     for t in years:
         out[f"urban_km2_{t}_mapped"] = rows[f"urban_km2_{t}"]
-        out[f"urban_km2_{t}_adjusted"] = rows[f"urban_km2_{t}"] * ratio
-    out[f"urban_km2_{t2}_adjusted_ci95"] = np.nan
-    if region_adjusted is not None:
-        last = out.index[-1]
-        out.loc[last, f"urban_km2_{t2}_adjusted"] = region_adjusted["estimate"]
-        out.loc[last, f"urban_km2_{t2}_adjusted_ci95"] = region_adjusted["ci95"]
+        # The difference estimator can fall below 0 in a municipality with few sampled
+        # cells (flagged few_sampled); an area is reported as 0 then.
+        out[f"urban_km2_{t}_adjusted"] = adjusted[f"urban_km2_{t}"].clip(lower=0.0)
+        out[f"urban_km2_{t}_adjusted_ci95"] = np.where(enough, Z95 * adjusted[f"urban_km2_{t}_se"], np.nan)
+        out[f"n_sampled_{t}"] = adjusted[f"n_sampled_{t}"].astype(np.int64)
     for t in years:
         out[f"population_{t}"] = rows[f"population_{t}"]
     with np.errstate(divide="ignore", invalid="ignore"):
         for t in years:
             per_capita = out[f"urban_km2_{t}_adjusted"] * 1e6 / out[f"population_{t}"]
             out[f"urban_m2_per_capita_{t}"] = per_capita.where(out[f"population_{t}"] > 0)
-    ind = indicator(rows[f"urban_km2_{t1}"], rows[f"urban_km2_{t2}"], rows[f"population_{t1}"],
-                    rows[f"population_{t2}"], float(t2) - float(t1) if elapsed is None else elapsed)
-    out = pd.concat([out, ind], axis=1)
-    extra = np.where(out["coverage"] < min_coverage, "partial", "")
-    extra = np.where(rows["nodata_cells"] > 0, np.where(extra == "", "nodata", extra + ";nodata"), extra)
+    pops = (rows[f"population_{t1}"], rows[f"population_{t2}"])
+    mapped = indicator(rows[f"urban_km2_{t1}"], rows[f"urban_km2_{t2}"], *pops, elapsed)
+    out = pd.concat([out, mapped], axis=1)
+    a1, a2 = out[f"urban_km2_{t1}_adjusted"].to_numpy(float), out[f"urban_km2_{t2}_adjusted"].to_numpy(float)
+    fixed = indicator(a1, a2, *pops, elapsed)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.sqrt((adjusted[f"urban_km2_{t1}_se"] / a1) ** 2 + (adjusted[f"urban_km2_{t2}_se"] / a2) ** 2).to_numpy()
+        lcr_ci = np.where(enough & (a1 > 0) & (a2 > 0), Z95 * rel / elapsed, np.nan)
+        out["lcr_adjusted"], out["lcr_adjusted_ci95"] = fixed["lcr"], lcr_ci
+        out["lcrpgr_adjusted"] = fixed["lcrpgr"]
+        out["lcrpgr_adjusted_ci95"] = np.where(np.isfinite(fixed["lcrpgr"]), lcr_ci / np.abs(fixed["pgr"]), np.nan)
+    extra = [";".join(f for f, hit in (("partial", c < min_coverage), ("nodata", n > 0), ("few_sampled", not e)) if hit)
+             for c, n, e in zip(out["coverage"].fillna(1.0), rows["nodata_cells"], enough)]
     out["flags"] = [";".join(f for f in (a, b) if f) for a, b in zip(out["flags"], extra)]
     return out
 
@@ -368,10 +410,10 @@ def table_population(table_path: str, ids: pd.Index, years: tuple[Any, Any], tim
 def mapped_per_municipality(change: pd.DataFrame, key: np.ndarray, name: np.ndarray, years: tuple[Any, Any],
                             cell_km2: float) -> pd.DataFrame:
     """Per municipality (key `id`, `name`, sorted by both): cells, mapped urban km² at
-    both years (urban_km2_<t>), nodata_cells (no class at a year) and cells_km2.
+    both periods (urban_km2_<t>), nodata_cells (no class at a period) and cells_km2.
 
     Args:
-        change: change.parquet's class_<t1>, class_<t2> per cell (n rows).
+        change: class_<t1>, class_<t2> per cell (n rows): both periods' maps.
         key, name: (n,) each cell's municipality (change.assign_municipalities).
         cell_km2: a cell's area, km².
     """
@@ -391,50 +433,46 @@ def municipality_areas(munis: gpd.GeoDataFrame, crs: CRS, id_column: str) -> pd.
     return munis.to_crs(crs).assign(id=lambda f: f[id_column].astype(str)).set_index("id").area / 1e6
 
 
-def adjustment(est_path: Path) -> tuple[float, dict[str, Any]]:
-    """(r, adjusted): the region's error-adjusted / mapped urban area at t2, and the
-    estimate {"estimate", "ci95"} (km²) of validation/estimate.json at `est_path`."""
-    try:
-        est = json.loads(est_path.read_text())
-        adjusted, mapped = est["area"]["urban"], float(est["mapped_area"]["urban"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{est_path}: not a validation estimate with an urban area ({exc})") from None
-    if adjusted["estimate"] is None or mapped <= 0:
-        raise InputError(f"{est_path}: no mapped or estimated urban area to adjust by")
-    return float(adjusted["estimate"]) / mapped, adjusted
+def read_reference_samples(samples_path: Path, strata_path: Path, period: str) -> tuple[pd.DataFrame, pd.Series]:
+    """`period`'s reference sample (cell_id, stratum, map_class, ref_class) from
+    validation/periods/samples.csv and its strata's areas (km²) from strata.csv;
+    InputError naming the file when it is missing, malformed or has no such period."""
+    frames = []
+    for path, what, columns in ((samples_path, "reference samples", ["period", "cell_id", "stratum", "map_class", "ref_class"]),
+                                (strata_path, "strata", ["period", "class", "area"])):
+        frame = pd.read_csv(require_file(path, what), dtype=str, keep_default_na=False)
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise InputError(f"{path}: {what} lack column(s) {', '.join(missing)}")
+        frame = frame[frame["period"] == period]
+        if frame.empty:
+            raise InputError(f"{path}: no {what} of period {period}; run `urbanmap validate periods`")
+        frames.append(frame)
+    sample, strata = frames
+    return sample.reset_index(drop=True), pd.Series(pd.to_numeric(strata["area"]).to_numpy(float), index=strata["class"])
 
 
-def propagated(out: pd.DataFrame, years: tuple[Any, Any], elapsed: float, path: Path) -> pd.DataFrame:
-    """The region's LCR and LCRPGR from the error-adjusted urban areas of both periods
-    (validation/periods.json at `path`), with 95% intervals by the delta method: the two
-    periods' samples are drawn independently, so var(ln A2 - ln A1) = (se1 / A1)² +
-    (se2 / A2)², and LCR's SE is its root over the years `elapsed`; PGR is taken as
-    exact (census counts), so LCRPGR's SE is LCR's over |PGR|. Adds lcr_adjusted,
-    lcr_adjusted_ci95, lcrpgr_adjusted, lcrpgr_adjusted_ci95 and both periods' adjusted
-    areas with their ci95 on the region's row (the last); the municipalities' rows keep
-    the ratio adjustment (too few sampled cells each for an interval of their own)."""
-    t1, t2 = years
-    try:
-        periods = json.loads(path.read_text())["periods"]
-        a = [(float(periods[str(t)]["urban_km2"]), float(periods[str(t)]["urban_km2_se"])) for t in (t1, t2)]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{path}: no error-adjusted urban area of period {t1} and {t2} ({exc})") from None
-    (a1, se1), (a2, se2) = a
-    last = out.index[-1]
-    for col in ("lcr_adjusted", "lcr_adjusted_ci95", "lcrpgr_adjusted", "lcrpgr_adjusted_ci95"):
-        out[col] = np.nan
-    out.loc[last, f"urban_km2_{t1}_adjusted"] = a1
-    out.loc[last, f"urban_km2_{t1}_adjusted_ci95"] = Z95 * se1
-    out.loc[last, f"urban_km2_{t2}_adjusted"] = a2
-    out.loc[last, f"urban_km2_{t2}_adjusted_ci95"] = Z95 * se2
-    if a1 > 0 and a2 > 0 and elapsed > 0:
-        lcr = np.log(a2 / a1) / elapsed
-        se = float(np.sqrt((se1 / a1) ** 2 + (se2 / a2) ** 2) / elapsed)
-        out.loc[last, "lcr_adjusted"], out.loc[last, "lcr_adjusted_ci95"] = lcr, Z95 * se
-        pgr = float(out.loc[last, "pgr"])
-        if np.isfinite(pgr) and pgr > 0:
-            out.loc[last, "lcrpgr_adjusted"], out.loc[last, "lcrpgr_adjusted_ci95"] = lcr / pgr, Z95 * se / pgr
-    return out
+def adjusted_areas(samples_path: Path, strata_path: Path, period: str, key_of_cell: pd.Series, ids: pd.Index,
+                   mapped_km2: np.ndarray) -> pd.DataFrame:
+    """`period`'s error-adjusted urban area (km²) of each municipality of `ids`, then of
+    the region, from its reference sample (validation.estimate.domain_areas).
+
+    Args:
+        key_of_cell: the municipality key of every cell of the map, indexed by cell_id.
+        mapped_km2: (k + 1,) mapped urban area of each municipality, then of the region.
+    Returns:
+        k + 1 rows: urban_km2_<period>, urban_km2_<period>_se, n_sampled_<period>.
+    """
+    sample, strata = read_reference_samples(samples_path, strata_path, period)
+    stratum_is_map = bool((sample["stratum"] == sample["map_class"]).all())
+    design = estimate.strata_design(sample["stratum"].to_numpy(object), strata, stratum_is_map)
+    map_is, ref_is = sample["map_class"].to_numpy() == "urban", sample["ref_class"].to_numpy() == "urban"
+    position = pd.Series(np.arange(len(ids)), index=ids)
+    domain = sample["cell_id"].map(key_of_cell).map(position).fillna(-1).to_numpy(np.int64)
+    munis = estimate.domain_areas(design, mapped_km2[:-1], map_is, ref_is, domain, len(ids))
+    region = estimate.domain_areas(design, mapped_km2[-1:], map_is, ref_is, np.zeros(len(sample), np.int64), 1)
+    est, se, n = (np.concatenate([m, r]) for m, r in zip(munis, region))
+    return pd.DataFrame({f"urban_km2_{period}": est, f"urban_km2_{period}_se": se, f"n_sampled_{period}": n})
 
 
 def rounded(out: pd.DataFrame) -> pd.DataFrame:
@@ -450,55 +488,70 @@ def rounded(out: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def region_summary(out: pd.DataFrame, years: tuple[Any, Any], ratio: float) -> dict[str, Any]:
-    """sdg_11_3_1.json: the periods, the adjustment ratio and the region's row (NaN as null)."""
+def region_summary(out: pd.DataFrame, years: tuple[Any, Any]) -> dict[str, Any]:
+    """sdg_11_3_1.json: the periods and the region's row (NaN as null)."""
     t1, t2 = years
     region = out.iloc[-1].drop(["id", "name"]).to_dict()
-    return {"periods": [t1, t2], "adjustment_ratio": ratio,
+    return {"periods": [t1, t2],
             **{str(k): (None if isinstance(v, float) and not np.isfinite(v) else (v.item() if hasattr(v, "item") else v))
                for k, v in region.items()}}
 
 
+def read_maps(settings: SdgSettings) -> tuple[pd.DataFrame, float, CRS]:
+    """Both periods' maps side by side: cell_id, col, row, class_<t1>, class_<t2>;
+    InputError naming a map that is missing or covers other cells."""
+    frames = []
+    for path, t in zip(settings.predictions, settings.years):
+        pred, cell_size, crs = io.read_cells(path, f"predictions of {t}", ["cell_id", "class"])
+        frames.append(pred[["cell_id", "col", "row", "class"]].rename(columns={"class": f"class_{t}"}))
+    maps = frames[0].merge(frames[1].drop(columns=["col", "row"]), on="cell_id", how="inner")
+    if not len(maps) == len(frames[0]) == len(frames[1]):
+        raise InputError(f"{settings.predictions[1]}: its cells differ from those of {settings.predictions[0]}")
+    return maps, cell_size, crs
+
+
 def sdg_indicator(settings: SdgSettings) -> pd.DataFrame:
-    """The stage's work: change.parquet + estimate.json + labels.parquet + municipalities
-    -> sdg/; returns the indicator table."""
+    """The stage's work: both periods' maps + their reference samples + labels.parquet +
+    municipalities -> sdg/; returns the indicator table."""
     t1, t2 = years = settings.years
-    change, cell_size, crs = io.read_cells(settings.change_cells, "change", ["cell_id", f"class_{t1}", f"class_{t2}"])
+    maps, cell_size, crs = read_maps(settings)
     labels, _, _ = io.read_cells(settings.labels, "labels", ["cell_id", "population"])
     id_column, name_column = settings.id_column, settings.name_column
     munis = io.read_vector(settings.municipalities, "municipalities", [id_column, name_column])
-    key, name = assign_municipalities(change["col"], change["row"], cell_size, crs, munis, id_column, name_column)
-    labels = labels.merge(change[["cell_id"]].assign(key=key), on="cell_id", how="right")
+    key, name = assign_municipalities(maps["col"], maps["row"], cell_size, crs, munis, id_column, name_column)
+    labels = labels.merge(maps[["cell_id"]].assign(key=key), on="cell_id", how="right")
     cell_km2 = cell_size**2 / 1e6
 
-    per = mapped_per_municipality(change, key, name, years, cell_km2)
+    per = mapped_per_municipality(maps, key, name, years, cell_km2)
     per["area_km2"] = per["id"].map(municipality_areas(munis, crs, id_column)).fillna(0.0).to_numpy()
-    pop, pop_flags = population(settings.population, labels, labels["key"].to_numpy(), pd.Index(per["id"]), years,
-                                settings.times, id_column)
+    ids = pd.Index(per["id"])
+    pop, pop_flags = population(settings.population, labels, labels["key"].to_numpy(), ids, years, settings.times,
+                                id_column)
     per = pd.concat([per, pop.reset_index(drop=True)], axis=1)
-
-    est_path = io.require_file(settings.estimate, "validation estimate")
-    ratio, adjusted = adjustment(est_path)
-    out = table(per, years, ratio, adjusted, settings.min_coverage, settings.times[1] - settings.times[0])
+    key_of_cell = pd.Series(key, index=maps["cell_id"].to_numpy())
+    adjusted = pd.concat([adjusted_areas(settings.samples, settings.strata, t, key_of_cell, ids,
+                                         np.append(per[f"urban_km2_{t}"].to_numpy(float), per[f"urban_km2_{t}"].sum()))
+                          for t in years], axis=1)
+    out = table(per, years, adjusted, settings.min_coverage, settings.min_sampled, settings.times[1] - settings.times[0])
     extra = [*pop_flags.to_numpy(), ""]  # the region's row last
     out["flags"] = [";".join(f for f in (a, b) if f) for a, b in zip(out["flags"], extra)]
-    if settings.period_estimates.is_file():
-        out = propagated(out, years, settings.times[1] - settings.times[0], settings.period_estimates)
 
     with io.atomic_output(settings.table_out) as tmp:
         rounded(out).to_csv(tmp, index=False)
     with io.atomic_output(settings.chart_out) as tmp:
         sdg_chart(tmp, out, years, REGION)
-    io.write_json(settings.summary_out, region_summary(out, years, ratio))
+    io.write_json(settings.summary_out, region_summary(out, years))
     r = out.iloc[-1]
-    interval = (f"; adjusted LCR {r['lcr_adjusted']:.4f} ± {r['lcr_adjusted_ci95']:.4f}, LCRPGR "
-                f"{r['lcrpgr_adjusted']:.2f} ± {r['lcrpgr_adjusted_ci95']:.2f} (95%)" if "lcr_adjusted" in out else "")
-    print(f"sdg 11.3.1 ({t1}-{t2}): region urban {r[f'urban_km2_{t1}_adjusted']:,.1f} -> "
-          f"{r[f'urban_km2_{t2}_adjusted']:,.1f} km² (adjusted), LCR {r['lcr']:.4f}, "
-          f"PGR {r['pgr']:.4f}, LCRPGR {r['lcrpgr']:.2f}{interval}; {len(out) - 1} municipalities -> {settings.out_dir}")
+    with_interval = int(np.isfinite(out["lcr_adjusted_ci95"].iloc[:-1]).sum())
+    print(f"sdg 11.3.1 ({t1}-{t2}): region urban {r[f'urban_km2_{t1}_adjusted']:,.1f} ± "
+          f"{r[f'urban_km2_{t1}_adjusted_ci95']:,.1f} -> {r[f'urban_km2_{t2}_adjusted']:,.1f} ± "
+          f"{r[f'urban_km2_{t2}_adjusted_ci95']:,.1f} km² (error-adjusted, 95%), LCR {r['lcr_adjusted']:.4f} ± "
+          f"{r['lcr_adjusted_ci95']:.4f}, PGR {r['pgr']:.4f}, LCRPGR {r['lcrpgr_adjusted']:.2f} ± "
+          f"{r['lcrpgr_adjusted_ci95']:.2f} (mapped areas: LCRPGR {r['lcrpgr']:.2f}); {len(out) - 1} municipalities, "
+          f"{with_interval} with intervals -> {settings.out_dir}")
     return out
 
 
 def run(cfg: DictConfig) -> pd.DataFrame:
-    """Stage: change.parquet + estimate.json + labels.parquet + municipalities -> sdg/."""
+    """Stage: both periods' maps + reference samples + labels.parquet + municipalities -> sdg/."""
     return sdg_indicator(SdgSettings.from_config(cfg))
