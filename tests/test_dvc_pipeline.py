@@ -33,13 +33,13 @@ def test_repro_reruns_only_what_changed(tmp_path, shared_data):
 
     # A period added to the list (both lists, as `dvc exp run -S periods.list=...`
     # composes them): its own synth, mosaic and predict, and the stages that read every
-    # period's map (series, validate_periods); no other period's stage.
+    # period's map or the list (series, validate_periods, sdg); no other period's stage.
     periods = yaml.safe_load((clone / "params.yaml").read_text())["periods"]["list"]
     added = [*periods[:2], "2017", *periods[2:]]
     set_params(clone, **{"periods.list": added, "data.inputs.synth_periods": added})
     status = sh("dvc", "status", cwd=clone).stdout
     assert {line[:-1] for line in status.splitlines() if line.endswith(":") and not line[0].isspace()} == {
-        "synth@2017", "mosaic@2017", "predict@2017", "series", "validate_periods"}, status
+        "synth@2017", "mosaic@2017", "predict@2017", "series", "validate_periods", "sdg"}, status
     set_params(clone, **{"periods.list": periods, "data.inputs.synth_periods": periods})
     assert stages_run(sh("dvc", "repro", cwd=clone).stdout) == []
 
