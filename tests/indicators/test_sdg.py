@@ -193,6 +193,23 @@ def test_population_table(in_repo, region, tmp_path):
     assert main(["sdg", *over]) == 2
 
 
+def test_a_period_without_reference_sample_keeps_its_mapped_area(in_repo, region):
+    """Real imagery with people's answers for the target only: t1's areas are the mapped
+    ones, without intervals (n_sampled 0, few_sampled)."""
+    over, *_ = region
+    cfg = config.load(REPO, over)
+    for name in ("samples.csv", "strata.csv"):
+        path = paths.validation_periods_dir(cfg) / name
+        frame = pd.read_csv(path, dtype=str)
+        frame[frame["period"] != "2010"].to_csv(path, index=False)
+    assert main(["sdg", *over]) == 0
+    out = pd.read_csv(paths.sdg_table(cfg), dtype={"id": str}, keep_default_na=False, na_values=[""])
+    assert (out["urban_km2_2010_adjusted"] == out["urban_km2_2010_mapped"]).all()
+    assert (out["n_sampled_2010"] == 0).all() and out["urban_km2_2010_adjusted_ci95"].isna().all()
+    assert out["lcr_adjusted_ci95"].isna().all() and all("few_sampled" in f for f in out["flags"])
+    assert out["urban_km2_2019_adjusted"].iloc[-1] > out["urban_km2_2019_mapped"].iloc[-1]
+
+
 def test_sdg_without_reference_samples(in_repo, region, capsys):
     over, *_ = region
     cfg = config.load(REPO, over)

@@ -87,3 +87,19 @@ def test_a_period_without_truth_is_named(region, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no synthetic truth of 2010" in err
     assert not paths.validation_periods_summary(cfg).exists()
+
+
+def test_real_imagery_has_the_targets_sample_only(region, monkeypatch):
+    """People interpret the target's sample (validation.interpreter=human) and no period
+    has synthetic truth: the other periods get their mapped area and no estimate."""
+    over, _ = region
+    monkeypatch.chdir(REPO)
+    cfg = config.load(REPO, over)
+    for period in PERIODS:
+        paths.truth_cells(cfg, period).unlink()
+    assert main(["validate", "periods", *over, "validation.interpreter=human"]) == 0
+    table = pd.read_csv(paths.validation_periods_dir(cfg) / "areas.csv", dtype={"period": str})
+    assert table["n_sample"].tolist() == [0, 2 * TARGET_PER_STRATUM]
+    assert np.isnan(table["urban_km2"][0]) and table["mapped_urban_km2"][0] > 0 and table["urban_km2"][1] > 0
+    samples = pd.read_csv(paths.validation_periods_dir(cfg) / "samples.csv", dtype=str)
+    assert set(samples["period"]) == {"2019H1"}

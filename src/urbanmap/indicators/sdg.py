@@ -435,8 +435,9 @@ def municipality_areas(munis: gpd.GeoDataFrame, crs: CRS, id_column: str) -> pd.
 
 def read_reference_samples(samples_path: Path, strata_path: Path, period: str) -> tuple[pd.DataFrame, pd.Series]:
     """`period`'s reference sample (cell_id, stratum, map_class, ref_class) from
-    validation/periods/samples.csv and its strata's areas (km²) from strata.csv;
-    InputError naming the file when it is missing, malformed or has no such period."""
+    validation/periods/samples.csv and its strata's areas (km²) from strata.csv (no rows:
+    the period has no reference sample); InputError naming the file when it is missing
+    or malformed."""
     frames = []
     for path, what, columns in ((samples_path, "reference samples", ["period", "cell_id", "stratum", "map_class", "ref_class"]),
                                 (strata_path, "strata", ["period", "class", "area"])):
@@ -444,10 +445,7 @@ def read_reference_samples(samples_path: Path, strata_path: Path, period: str) -
         missing = [c for c in columns if c not in frame.columns]
         if missing:
             raise InputError(f"{path}: {what} lack column(s) {', '.join(missing)}")
-        frame = frame[frame["period"] == period]
-        if frame.empty:
-            raise InputError(f"{path}: no {what} of period {period}; run `urbanmap validate periods`")
-        frames.append(frame)
+        frames.append(frame[frame["period"] == period])
     sample, strata = frames
     return sample.reset_index(drop=True), pd.Series(pd.to_numeric(strata["area"]).to_numpy(float), index=strata["class"])
 
@@ -461,9 +459,13 @@ def adjusted_areas(samples_path: Path, strata_path: Path, period: str, key_of_ce
         key_of_cell: the municipality key of every cell of the map, indexed by cell_id.
         mapped_km2: (k + 1,) mapped urban area of each municipality, then of the region.
     Returns:
-        k + 1 rows: urban_km2_<period>, urban_km2_<period>_se, n_sampled_<period>.
+        k + 1 rows: urban_km2_<period>, urban_km2_<period>_se, n_sampled_<period> (the
+        mapped areas, NaN and 0 when the period has no reference sample).
     """
     sample, strata = read_reference_samples(samples_path, strata_path, period)
+    if sample.empty:  # no reference sample of the period (validate periods): the mapped areas, no interval
+        return pd.DataFrame({f"urban_km2_{period}": mapped_km2, f"urban_km2_{period}_se": np.nan,
+                             f"n_sampled_{period}": 0})
     stratum_is_map = bool((sample["stratum"] == sample["map_class"]).all())
     design = estimate.strata_design(sample["stratum"].to_numpy(object), strata, stratum_is_map)
     map_is, ref_is = sample["map_class"].to_numpy() == "urban", sample["ref_class"].to_numpy() == "urban"

@@ -6,9 +6,12 @@ periods.target has the validation sample of `validate sample` and `validate inte
 validation.interpreter=human). Every other period of periods.list gets the same design on
 its own map (predictions/<period>.parquet; map strata, nodata cells left out), reference
 classes from the synthetic truth of the period (truth/<period>/cells.parquet) through the
-simulated interpreter (validation.interpreter_error): the embedded default only; a period
-without synthetic truth is an error naming it (with real imagery, people interpret each
-period's sample and `validate estimate --sample --strata` estimates it). Each sample gives
+simulated interpreter (validation.interpreter_error): the embedded default. With
+validation.interpreter=human and no synthetic truth (real imagery), a period other than
+the target has no reference sample: its row gives the mapped area only, and `sdg` its
+mapped area without an interval (people can interpret such a period's own sample and
+`validate estimate --sample --strata` estimates it). With the simulated interpreter, a
+period without synthetic truth is an error naming it. Each sample gives
 Olofsson et al. (2014) stratified estimates (estimate.py).
 
 Outputs under `<region_dir>/validation/periods/`: `areas.csv` (per period: its window and
@@ -89,26 +92,30 @@ def interpreted_sample(v: ValidationSettings) -> tuple[pd.DataFrame, pd.Series]:
     return sample[SAMPLE_COLUMNS], estimate.read_strata(v.strata_csv)
 
 
-def period_estimate(pred: pd.DataFrame, sample: pd.DataFrame, strata: pd.Series, period: Period,
+def period_estimate(pred: pd.DataFrame, sample: pd.DataFrame | None, strata: pd.Series | None, period: Period,
                     cell_km2: float) -> dict[str, Any]:
-    """One period's row of areas.csv: the map's figures and the sample's estimates."""
+    """One period's row of areas.csv: the map's figures and, when the period has a
+    reference sample, its estimates (else None: mapped figures only)."""
     low = pred["low_quality"].to_numpy(bool) if "low_quality" in pred.columns else np.zeros(len(pred), bool)
     cells, n_nodata = population(pred[["cell_id", "col", "row", "p_urban", "class"]].assign(low_quality=low))
+    row = {
+        "period": period.label, "start": period.start.isoformat(), "end": period.end.isoformat(),
+        "middle": round(period.middle, 6), "cells": int(len(cells)), "nodata_cells": int(n_nodata),
+        "n_sample": 0, "mapped_urban_km2": float((cells["map_class"] == "urban").sum() * cell_km2),
+        "urban_km2": None, "urban_km2_se": None, "urban_km2_ci95": None, "overall_accuracy": None,
+        "low_quality_cells": int(cells["low_quality"].sum()), "low_quality_sampled": 0,
+    }
+    if sample is None or strata is None:
+        return row
     stratum = None if (sample["stratum"] == sample["map_class"]).all() else sample["stratum"]
     r = estimate.stratified_estimates(sample["map_class"], sample["ref_class"], strata, stratum=stratum,
                                       classes=list(MAP_CLASSES))
     area = r["area"]["urban"]
     ci95 = area["ci95"]
     sampled_low = sample["cell_id"].map(cells.set_index("cell_id")["low_quality"]).fillna(False).astype(bool)
-    return {
-        "period": period.label, "start": period.start.isoformat(), "end": period.end.isoformat(),
-        "middle": round(period.middle, 6), "cells": int(len(cells)), "nodata_cells": int(n_nodata),
-        "n_sample": int(len(sample)),
-        "mapped_urban_km2": float((cells["map_class"] == "urban").sum() * cell_km2),
-        "urban_km2": area["estimate"], "urban_km2_se": None if ci95 is None else ci95 / Z95, "urban_km2_ci95": ci95,
-        "overall_accuracy": r["overall_accuracy"]["estimate"],
-        "low_quality_cells": int(cells["low_quality"].sum()), "low_quality_sampled": int(sampled_low.sum()),
-    }
+    return {**row, "n_sample": int(len(sample)), "urban_km2": area["estimate"],
+            "urban_km2_se": None if ci95 is None else ci95 / Z95, "urban_km2_ci95": ci95,
+            "overall_accuracy": r["overall_accuracy"]["estimate"], "low_quality_sampled": int(sampled_low.sum())}
 
 
 def _chart(path: Path, table: pd.DataFrame, title: str) -> None:
@@ -143,12 +150,15 @@ def run_periods(cfg: DictConfig) -> pd.DataFrame:
         cell_km2 = cell_size**2 / 1e6
         if period.label == s.target:
             sample, areas = interpreted_sample(s.validation)
+        elif s.validation.interpreter == "human" and not truth_path.is_file():
+            sample, areas = None, None  # real imagery: people interpreted the target's sample only
         else:
             cells, _ = population(pred[["cell_id", "col", "row", "p_urban", "class"]])
             sample, areas = drawn_sample(cells, truth_path, period, s.validation, cell_km2)
         rows.append(period_estimate(pred, sample, areas, period, cell_km2))
-        samples.append(sample.assign(period=period.label))
-        strata.append(pd.DataFrame({"period": period.label, "class": areas.index, "area": areas.to_numpy(float)}))
+        if sample is not None and areas is not None:
+            samples.append(sample.assign(period=period.label))
+            strata.append(pd.DataFrame({"period": period.label, "class": areas.index, "area": areas.to_numpy(float)}))
     table = pd.DataFrame(rows)
     with io.atomic_directory(s.folder) as tmp:
         table.to_csv(tmp / "areas.csv", index=False, float_format="%.6g")
@@ -158,5 +168,6 @@ def run_periods(cfg: DictConfig) -> pd.DataFrame:
     io.write_json(s.summary, {"periods": {r["period"]: {k: v for k, v in r.items() if k != "period"} for r in rows}})
     print("validate periods: urban km² (error-adjusted, 95%) " + "; ".join(
         f"{r['period']} {r['urban_km2']:,.0f} ± {r['urban_km2_ci95']:,.0f} (mapped {r['mapped_urban_km2']:,.0f})"
+        if r["urban_km2"] is not None else f"{r['period']} no reference sample (mapped {r['mapped_urban_km2']:,.0f})"
         for r in rows) + f" -> {s.folder}")
     return table
