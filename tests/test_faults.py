@@ -86,7 +86,12 @@ def test_ctrl_c_is_one_line_exit_130_and_outputs_stay(tmp_path):
     (region / "scenes" / "2010").mkdir()
     (region / "scenes" / "2010" / "catalog.json").write_text("an earlier run's catalog")
     proc = urbanmap("synth", "period=2010", f"out_dir={tmp_path}")
-    time.sleep(8)  # imports done, scenes being generated (the stage takes about a minute)
+    # wait until the scenes are being generated (their temporary folder is there), however
+    # long the imports take on a busy machine; the stage takes half a minute or more
+    deadline = time.monotonic() + 120
+    while not list((region / "scenes").glob(".2010.tmp-*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)

@@ -4,6 +4,7 @@ stage on a small region with two municipalities."""
 import json
 import math
 import re
+import shutil
 
 import geopandas as gpd
 import numpy as np
@@ -146,6 +147,14 @@ def test_sdg_stage(in_repo, region, capsys):
     summary = json.loads(paths.sdg_summary(cfg).read_text())
     assert summary["periods"] == ["2010", "2019"] and summary["lcrpgr_adjusted"] == pytest.approx(reg["lcrpgr_adjusted"], abs=1e-4)
     assert paths.sdg_chart(cfg).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the area series per municipality: every period of the list, the same estimates
+    series = pd.read_csv(paths.sdg_area_series(cfg), dtype={"id": str, "period": str})
+    assert series[["id", "period"]].values.tolist() == [["A", "2010"], ["B", "2010"], ["region", "2010"],
+                                                          ["A", "2019"], ["B", "2019"], ["region", "2019"]]
+    for period in ("2010", "2019"):
+        row = series[(series["id"] == "A") & (series["period"] == period)].iloc[0]
+        assert row["urban_km2"] == pytest.approx(a[f"urban_km2_{period}_adjusted"], abs=1e-3)
+        assert row["urban_km2_ci95"] == pytest.approx(ci95[period], abs=1e-3) and row["n_sampled"] == a[f"n_sampled_{period}"]
     # fewer sampled cells than sdg.min_sampled: the estimate stays, its interval goes
     assert main(["sdg", *over, "sdg.min_sampled=9"]) == 0
     out = pd.read_csv(paths.sdg_table(cfg), dtype={"id": str}, keep_default_na=False, na_values=[""])
@@ -160,10 +169,11 @@ def test_sdg_between_any_two_periods(in_repo, region, tmp_path):
     over = [o.replace("periods.list=[2010,2019]", "periods.list=[2010,2015,2019]") for o in over]
     cfg = config.load(REPO, over)
     folder = paths.region_dir(cfg)
-    (folder / "predictions" / "2010.parquet").rename(folder / "predictions" / "2015.parquet")
+    shutil.copy(folder / "predictions" / "2010.parquet", folder / "predictions" / "2015.parquet")
     for name in ("samples.csv", "strata.csv"):
         path = folder / "validation" / "periods" / name
-        path.write_text(path.read_text().replace("2010,", "2015,"))
+        frame = pd.read_csv(path, dtype=str)
+        pd.concat([frame, frame[frame["period"] == "2010"].assign(period="2015")]).to_csv(path, index=False)
     assert main(["sdg", *over, "sdg.periods=[2015,2019]"]) == 0
     out = pd.read_csv(paths.sdg_table(cfg), dtype={"id": str}, keep_default_na=False, na_values=[""])
     assert out["lcr"][0] == pytest.approx(math.log(15 / 10) / 4, abs=1e-6)  # 2015.5 -> 2019.5

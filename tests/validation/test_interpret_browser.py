@@ -88,11 +88,16 @@ def keys(driver, *sequence):
 
 
 def wait_new_page(driver, old, timeout=15):
+    """Wait until `old` (the last page's html element) is gone and the next page has
+    loaded. A query that lands between two pages can fail in the browser (no document to
+    run it in): the wait asks again rather than failing."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, timeout).until(expected_conditions.staleness_of(old))
-    WebDriverWait(driver, timeout).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    wait = WebDriverWait(driver, timeout, ignored_exceptions=(WebDriverException,))
+    wait.until(expected_conditions.staleness_of(old))
+    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
 def shown(driver):

@@ -266,6 +266,11 @@ def sdg_table(cfg: DictConfig) -> Path:
     return sdg_dir(cfg) / "sdg_11_3_1.csv"
 
 
+def sdg_area_series(cfg: DictConfig) -> Path:
+    """`<region_dir>/sdg/municipal_areas.csv`: every period's urban area per municipality."""
+    return sdg_dir(cfg) / "municipal_areas.csv"
+
+
 def sdg_chart(cfg: DictConfig) -> Path:
     """`<region_dir>/sdg/sdg_11_3_1.png`: the indicator's chart."""
     return sdg_dir(cfg) / "sdg_11_3_1.png"

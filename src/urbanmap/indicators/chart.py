@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-
 #: LCRPGR beyond ±CLIP is drawn to CLIP and labelled with its value.
 CLIP = 10.0
 

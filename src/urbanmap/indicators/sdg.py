@@ -64,13 +64,14 @@ population before it: flag `created_after_<year>`, PGR undefined (`no_population
 
 Outputs under `<region_dir>/sdg/`: `sdg_11_3_1.csv` (one row per municipality, then
 the region: mapped and error-adjusted areas with 95% intervals and sampled cells per
-period, population, the mapped and the adjusted indicators), `sdg_11_3_1.png` (chart) and `sdg_11_3_1.json` (the region's row, for
+period, population, the mapped and the adjusted indicators), `municipal_areas.csv`
+(every period's urban area per municipality and for the region, mapped and
+error-adjusted with its 95% interval: the area series per municipality), `sdg_11_3_1.png` (chart) and `sdg_11_3_1.json` (the region's row, for
 `dvc metrics`).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,9 +140,11 @@ class SdgSettings:
             (sdg.min_sampled), else it is flagged `few_sampled`.
         population: the population source (sdg.population).
         predictions: predictions/<t1>.parquet and predictions/<t2>.parquet.
+        every_period: (label, predictions/<label>.parquet) of every period of periods.list.
         labels: labels.parquet.
         samples, strata: validation/periods/samples.csv and strata.csv (validate periods).
-        out_dir: the sdg/ folder; table_out, chart_out, summary_out: sdg_11_3_1.csv, .png and .json.
+        out_dir: the sdg/ folder; table_out, chart_out, summary_out: sdg_11_3_1.csv, .png and
+            .json; series_out: municipal_areas.csv.
     """
 
     years: tuple[str, str]
@@ -153,6 +156,7 @@ class SdgSettings:
     min_sampled: int
     population: PopulationSettings
     predictions: tuple[Path, Path]
+    every_period: tuple[tuple[str, Path], ...]
     labels: Path
     samples: Path
     strata: Path
@@ -160,6 +164,7 @@ class SdgSettings:
     table_out: Path
     chart_out: Path
     summary_out: Path
+    series_out: Path
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> SdgSettings:
@@ -178,11 +183,13 @@ class SdgSettings:
         return cls(
             years=(t1.label, t2.label), times=(t1.middle, t2.middle), municipalities=str(cfg.data.municipalities),
             id_column=str(cfg.data.municipality_id), name_column=str(cfg.data.municipality_name),
-            min_coverage=numbers["min_coverage"], min_sampled=numbers["min_sampled"],
+            min_coverage=float(numbers["min_coverage"]), min_sampled=int(numbers["min_sampled"]),
             population=PopulationSettings.from_config(cfg.sdg.population),
-            predictions=(paths.predictions(cfg, t1), paths.predictions(cfg, t2)), labels=paths.labels(cfg),
+            predictions=(paths.predictions(cfg, t1), paths.predictions(cfg, t2)),
+            every_period=tuple((p.label, paths.predictions(cfg, p)) for p in settings.periods), labels=paths.labels(cfg),
             samples=folder / SAMPLES_FILE, strata=folder / STRATA_FILE, out_dir=paths.sdg_dir(cfg),
             table_out=paths.sdg_table(cfg), chart_out=paths.sdg_chart(cfg), summary_out=paths.sdg_summary(cfg),
+            series_out=paths.sdg_area_series(cfg),
         )
 
 
@@ -512,6 +519,29 @@ def read_maps(settings: SdgSettings) -> tuple[pd.DataFrame, float, CRS]:
     return maps, cell_size, crs
 
 
+def area_series(settings: SdgSettings, per: pd.DataFrame, key_of_cell: pd.Series, cell_km2: float) -> pd.DataFrame:
+    """Every period's urban area per municipality (the rows of `per`: id, name), then the
+    region: mapped_urban_km2, urban_km2 (error-adjusted, adjusted_areas), urban_km2_ci95
+    (empty under sdg.min_sampled sampled cells) and n_sampled; one row per municipality
+    and period."""
+    ids = pd.Index(per["id"])
+    frames = []
+    for label, path in settings.every_period:
+        pred, _, _ = io.read_cells(path, f"predictions of {label}", ["cell_id", "class"])
+        urban = (pred["class"].to_numpy() == "urban") * cell_km2
+        mapped = pd.Series(urban).groupby(pred["cell_id"].map(key_of_cell).to_numpy()).sum().reindex(ids, fill_value=0.0)
+        est = adjusted_areas(settings.samples, settings.strata, label, key_of_cell, ids,
+                             np.append(mapped.to_numpy(float), urban.sum()))
+        n = est[f"n_sampled_{label}"].to_numpy()
+        frames.append(pd.DataFrame({
+            "id": [*ids, REGION], "name": [*per["name"], REGION], "period": label,
+            "mapped_urban_km2": np.append(mapped.to_numpy(float), urban.sum()),
+            "urban_km2": est[f"urban_km2_{label}"].clip(lower=0.0).to_numpy(),
+            "urban_km2_ci95": np.where(n >= settings.min_sampled, Z95 * est[f"urban_km2_{label}_se"], np.nan),
+            "n_sampled": n}))
+    return pd.concat(frames, ignore_index=True)
+
+
 def sdg_indicator(settings: SdgSettings) -> pd.DataFrame:
     """The stage's work: both periods' maps + their reference samples + labels.parquet +
     municipalities -> sdg/; returns the indicator table."""
@@ -540,6 +570,8 @@ def sdg_indicator(settings: SdgSettings) -> pd.DataFrame:
 
     with io.atomic_output(settings.table_out) as tmp:
         rounded(out).to_csv(tmp, index=False)
+    with io.atomic_output(settings.series_out) as tmp:
+        area_series(settings, per, key_of_cell, cell_km2).to_csv(tmp, index=False, float_format="%.4f")
     with io.atomic_output(settings.chart_out) as tmp:
         sdg_chart(tmp, out, years, REGION)
     io.write_json(settings.summary_out, region_summary(out, years))

@@ -41,7 +41,6 @@ from urbanmap.validation.interpret import read_sample_cells, simulate_interprete
 from urbanmap.validation.sample import MAP_CLASSES, draw_sample, population, sample_design
 from urbanmap.validation.settings import ValidationSettings
 
-
 #: A reference sample's columns, as samples.csv holds them after `period`.
 SAMPLE_COLUMNS = ["cell_id", "stratum", "map_class", "ref_class"]
 SAMPLES_FILE, STRATA_FILE = "samples.csv", "strata.csv"
