@@ -100,4 +100,4 @@ def test_dvc_yaml_declares_the_paths_the_stages_write():
     assert outs["validate_interpret"] == {str(paths.validation_interpreted(cfg))}
     assert outs["validate_estimate"] == {str(paths.validation_estimate(cfg))}
     assert outs["validate_periods"] == {str(paths.validation_periods_dir(cfg)), str(paths.validation_periods_summary(cfg))}
-    assert outs["sdg"] == {str(f(cfg)) for f in (paths.sdg_table, paths.sdg_chart, paths.sdg_summary)}
+    assert outs["sdg"] == {str(f(cfg)) for f in (paths.sdg_table, paths.sdg_chart, paths.sdg_summary, paths.sdg_area_series)}
