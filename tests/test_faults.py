@@ -15,9 +15,16 @@ from urbanmap.core import io
 pytestmark = pytest.mark.slow  # subprocesses and tmpfs mounts
 
 
+def _interruptible():
+    """In the child: SIGINT back to its default, so that Python turns it into
+    KeyboardInterrupt even when pytest runs in the background of a shell (which starts
+    background jobs with SIGINT ignored, and an ignored signal is inherited)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def urbanmap(*args, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "urbanmap.cli", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible, **kwargs)
 
 
 @pytest.fixture
