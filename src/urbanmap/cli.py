@@ -37,22 +37,31 @@ VALIDATE_STEPS = {
     "interpret": "reference classes: the simulated interpreter (validation.interpreter=simulated) or the exported "
                  "answers of people (human: validation/human.csv) -> validation/interpreted.csv",
     "estimate": "accuracy and error-adjusted area (Olofsson et al. 2014) -> validation/estimate.json",
-    "periods": "every period's map sampled, interpreted from synth's truth and estimated -> validation/periods/, periods.json",
+    "periods": "every period's urban area with its interval, from the target's interpreted sample and the other "
+               "periods' own (synth's truth) -> validation/periods/, periods.json",
 }
+
+
+def _add_steps_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], command: str, help_text: str,
+                      title: str, steps: dict[str, str]) -> dict[str, argparse.ArgumentParser]:
+    """`urbanmap <command> <step> ... key=value ...` on the CLI's sub-parsers, one step per
+    entry of `steps` (name -> description); returns each step's parser for its options."""
+    p = sub.add_parser(command, help=help_text, description=f"{title}: " + "; ".join(f"{k}: {v}" for k, v in steps.items()))
+    parsers = p.add_subparsers(dest="step", metavar="<step>", required=True)
+    made = {}
+    for name, text in steps.items():
+        made[name] = parsers.add_parser(name, help=text, description=text)
+        made[name].add_argument("overrides", nargs="*", metavar="key=value", help="Hydra-style overrides")
+    return made
 
 
 def _add_validate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`urbanmap validate <step> ...` on the CLI's sub-parsers."""
-    p = sub.add_parser("validate", help="validation of periods.target's map: sample, interpret, estimate",
-                       description="Validation of periods.target's map: " + "; ".join(f"{k}: {v}" for k, v in VALIDATE_STEPS.items()))
-    steps = p.add_subparsers(dest="step", metavar="<step>", required=True)
-    for name, text in VALIDATE_STEPS.items():
-        q = steps.add_parser(name, help=text, description=text)
-        if name == "estimate":
-            q.add_argument("--sample", help="sample CSV: map_class, ref_class, optional stratum (default: validation/interpreted.csv)")
-            q.add_argument("--strata", help="strata CSV: class, area (default: validation/strata.csv)")
-            q.add_argument("--out", help="write the estimate as JSON here (default without --sample: validation/estimate.json)")
-        q.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra-style overrides")
+    q = _add_steps_parser(sub, "validate", "validation of periods.target's map: sample, interpret, estimate",
+                          "Validation of periods.target's map", VALIDATE_STEPS)["estimate"]
+    q.add_argument("--sample", help="sample CSV: map_class, ref_class, optional stratum (default: validation/interpreted.csv)")
+    q.add_argument("--strata", help="strata CSV: class, area (default: validation/strata.csv)")
+    q.add_argument("--out", help="write the estimate as JSON here (default without --sample: validation/estimate.json)")
 
 
 #: `urbanmap interpret <step>`: step -> one-line description (validation/app/command.py runs them)
@@ -65,18 +74,12 @@ INTERPRET_STEPS = {
 
 def _add_interpret_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`urbanmap interpret <step> ...` on the CLI's sub-parsers."""
-    p = sub.add_parser("interpret", help="people label the validation sample in a local web app; export their answers",
-                       description="The interpreters' web app: " + "; ".join(f"{k}: {v}" for k, v in INTERPRET_STEPS.items()))
-    steps = p.add_subparsers(dest="step", metavar="<step>", required=True)
-    for name, text in INTERPRET_STEPS.items():
-        q = steps.add_parser(name, help=text, description=text)
-        if name == "serve":
-            q.add_argument("--host", help="address to listen on (default validation.app.host: 127.0.0.1, this machine "
-                                          "only; another address requires a token)")
-            q.add_argument("--port", type=int, help="port (default validation.app.port: 8750; 0: any free port)")
-        else:
-            q.add_argument("--out", help="write here instead of validation/human.csv")
-        q.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra-style overrides")
+    steps = _add_steps_parser(sub, "interpret", "people label the validation sample in a local web app; export their answers",
+                              "The interpreters' web app", INTERPRET_STEPS)
+    steps["serve"].add_argument("--host", help="address to listen on (default validation.app.host: 127.0.0.1, this "
+                                               "machine only; another address requires a token)")
+    steps["serve"].add_argument("--port", type=int, help="port (default validation.app.port: 8750; 0: any free port)")
+    steps["export"].add_argument("--out", help="write here instead of validation/human.csv")
 
 
 def _add_compare_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

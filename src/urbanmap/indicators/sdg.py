@@ -26,8 +26,8 @@ affected figures are empty):
   interval;
 - `nodata`: some of its cells have no map class at a period (no imagery): not counted.
 
-Inputs: predictions/<t1>.parquet and predictions/<t2>.parquet (each period's class per
-cell), validation/periods/ (each period's reference sample and strata, from `validate
+Inputs: predictions/<period>.parquet (each period's class per cell; every period for
+municipal_areas.csv), validation/periods/ (each period's reference sample and strata, from `validate
 periods`), labels.parquet (census population per cell) and data.municipalities; a cell
 belongs to the municipality holding its centre (change.assign_municipalities, with
 data.municipality_id / data.municipality_name).
@@ -139,7 +139,6 @@ class SdgSettings:
         min_sampled: sampled cells a municipality needs in a period for an interval
             (sdg.min_sampled), else it is flagged `few_sampled`.
         population: the population source (sdg.population).
-        predictions: predictions/<t1>.parquet and predictions/<t2>.parquet.
         every_period: (label, predictions/<label>.parquet) of every period of periods.list.
         labels: labels.parquet.
         samples, strata: validation/periods/samples.csv and strata.csv (validate periods).
@@ -155,7 +154,6 @@ class SdgSettings:
     min_coverage: float
     min_sampled: int
     population: PopulationSettings
-    predictions: tuple[Path, Path]
     every_period: tuple[tuple[str, Path], ...]
     labels: Path
     samples: Path
@@ -179,15 +177,14 @@ class SdgSettings:
                 raise InputError(f"sdg.{key}: expected a number, got {cfg.sdg.get(key)!r}") from None
         settings = PeriodSettings.from_config(cfg)
         t1, t2 = _two_periods(settings, cfg.sdg.get("periods"))
-        folder = paths.validation_periods_dir(cfg)
         return cls(
             years=(t1.label, t2.label), times=(t1.middle, t2.middle), municipalities=str(cfg.data.municipalities),
             id_column=str(cfg.data.municipality_id), name_column=str(cfg.data.municipality_name),
             min_coverage=float(numbers["min_coverage"]), min_sampled=int(numbers["min_sampled"]),
             population=PopulationSettings.from_config(cfg.sdg.population),
-            predictions=(paths.predictions(cfg, t1), paths.predictions(cfg, t2)),
             every_period=tuple((p.label, paths.predictions(cfg, p)) for p in settings.periods), labels=paths.labels(cfg),
-            samples=folder / SAMPLES_FILE, strata=folder / STRATA_FILE, out_dir=paths.sdg_dir(cfg),
+            samples=paths.validation_periods_dir(cfg) / SAMPLES_FILE,
+            strata=paths.validation_periods_dir(cfg) / STRATA_FILE, out_dir=paths.sdg_dir(cfg),
             table_out=paths.sdg_table(cfg), chart_out=paths.sdg_chart(cfg), summary_out=paths.sdg_summary(cfg),
             series_out=paths.sdg_area_series(cfg),
         )
@@ -440,11 +437,10 @@ def municipality_areas(munis: gpd.GeoDataFrame, crs: CRS, id_column: str) -> pd.
     return munis.to_crs(crs).assign(id=lambda f: f[id_column].astype(str)).set_index("id").area / 1e6
 
 
-def read_reference_samples(samples_path: Path, strata_path: Path, period: str) -> tuple[pd.DataFrame, pd.Series]:
-    """`period`'s reference sample (cell_id, stratum, map_class, ref_class) from
-    validation/periods/samples.csv and its strata's areas (km²) from strata.csv (no rows:
-    the period has no reference sample); InputError naming the file when it is missing
-    or malformed."""
+def read_reference_samples(samples_path: Path, strata_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every period's reference sample (period, cell_id, stratum, map_class, ref_class:
+    validation/periods/samples.csv) and strata (period, class, area in km²: strata.csv);
+    InputError naming the file when it is missing or malformed."""
     frames = []
     for path, what, columns in ((samples_path, "reference samples", ["period", "cell_id", "stratum", "map_class", "ref_class"]),
                                 (strata_path, "strata", ["period", "class", "area"])):
@@ -452,36 +448,38 @@ def read_reference_samples(samples_path: Path, strata_path: Path, period: str) -
         missing = [c for c in columns if c not in frame.columns]
         if missing:
             raise InputError(f"{path}: {what} lack column(s) {', '.join(missing)}")
-        frames.append(frame[frame["period"] == period])
-    sample, strata = frames
-    return sample.reset_index(drop=True), pd.Series(pd.to_numeric(strata["area"]).to_numpy(float), index=strata["class"])
+        frames.append(frame)
+    return frames[0], frames[1]
 
 
-def adjusted_areas(samples_path: Path, strata_path: Path, period: str, key_of_cell: pd.Series, ids: pd.Index,
-                   mapped_km2: np.ndarray) -> pd.DataFrame:
+def adjusted_areas(samples: pd.DataFrame, strata: pd.DataFrame, period: str, key_of_cell: pd.Series, ids: pd.Index,
+                   mapped_km2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`period`'s error-adjusted urban area (km²) of each municipality of `ids`, then of
     the region, from its reference sample (validation.estimate.domain_areas).
 
     Args:
+        samples, strata: every period's (read_reference_samples).
         key_of_cell: the municipality key of every cell of the map, indexed by cell_id.
         mapped_km2: (k + 1,) mapped urban area of each municipality, then of the region.
     Returns:
-        k + 1 rows: urban_km2_<period>, urban_km2_<period>_se, n_sampled_<period> (the
-        mapped areas, NaN and 0 when the period has no reference sample).
+        (estimate, standard error, sampled cells), each (k + 1,): the mapped areas, NaN
+        and 0 when the period has no reference sample.
     """
-    sample, strata = read_reference_samples(samples_path, strata_path, period)
+    sample = samples[samples["period"] == period]
     if sample.empty:  # no reference sample of the period (validate periods): the mapped areas, no interval
-        return pd.DataFrame({f"urban_km2_{period}": mapped_km2, f"urban_km2_{period}_se": np.nan,
-                             f"n_sampled_{period}": 0})
+        return mapped_km2, np.full(len(mapped_km2), np.nan), np.zeros(len(mapped_km2), np.int64)
+    areas = strata[strata["period"] == period]
     stratum_is_map = bool((sample["stratum"] == sample["map_class"]).all())
-    design = estimate.strata_design(sample["stratum"].to_numpy(object), strata, stratum_is_map)
+    design = estimate.strata_design(sample["stratum"].to_numpy(object),
+                                    pd.Series(pd.to_numeric(areas["area"]).to_numpy(float), index=areas["class"]),
+                                    stratum_is_map)
     map_is, ref_is = sample["map_class"].to_numpy() == "urban", sample["ref_class"].to_numpy() == "urban"
     position = pd.Series(np.arange(len(ids)), index=ids)
     domain = sample["cell_id"].map(key_of_cell).map(position).fillna(-1).to_numpy(np.int64)
     munis = estimate.domain_areas(design, mapped_km2[:-1], map_is, ref_is, domain, len(ids))
     region = estimate.domain_areas(design, mapped_km2[-1:], map_is, ref_is, np.zeros(len(sample), np.int64), 1)
     est, se, n = (np.concatenate([m, r]) for m, r in zip(munis, region))
-    return pd.DataFrame({f"urban_km2_{period}": est, f"urban_km2_{period}_se": se, f"n_sampled_{period}": n})
+    return est, se, n
 
 
 def rounded(out: pd.DataFrame) -> pd.DataFrame:
@@ -507,43 +505,47 @@ def region_summary(out: pd.DataFrame, years: tuple[Any, Any]) -> dict[str, Any]:
 
 
 def read_maps(settings: SdgSettings) -> tuple[pd.DataFrame, float, CRS]:
-    """Both periods' maps side by side: cell_id, col, row, class_<t1>, class_<t2>;
+    """Every period's map side by side: cell_id, col, row and class_<label> per period;
     InputError naming a map that is missing or covers other cells."""
-    frames = []
-    for path, t in zip(settings.predictions, settings.years):
-        pred, cell_size, crs = io.read_cells(path, f"predictions of {t}", ["cell_id", "class"])
-        frames.append(pred[["cell_id", "col", "row", "class"]].rename(columns={"class": f"class_{t}"}))
-    maps = frames[0].merge(frames[1].drop(columns=["col", "row"]), on="cell_id", how="inner")
-    if not len(maps) == len(frames[0]) == len(frames[1]):
-        raise InputError(f"{settings.predictions[1]}: its cells differ from those of {settings.predictions[0]}")
+    maps: pd.DataFrame | None = None
+    for label, path in settings.every_period:
+        pred, cell_size, crs = io.read_cells(path, f"predictions of {label}", ["cell_id", "class"])
+        pred = pred[["cell_id", "col", "row", "class"]].rename(columns={"class": f"class_{label}"})
+        if maps is None:
+            maps, first = pred, path
+            continue
+        merged = maps.merge(pred.drop(columns=["col", "row"]), on="cell_id", how="inner")
+        if not len(merged) == len(maps) == len(pred):
+            raise InputError(f"{path}: its cells differ from those of {first}")
+        maps = merged
+    assert maps is not None  # PeriodSettings holds at least the census period
     return maps, cell_size, crs
 
 
-def area_series(settings: SdgSettings, per: pd.DataFrame, key_of_cell: pd.Series, cell_km2: float) -> pd.DataFrame:
+def area_series(settings: SdgSettings, maps: pd.DataFrame, per: pd.DataFrame, key: np.ndarray,
+                cell_km2: float) -> pd.DataFrame:
     """Every period's urban area per municipality (the rows of `per`: id, name), then the
-    region: mapped_urban_km2, urban_km2 (error-adjusted, adjusted_areas), urban_km2_ci95
-    (empty under sdg.min_sampled sampled cells) and n_sampled; one row per municipality
-    and period."""
+    region: mapped_urban_km2, urban_km2 (error-adjusted, adjusted_areas), urban_km2_se,
+    urban_km2_ci95 (empty under sdg.min_sampled sampled cells) and n_sampled; one row per
+    municipality and period, periods in periods.list's order."""
+    samples, strata = read_reference_samples(settings.samples, settings.strata)
     ids = pd.Index(per["id"])
+    key_of_cell = pd.Series(key, index=maps["cell_id"].to_numpy())
     frames = []
-    for label, path in settings.every_period:
-        pred, _, _ = io.read_cells(path, f"predictions of {label}", ["cell_id", "class"])
-        urban = (pred["class"].to_numpy() == "urban") * cell_km2
-        mapped = pd.Series(urban).groupby(pred["cell_id"].map(key_of_cell).to_numpy()).sum().reindex(ids, fill_value=0.0)
-        est = adjusted_areas(settings.samples, settings.strata, label, key_of_cell, ids,
-                             np.append(mapped.to_numpy(float), urban.sum()))
-        n = est[f"n_sampled_{label}"].to_numpy()
+    for label, _ in settings.every_period:
+        urban = (maps[f"class_{label}"].to_numpy() == "urban") * cell_km2
+        mapped = pd.Series(urban).groupby(key).sum().reindex(ids, fill_value=0.0).to_numpy(float)
+        mapped = np.append(mapped, urban.sum())
+        est, se, n = adjusted_areas(samples, strata, label, key_of_cell, ids, mapped)
         frames.append(pd.DataFrame({
-            "id": [*ids, REGION], "name": [*per["name"], REGION], "period": label,
-            "mapped_urban_km2": np.append(mapped.to_numpy(float), urban.sum()),
-            "urban_km2": est[f"urban_km2_{label}"].clip(lower=0.0).to_numpy(),
-            "urban_km2_ci95": np.where(n >= settings.min_sampled, Z95 * est[f"urban_km2_{label}_se"], np.nan),
-            "n_sampled": n}))
+            "id": [*ids, REGION], "name": [*per["name"], REGION], "period": label, "mapped_urban_km2": mapped,
+            "urban_km2": est, "urban_km2_se": se,
+            "urban_km2_ci95": np.where(n >= settings.min_sampled, Z95 * se, np.nan), "n_sampled": n}))
     return pd.concat(frames, ignore_index=True)
 
 
 def sdg_indicator(settings: SdgSettings) -> pd.DataFrame:
-    """The stage's work: both periods' maps + their reference samples + labels.parquet +
+    """The stage's work: every period's map + reference samples + labels.parquet +
     municipalities -> sdg/; returns the indicator table."""
     t1, t2 = years = settings.years
     maps, cell_size, crs = read_maps(settings)
@@ -556,14 +558,14 @@ def sdg_indicator(settings: SdgSettings) -> pd.DataFrame:
 
     per = mapped_per_municipality(maps, key, name, years, cell_km2)
     per["area_km2"] = per["id"].map(municipality_areas(munis, crs, id_column)).fillna(0.0).to_numpy()
-    ids = pd.Index(per["id"])
-    pop, pop_flags = population(settings.population, labels, labels["key"].to_numpy(), ids, years, settings.times,
-                                id_column)
+    pop, pop_flags = population(settings.population, labels, labels["key"].to_numpy(), pd.Index(per["id"]), years,
+                                settings.times, id_column)
     per = pd.concat([per, pop.reset_index(drop=True)], axis=1)
-    key_of_cell = pd.Series(key, index=maps["cell_id"].to_numpy())
-    adjusted = pd.concat([adjusted_areas(settings.samples, settings.strata, t, key_of_cell, ids,
-                                         np.append(per[f"urban_km2_{t}"].to_numpy(float), per[f"urban_km2_{t}"].sum()))
-                          for t in years], axis=1)
+    series = area_series(settings, maps, per, key, cell_km2)
+    rows = {t: series[series["period"] == t].reset_index(drop=True) for t in years}
+    adjusted = pd.DataFrame({column.format(t=t): rows[t][source] for t in years for column, source in
+                             (("urban_km2_{t}", "urban_km2"), ("urban_km2_{t}_se", "urban_km2_se"),
+                              ("n_sampled_{t}", "n_sampled"))})
     out = table(per, years, adjusted, settings.min_coverage, settings.min_sampled, settings.times[1] - settings.times[0])
     extra = [*pop_flags.to_numpy(), ""]  # the region's row last
     out["flags"] = [";".join(f for f in (a, b) if f) for a, b in zip(out["flags"], extra)]
@@ -571,7 +573,8 @@ def sdg_indicator(settings: SdgSettings) -> pd.DataFrame:
     with io.atomic_output(settings.table_out) as tmp:
         rounded(out).to_csv(tmp, index=False)
     with io.atomic_output(settings.series_out) as tmp:
-        area_series(settings, per, key_of_cell, cell_km2).to_csv(tmp, index=False, float_format="%.4f")
+        series.assign(urban_km2=series["urban_km2"].clip(lower=0.0)).drop(columns="urban_km2_se").to_csv(
+            tmp, index=False, float_format="%.4f")
     with io.atomic_output(settings.chart_out) as tmp:
         sdg_chart(tmp, out, years, REGION)
     io.write_json(settings.summary_out, region_summary(out, years))

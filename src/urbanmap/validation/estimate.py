@@ -278,14 +278,15 @@ def _read_csv(path: str | os.PathLike[str], what: str, columns: Sequence[str]) -
     return frame
 
 
-def read_sample(path: str | os.PathLike[str]) -> pd.DataFrame:
+def read_sample(path: str | os.PathLike[str], keep: Sequence[str] = ()) -> pd.DataFrame:
     """A sample CSV: one row per unit, `map_class`, `ref_class` and optional `stratum`
-    (default: map_class). Values are stripped; an empty ref_class is an error (a unit
-    not interpreted yet). Returns a frame with the three columns, as str."""
-    frame = _read_csv(path, "sample", ["map_class", "ref_class"])
+    (default: map_class), and the columns `keep` (required then, e.g. cell_id). Values
+    are stripped; an empty ref_class is an error (a unit not interpreted yet). Returns a
+    frame with the three columns and `keep`, as str."""
+    frame = _read_csv(path, "sample", ["map_class", "ref_class", *keep])
     if "stratum" not in frame.columns:
         frame["stratum"] = frame["map_class"]
-    frame = cast(pd.DataFrame, frame[["map_class", "ref_class", "stratum"]].apply(lambda s: s.str.strip()))
+    frame = cast(pd.DataFrame, frame[[*keep, "map_class", "ref_class", "stratum"]].apply(lambda s: s.str.strip()))
     for column in ("map_class", "stratum", "ref_class"):
         blank = np.flatnonzero(frame[column].to_numpy() == "")
         if blank.size:

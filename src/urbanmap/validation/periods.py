@@ -37,12 +37,13 @@ from urbanmap.core import io, paths
 from urbanmap.core.periods import Period, PeriodSettings
 from urbanmap.validation import estimate
 from urbanmap.validation.estimate import Z95
-from urbanmap.validation.interpret import read_sample_cells, simulate_interpreter, true_classes
+from urbanmap.validation.interpret import simulate_interpreter, true_classes
 from urbanmap.validation.sample import MAP_CLASSES, draw_sample, population, sample_design
 from urbanmap.validation.settings import ValidationSettings
 
 #: A reference sample's columns, as samples.csv holds them after `period`.
 SAMPLE_COLUMNS = ["cell_id", "stratum", "map_class", "ref_class"]
+#: Every period's samples and strata, in validation/periods/ (sdg reads them).
 SAMPLES_FILE, STRATA_FILE = "samples.csv", "strata.csv"
 
 
@@ -57,6 +58,8 @@ class PeriodsValidation:
     predictions: tuple[Path, ...]
     truths: tuple[Path, ...]
     folder: Path
+    samples: Path
+    strata: Path
     summary: Path
 
     @classmethod
@@ -66,6 +69,7 @@ class PeriodsValidation:
         periods = settings.periods
         return cls(ValidationSettings.from_config(cfg), settings.target.label, periods, tuple(paths.predictions(cfg, p) for p in periods),
                    tuple(paths.truth_cells(cfg, p) for p in periods), paths.validation_periods_dir(cfg),
+                   paths.validation_periods_dir(cfg) / SAMPLES_FILE, paths.validation_periods_dir(cfg) / STRATA_FILE,
                    paths.validation_periods_summary(cfg))
 
 
@@ -86,17 +90,14 @@ def interpreted_sample(v: ValidationSettings) -> tuple[pd.DataFrame, pd.Series]:
     """periods.target's own sample: interpreted.csv and strata.csv (`validate sample`,
     `validate interpret`). Returns (sample: cell_id, stratum, map_class, ref_class; the
     strata's areas)."""
-    sample = estimate.read_sample(v.interpreted)
-    sample["cell_id"] = read_sample_cells(v.interpreted)["cell_id"].str.strip()
-    return sample[SAMPLE_COLUMNS], estimate.read_strata(v.strata_csv)
+    return estimate.read_sample(v.interpreted, keep=["cell_id"])[SAMPLE_COLUMNS], estimate.read_strata(v.strata_csv)
 
 
-def period_estimate(pred: pd.DataFrame, sample: pd.DataFrame | None, strata: pd.Series | None, period: Period,
-                    cell_km2: float) -> dict[str, Any]:
-    """One period's row of areas.csv: the map's figures and, when the period has a
-    reference sample, its estimates (else None: mapped figures only)."""
-    low = pred["low_quality"].to_numpy(bool) if "low_quality" in pred.columns else np.zeros(len(pred), bool)
-    cells, n_nodata = population(pred[["cell_id", "col", "row", "p_urban", "class"]].assign(low_quality=low))
+def period_estimate(cells: pd.DataFrame, n_nodata: int, sample: pd.DataFrame | None, strata: pd.Series | None,
+                    period: Period, cell_km2: float) -> dict[str, Any]:
+    """One period's row of areas.csv: the map's figures (`cells`: its sampled population,
+    with low_quality; `n_nodata` cells left out) and, when the period has a reference
+    sample, its estimates (else None: mapped figures only)."""
     row = {
         "period": period.label, "start": period.start.isoformat(), "end": period.end.isoformat(),
         "middle": round(period.middle, 6), "cells": int(len(cells)), "nodata_cells": int(n_nodata),
@@ -147,22 +148,23 @@ def run_periods(cfg: DictConfig) -> pd.DataFrame:
     for period, pred_path, truth_path in zip(s.periods, s.predictions, s.truths):
         pred, cell_size, _ = io.read_cells(pred_path, f"predictions of period {period}")
         cell_km2 = cell_size**2 / 1e6
+        low = pred["low_quality"].to_numpy(bool) if "low_quality" in pred.columns else np.zeros(len(pred), bool)
+        cells, n_nodata = population(pred[["cell_id", "col", "row", "p_urban", "class"]].assign(low_quality=low))
         if period.label == s.target:
             sample, areas = interpreted_sample(s.validation)
         elif s.validation.interpreter == "human" and not truth_path.is_file():
             sample, areas = None, None  # real imagery: people interpreted the target's sample only
         else:
-            cells, _ = population(pred[["cell_id", "col", "row", "p_urban", "class"]])
             sample, areas = drawn_sample(cells, truth_path, period, s.validation, cell_km2)
-        rows.append(period_estimate(pred, sample, areas, period, cell_km2))
+        rows.append(period_estimate(cells, n_nodata, sample, areas, period, cell_km2))
         if sample is not None and areas is not None:
             samples.append(sample.assign(period=period.label))
             strata.append(pd.DataFrame({"period": period.label, "class": areas.index, "area": areas.to_numpy(float)}))
     table = pd.DataFrame(rows)
     with io.atomic_directory(s.folder) as tmp:
         table.to_csv(tmp / "areas.csv", index=False, float_format="%.6g")
-        pd.concat(samples)[["period", *SAMPLE_COLUMNS]].to_csv(tmp / SAMPLES_FILE, index=False)
-        pd.concat(strata).to_csv(tmp / STRATA_FILE, index=False, float_format="%.6g")
+        pd.concat(samples)[["period", *SAMPLE_COLUMNS]].to_csv(tmp / s.samples.name, index=False)
+        pd.concat(strata).to_csv(tmp / s.strata.name, index=False, float_format="%.6g")
         _chart(tmp / "areas.png", table, f"{cfg.data.name}: urban area per period")
     io.write_json(s.summary, {"periods": {r["period"]: {k: v for k, v in r.items() if k != "period"} for r in rows}})
     print("validate periods: urban km² (error-adjusted, 95%) " + "; ".join(
